@@ -1,0 +1,395 @@
+//! The probe-file model exactly as users write it. Every struct denies unknown
+//! keys so a typo is an error with a location, never a silently ignored field.
+//! Semantic checks (one step kind per step, variables defined before use, …)
+//! live in `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A probe file: one or more journeys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeFile {
+    pub journeys: Vec<Spanned<JourneySpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneySpec {
+    pub name: String,
+    pub interval: Dur,
+    /// Whole-run timeout. Defaults to the interval, capped at 60 s.
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Histogram bounds (seconds) for the journey duration, e.g. SLO thresholds.
+    pub buckets: Option<Vec<f64>>,
+    /// Regions this journey runs in; absent means every region.
+    pub locations: Option<Vec<String>>,
+    /// Journey-level variables, templated once at the start of each run.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    pub steps: Vec<Spanned<StepSpec>>,
+    /// Cleanup steps that always run, whatever happened before.
+    #[serde(default)]
+    pub finally: Vec<Spanned<StepSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    pub timeout: Option<Dur>,
+    pub http: Option<HttpSpec>,
+    pub dns: Option<DnsSpec>,
+    pub tcp: Option<TcpSpec>,
+    pub tls: Option<TlsSpec>,
+    pub websocket: Option<WebSocketSpec>,
+    pub eventually: Option<Box<EventuallySpec>>,
+    pub callback: Option<CallbackSpec>,
+    #[serde(default, rename = "assert")]
+    pub assertions: AssertSpec,
+    #[serde(default)]
+    pub extract: BTreeMap<String, ExtractSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub json: Option<serde_json::Value>,
+    pub form: Option<BTreeMap<String, String>>,
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// Bodies larger than this are cut and the step fails with `body_too_large`.
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    pub name: String,
+    #[serde(default = "default_record_type")]
+    pub record_type: String,
+    /// `ip:port` of the resolver; default: the system's (/etc/resolv.conf).
+    pub resolver: Option<String>,
+    /// Every listed answer must be present (order-free).
+    #[serde(default)]
+    pub expect_answers: Vec<String>,
+    /// Expected response code, e.g. NOERROR or NXDOMAIN. Default NOERROR.
+    pub expect_rcode: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSpec {
+    /// `host:port`
+    pub address: String,
+    pub send: Option<String>,
+    /// Read until this substring arrives (or the step times out).
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `host:port`
+    pub address: String,
+    /// SNI and the name to verify; default: the host part of `address`.
+    pub server_name: Option<String>,
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
+    pub ca_file: Option<String>,
+    pub min_days_remaining: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSpec {
+    /// Name of the connection; later steps address it by this name.
+    #[serde(default = "default_connection")]
+    pub connection: String,
+    pub connect: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub subprotocol: Option<String>,
+    /// Send the run's cookies (from earlier HTTP steps) on the handshake.
+    #[serde(default = "default_true")]
+    pub use_cookies: bool,
+    pub send: Option<String>,
+    /// Wait up to this long for a message that satisfies the step's `assert`.
+    pub receive: Option<Dur>,
+    /// Report the receive time since this earlier step started (e.g. time to notification).
+    pub since_step: Option<String>,
+    #[serde(default)]
+    pub close: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventuallySpec {
+    /// Give up after this long.
+    pub within: Dur,
+    #[serde(default = "default_backoff_initial")]
+    pub backoff: Dur,
+    #[serde(default = "default_backoff_max")]
+    pub max_backoff: Dur,
+    pub step: Spanned<StepSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSpec {
+    /// Wait at most this long for the inbound request.
+    pub within: Dur,
+    /// Token the inbound request must carry (header `X-Synthetic-Run`,
+    /// query `token`, or anywhere in the body). Default: the run id.
+    pub token: Option<String>,
+    /// Report the time since this earlier step started.
+    pub since_step: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertSpec {
+    pub status: Option<StatusSet>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub body_contains: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub body_not_contains: Vec<String>,
+    pub body_regex: Option<String>,
+    #[serde(default)]
+    pub json: Vec<JsonAssert>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderAssert>,
+    pub max_duration: Option<Dur>,
+    /// Slower than this (but within `max_duration`) marks the run degraded.
+    pub degraded_after: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonAssert {
+    /// JSONPath (`$.a.b`) or JSON pointer (`/a/b`).
+    pub path: String,
+    pub equals: Option<serde_json::Value>,
+    pub exists: Option<bool>,
+    pub matches: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderAssert {
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+    pub matches: Option<String>,
+    pub exists: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    pub json: Option<String>,
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub regex: Option<String>,
+    /// Treat the value as a secret: redacted everywhere it would be shown.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_record_type() -> String {
+    "A".into()
+}
+fn default_connection() -> String {
+    "default".into()
+}
+fn default_backoff_initial() -> Dur {
+    Dur(Duration::from_millis(250))
+}
+fn default_backoff_max() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// A duration written the human way: `500ms`, `10s`, `1m 30s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| de::Error::custom(format!("expected a duration like `500ms`, `10s` or `1m`, got `{s}` ({e})")))
+    }
+}
+
+/// A size in bytes: `65536`, `64KiB`, `1MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like 65536, `64KiB` or `1MiB`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                parse_byte_size(s).map(ByteSize).ok_or_else(|| {
+                    E::custom(format!("expected a size like 65536, `64KiB` or `1MiB`, got `{s}`"))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "k" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Accepted status codes: `200`, `[200, 204]`, `"2xx"`, `"200-299"`, or a list mixing them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(pub Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn contains(&self, code: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+impl fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| match (lo, hi) {
+                (lo, hi) if lo == hi => lo.to_string(),
+                (lo, hi) if lo % 100 == 0 && hi == lo + 99 => format!("{}xx", lo / 100),
+                (lo, hi) => format!("{lo}-{hi}"),
+            })
+            .collect();
+        f.write_str(&parts.join(" or "))
+    }
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let s = s.trim();
+    if let Some(d) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
+        let d: u16 = d.parse().ok().filter(|d| (1..=5).contains(d))?;
+        return Some((d * 100, d * 100 + 99));
+    }
+    if let Some((lo, hi)) = s.split_once('-') {
+        let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        return (100..=599).contains(&lo).then_some(()).and((lo <= hi && hi <= 599).then_some((lo, hi)));
+    }
+    let code: u16 = s.parse().ok().filter(|c| (100..=599).contains(c))?;
+    Some((code, code))
+}
+
+impl<'de> Deserialize<'de> for StatusSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "a status code (200), a class (\"2xx\"), a range (\"200-299\") or a list of them";
+        impl<'de> Visitor<'de> for V {
+            type Value = StatusSet;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusSet, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusSet, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StatusSet, E> {
+                parse_status_range(s)
+                    .map(|r| StatusSet(vec![r]))
+                    .ok_or_else(|| E::custom(format!("expected {EXPECTED}, got `{s}`")))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StatusSet, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<StatusSet>()? {
+                    out.extend(item.0);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom(format!("expected {EXPECTED}, got an empty list")));
+                }
+                Ok(StatusSet(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_sets_parse_codes_classes_and_ranges() {
+        let s: StatusSet = serde_saphyr::from_str("[200, \"3xx\", \"404-410\"]").unwrap();
+        assert!(s.contains(200) && s.contains(302) && s.contains(409));
+        assert!(!s.contains(201) && !s.contains(500));
+        assert_eq!(s.to_string(), "200 or 3xx or 404-410");
+        assert!(serde_saphyr::from_str::<StatusSet>("\"6xx\"").is_err());
+        assert!(serde_saphyr::from_str::<StatusSet>("99").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_accept_units() {
+        assert_eq!(parse_byte_size("64KiB"), Some(65536));
+        assert_eq!(parse_byte_size("2MiB"), Some(2 * 1024 * 1024));
+        assert_eq!(parse_byte_size("12 parsecs"), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! `${...}` templates. Parsed once at load time so that unknown built-ins and
+//! undefined variables are config errors, not 3 a.m. surprises.
+
+use std::fmt;
+
+/// What a `${...}` refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VarRef {
+    /// `${run.id}`: unique per run.
+    RunId,
+    /// `${uuid}`: a fresh v4 UUID at each expansion.
+    Uuid,
+    /// `${now}`: RFC 3339 UTC timestamp; `${now.unix}`: seconds since the epoch.
+    Now,
+    NowUnix,
+    /// `${env.NAME}`: the agent's environment.
+    Env(String),
+    /// `${secret.NAME}`: the file NAME in the credentials directory.
+    Secret(String),
+    /// `${name}`: a journey variable or a value extracted by an earlier step.
+    Var(String),
+}
+
+impl fmt::Display for VarRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VarRef::RunId => f.write_str("${run.id}"),
+            VarRef::Uuid => f.write_str("${uuid}"),
+            VarRef::Now => f.write_str("${now}"),
+            VarRef::NowUnix => f.write_str("${now.unix}"),
+            VarRef::Env(n) => write!(f, "${{env.{n}}}"),
+            VarRef::Secret(n) => write!(f, "${{secret.{n}}}"),
+            VarRef::Var(n) => write!(f, "${{{n}}}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Lit(String),
+    Ref(VarRef),
+}
+
+/// A parsed template string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Template {
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("unclosed `${{` in `{0}`: expected `}}`")]
+    Unclosed(String),
+    #[error("empty `${{}}` in `{0}`")]
+    Empty(String),
+    #[error("unknown built-in `${{{0}}}`: expected run.id, uuid, now, now.unix, env.NAME or secret.NAME")]
+    UnknownBuiltin(String),
+    #[error("invalid variable name `{0}`: use letters, digits, `_` and `-`")]
+    BadName(String),
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Template {
+    /// Parses `text`; `$${` is a literal `${`.
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i..];
+            if after.starts_with("$${") {
+                lit.push_str("${");
+                rest = &after[3..];
+            } else if let Some(body) = after.strip_prefix("${") {
+                let end = body.find('}').ok_or_else(|| TemplateError::Unclosed(text.to_string()))?;
+                let name = body[..end].trim();
+                if !lit.is_empty() {
+                    parts.push(Part::Lit(std::mem::take(&mut lit)));
+                }
+                parts.push(Part::Ref(Self::parse_ref(name, text)?));
+                rest = &body[end + 1..];
+            } else {
+                lit.push('$');
+                rest = &after[1..];
+            }
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    fn parse_ref(name: &str, text: &str) -> Result<VarRef, TemplateError> {
+        if name.is_empty() {
+            return Err(TemplateError::Empty(text.to_string()));
+        }
+        let named = |n: &str, make: fn(String) -> VarRef| {
+            if valid_name(n) {
+                Ok(make(n.to_string()))
+            } else {
+                Err(TemplateError::BadName(n.to_string()))
+            }
+        };
+        match name {
+            "run.id" => Ok(VarRef::RunId),
+            "uuid" => Ok(VarRef::Uuid),
+            "now" => Ok(VarRef::Now),
+            "now.unix" => Ok(VarRef::NowUnix),
+            _ => {
+                if let Some(n) = name.strip_prefix("env.") {
+                    named(n, VarRef::Env)
+                } else if let Some(n) = name.strip_prefix("secret.") {
+                    named(n, VarRef::Secret)
+                } else if name.contains('.') {
+                    Err(TemplateError::UnknownBuiltin(name.to_string()))
+                } else {
+                    named(name, VarRef::Var)
+                }
+            }
+        }
+    }
+
+    pub fn refs(&self) -> impl Iterator<Item = &VarRef> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Ref(r) => Some(r),
+            Part::Lit(_) => None,
+        })
+    }
+
+    /// Expands with `lookup`, which resolves each reference or says why not.
+    pub fn render<E>(&self, mut lookup: impl FnMut(&VarRef) -> Result<String, E>) -> Result<String, E> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(s) => out.push_str(s),
+                Part::Ref(r) => out.push_str(&lookup(r)?),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Lit(_)))
+    }
+}
+
+/// Every template string inside a JSON value (keys and string leaves).
+pub fn json_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| json_strings(x, out)),
+        serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| {
+            out.push(k.clone());
+            json_strings(x, out)
+        }),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_literals_refs_and_escapes() {
+        let t = Template::parse("a ${run.id}-${token} $${x} $5 ${env.HOME}").unwrap();
+        assert_eq!(
+            t.refs().cloned().collect::<Vec<_>>(),
+            vec![VarRef::RunId, VarRef::Var("token".into()), VarRef::Env("HOME".into())]
+        );
+        let out: Result<String, ()> = t.render(|r| Ok(format!("<{r}>")));
+        assert_eq!(out.unwrap(), "a <${run.id}>-<${token}> ${x} $5 <${env.HOME}>");
+    }
+
+    #[test]
+    fn rejects_bad_refs() {
+        assert_eq!(Template::parse("${run.idd}").unwrap_err(), TemplateError::UnknownBuiltin("run.idd".into()));
+        assert!(matches!(Template::parse("${oops"), Err(TemplateError::Unclosed(_))));
+        assert!(matches!(Template::parse("${}"), Err(TemplateError::Empty(_))));
+        assert!(matches!(Template::parse("${a b}"), Err(TemplateError::BadName(_))));
+    }
+}

@@ -1,0 +1,332 @@
+//! The scheduler: runs each journey every `interval`, first runs spread over
+//! the interval by a stable hash of (agent id, journey name), never
+//! overlapping a journey with itself, under a global concurrency cap.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentConfig, Journey};
+use crate::runner::context::RunEnv;
+use crate::runner::result::{Outcome, RunResult};
+use crate::runner::run_journey;
+use crate::telemetry::Telemetry;
+
+/// FNV-1a: stable across builds and platforms, unlike the std hasher.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// Where in its interval a journey first fires on this agent.
+pub fn first_offset(agent_id: &str, journey: &str, interval: Duration) -> Duration {
+    let ms = interval.as_millis().max(1) as u64;
+    Duration::from_millis(stable_hash(&[agent_id, journey]) % ms)
+}
+
+/// The journeys this agent runs: those for its location and its shard.
+pub fn select(journeys: Vec<Journey>, agent: &AgentConfig) -> Vec<Journey> {
+    let shard = agent.shard();
+    journeys
+        .into_iter()
+        .filter(|j| j.locations.as_ref().is_none_or(|l| l.iter().any(|x| x == &agent.location)))
+        .filter(|j| match shard {
+            Some((i, n)) => stable_hash(&[&j.name]) % n == i - 1,
+            None => true,
+        })
+        .collect()
+}
+
+/// Per-journey state for `/status` and the demo table.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct JourneyStatus {
+    pub last_outcome: Option<Outcome>,
+    pub last_error_type: Option<String>,
+    pub last_message: Option<String>,
+    pub last_cleanup_error: Option<String>,
+    pub last_run: Option<String>,
+    pub last_success: Option<String>,
+    pub last_duration_ms: Option<f64>,
+    pub last_trace_id: Option<String>,
+    pub runs: u64,
+    pub failures: u64,
+    pub skipped: u64,
+}
+
+/// Scheduler-wide figures, for `/status` and the benchmark.
+#[derive(Default)]
+pub struct Stats {
+    pub runs_started: AtomicU64,
+    pub runs_finished: AtomicU64,
+    pub skipped: AtomicU64,
+    lateness_us: Mutex<VecDeque<u64>>,
+}
+
+const LATENESS_SAMPLES: usize = 100_000;
+
+impl Stats {
+    fn add_lateness(&self, d: Duration) {
+        let mut q = self.lateness_us.lock().expect("stats lock");
+        if q.len() == LATENESS_SAMPLES {
+            q.pop_front();
+        }
+        q.push_back(d.as_micros() as u64);
+    }
+
+    /// (p50, p99, max) lateness in milliseconds over the recent samples.
+    pub fn lateness_ms(&self) -> (f64, f64, f64) {
+        let mut v: Vec<u64> = self.lateness_us.lock().expect("stats lock").iter().copied().collect();
+        if v.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        (at(0.5), at(0.99), *v.last().expect("non-empty") as f64 / 1000.0)
+    }
+
+    pub fn reset_lateness(&self) {
+        self.lateness_us.lock().expect("stats lock").clear();
+    }
+}
+
+pub type StatusBoard = Arc<Mutex<BTreeMap<String, JourneyStatus>>>;
+/// Called with every finished run (the demo prints them).
+pub type RunObserver = Arc<dyn Fn(&Journey, &RunResult) + Send + Sync>;
+
+struct Shared {
+    env: Arc<RunEnv>,
+    telemetry: Arc<Telemetry>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    cancel_runs: CancellationToken,
+    stats: Arc<Stats>,
+    status: StatusBoard,
+    observer: Option<RunObserver>,
+    heartbeat: Arc<AtomicU64>,
+}
+
+struct Scheduled {
+    fingerprint: u64,
+    stop: CancellationToken,
+    journey: Arc<Journey>,
+}
+
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    journeys: HashMap<String, Scheduled>,
+    agent_id: String,
+}
+
+impl Scheduler {
+    pub fn new(env: Arc<RunEnv>, telemetry: Arc<Telemetry>, concurrency: usize, observer: Option<RunObserver>) -> Scheduler {
+        let agent_id = env.agent_id.clone();
+        Scheduler {
+            shared: Arc::new(Shared {
+                env,
+                telemetry,
+                permits: Arc::new(Semaphore::new(concurrency.max(1))),
+                tracker: TaskTracker::new(),
+                cancel_runs: CancellationToken::new(),
+                stats: Arc::new(Stats::default()),
+                status: Arc::new(Mutex::new(BTreeMap::new())),
+                observer,
+                heartbeat: Arc::new(AtomicU64::new(0)),
+            }),
+            journeys: HashMap::new(),
+            agent_id,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    pub fn status(&self) -> StatusBoard {
+        self.shared.status.clone()
+    }
+
+    /// Incremented by the scheduler's own tick; the systemd watchdog reads it.
+    pub fn heartbeat(&self) -> Arc<AtomicU64> {
+        self.shared.heartbeat.clone()
+    }
+
+    pub fn journey_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.journeys.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Makes `journeys` the running set: unchanged ones keep their phase and
+    /// counters, changed ones restart, removed ones stop. Returns (added, changed, removed).
+    pub fn apply(&mut self, journeys: Vec<Journey>) -> (usize, usize, usize) {
+        let mut incoming: HashMap<String, Journey> = journeys.into_iter().map(|j| (j.name.clone(), j)).collect();
+        let mut removed = 0;
+        let names: Vec<String> = self.journeys.keys().cloned().collect();
+        for name in names {
+            let keep = incoming.get(&name).is_some_and(|j| j.fingerprint == self.journeys[&name].fingerprint);
+            if keep {
+                incoming.remove(&name);
+            } else {
+                let old = self.journeys.remove(&name).expect("listed");
+                old.stop.cancel();
+                if !incoming.contains_key(&name) {
+                    removed += 1;
+                    self.shared.telemetry.unregister(&name);
+                    self.shared.status.lock().expect("status lock").remove(&name);
+                }
+            }
+        }
+        let (mut added, mut changed) = (0, 0);
+        for (name, j) in incoming {
+            if self.shared.status.lock().expect("status lock").contains_key(&name) {
+                changed += 1;
+            } else {
+                added += 1;
+            }
+            self.shared.telemetry.register(&j);
+            self.shared.status.lock().expect("status lock").entry(name.clone()).or_default();
+            let j = Arc::new(j);
+            let stop = CancellationToken::new();
+            let offset = first_offset(&self.agent_id, &name, j.interval);
+            tokio::spawn(journey_loop(j.clone(), self.shared.clone(), stop.clone(), offset));
+            self.journeys.insert(name, Scheduled { fingerprint: j.fingerprint, stop, journey: j });
+        }
+        (added, changed, removed)
+    }
+
+    pub fn journey(&self, name: &str) -> Option<Arc<Journey>> {
+        self.journeys.get(name).map(|s| s.journey.clone())
+    }
+
+    /// Stops scheduling; lets in-flight runs finish within `grace`, then
+    /// cancels them (their `finally` steps still run) and waits a little more.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        for s in self.journeys.values() {
+            s.stop.cancel();
+        }
+        let tracker = self.shared.tracker.clone();
+        tracker.close();
+        let in_flight = tracker.len();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(in_flight = tracker.len(), "grace period over: cancelling in-flight runs");
+            self.shared.cancel_runs.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        in_flight
+    }
+
+    /// Ticks the heartbeat from the runtime the runs share.
+    pub fn spawn_heartbeat(&self, every: Duration, stop: CancellationToken) {
+        let hb = self.shared.heartbeat.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = t.tick() => { hb.fetch_add(1, Ordering::Relaxed); }
+                }
+            }
+        });
+    }
+}
+
+async fn journey_loop(j: Arc<Journey>, sh: Arc<Shared>, stop: CancellationToken, offset: Duration) {
+    let running = Arc::new(AtomicBool::new(false));
+    let mut next = tokio::time::Instant::now() + offset;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let scheduled = next;
+        let now = tokio::time::Instant::now();
+        next += j.interval;
+        while next <= now {
+            next += j.interval;
+        }
+        if running.swap(true, Ordering::AcqRel) {
+            sh.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            sh.telemetry.record_skip(&j);
+            if let Some(s) = sh.status.lock().expect("status lock").get_mut(&j.name) {
+                s.skipped += 1;
+            }
+            tracing::warn!(journey = %j.name, "previous run still in progress: tick skipped");
+            continue;
+        }
+        let (j, sh2, running) = (j.clone(), sh.clone(), running.clone());
+        sh.tracker.spawn(async move {
+            let Ok(_permit) = sh2.permits.clone().acquire_owned().await else { return };
+            let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
+            sh2.stats.add_lateness(late);
+            sh2.telemetry.record_lateness(late);
+            sh2.stats.runs_started.fetch_add(1, Ordering::Relaxed);
+            let result = run_journey(&j, sh2.env.clone(), &sh2.cancel_runs).await;
+            sh2.stats.runs_finished.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = result {
+                finish(&sh2, &j, &r);
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+}
+
+fn finish(sh: &Shared, j: &Journey, r: &RunResult) {
+    sh.telemetry.record(j, r);
+    log_result(r);
+    {
+        let mut board = sh.status.lock().expect("status lock");
+        let s = board.entry(j.name.clone()).or_default();
+        let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        s.runs += 1;
+        s.last_outcome = Some(r.outcome);
+        s.last_error_type = r.error_type.map(|e| e.as_str().to_string());
+        s.last_message = r.message.clone();
+        s.last_cleanup_error = r.cleanup_error.clone();
+        s.last_duration_ms = Some(r.duration.as_secs_f64() * 1000.0);
+        s.last_trace_id = Some(r.trace_id.clone());
+        if r.outcome == Outcome::Failure {
+            s.failures += 1;
+        } else {
+            s.last_success = Some(at.clone());
+        }
+        s.last_run = Some(at);
+    }
+    if let Some(o) = &sh.observer {
+        o(j, r);
+    }
+}
+
+/// One structured log line per run; journald keeps the fields.
+pub fn log_result(r: &RunResult) {
+    let ms = r.duration.as_secs_f64() * 1000.0;
+    match r.outcome {
+        Outcome::Failure => tracing::warn!(
+            journey = %r.journey, run_id = %r.run_id, outcome = "failure",
+            error_type = r.error_type.map(|e| e.as_str()).unwrap_or(""),
+            step = r.steps.iter().find(|s| s.outcome == Outcome::Failure && !s.cleanup).map(|s| s.name.as_str()).unwrap_or(""),
+            duration_ms = ms, trace_id = %r.trace_id,
+            "{}", r.message.as_deref().unwrap_or("")
+        ),
+        o => tracing::info!(journey = %r.journey, run_id = %r.run_id, outcome = o.as_str(), duration_ms = ms, trace_id = %r.trace_id, "run finished"),
+    }
+    if let Some(c) = &r.cleanup_error {
+        tracing::warn!(journey = %r.journey, run_id = %r.run_id, "{c}");
+    }
+}
+
+/// Measures how long ago `t` was, for `/status` ages.
+pub fn age(t: Instant) -> Duration {
+    t.elapsed()
+}

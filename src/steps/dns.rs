@@ -1,0 +1,163 @@
+//! `dns` step: one query, its answers and response code, with hickory.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::TokioResolver;
+use opentelemetry::KeyValue;
+
+use crate::config::model::DnsSpec;
+use crate::config::template::Template;
+use crate::config::validate::Checker;
+use crate::runner::context::RunContext;
+use crate::runner::result::{ErrorType, Phase};
+use crate::steps::{Observation, StepError, StepKind};
+
+#[derive(Debug)]
+pub struct DnsStep {
+    name: Template,
+    record_type: RecordType,
+    server: Option<SocketAddr>,
+    resolver: OnceLock<TokioResolver>,
+    expect_answers: Vec<Template>,
+    expect_rcode: ResponseCode,
+}
+
+/// A resolver without cache: a probe must measure the real lookup every time.
+pub fn uncached_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, String> {
+    let mut builder = match server {
+        None => TokioResolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+        Some(sa) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = sa.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = sa.port();
+            let ns = NameServerConfig::new(sa.ip(), true, vec![udp, tcp]);
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
+                .with_options(ResolverOpts::default())
+        }
+    };
+    let opts = builder.options_mut();
+    opts.cache_size = 0;
+    opts.attempts = 1;
+    opts.timeout = std::time::Duration::from_secs(5);
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn rcode_name(r: ResponseCode) -> String {
+    format!("{r:?}").to_ascii_uppercase()
+}
+
+impl DnsStep {
+    pub fn compile(spec: &DnsSpec, c: &mut Checker) -> Option<DnsStep> {
+        let record_type = RecordType::from_str(&spec.record_type.to_ascii_uppercase())
+            .map_err(|_| c.error("dns.record_type", &format!("expected a record type like A, AAAA, CNAME, MX, TXT, NS; got `{}`", spec.record_type)))
+            .ok()?;
+        let server = match &spec.resolver {
+            None => None,
+            Some(s) => Some(
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| c.error("dns.resolver", &format!("expected `ip` or `ip:port`, got `{s}`")))
+                    .ok()?,
+            ),
+        };
+        let expect_rcode = match &spec.expect_rcode {
+            None => ResponseCode::NoError,
+            Some(r) => match r.to_ascii_uppercase().as_str() {
+                "NOERROR" => ResponseCode::NoError,
+                "NXDOMAIN" => ResponseCode::NXDomain,
+                "SERVFAIL" => ResponseCode::ServFail,
+                "REFUSED" => ResponseCode::Refused,
+                _ => {
+                    c.error("dns.expect_rcode", &format!("expected NOERROR, NXDOMAIN, SERVFAIL or REFUSED, got `{r}`"));
+                    return None;
+                }
+            },
+        };
+        Some(DnsStep {
+            name: c.template("dns.name", &spec.name),
+            record_type,
+            server,
+            resolver: OnceLock::new(),
+            expect_answers: spec.expect_answers.iter().map(|a| c.template("dns.expect_answers", a)).collect(),
+            expect_rcode,
+        })
+    }
+
+    async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
+        let name = ctx.render(&self.name)?;
+        let resolver = match self.server {
+            None => ctx.env.resolver.clone(),
+            Some(sa) => match self.resolver.get() {
+                Some(r) => r.clone(),
+                None => {
+                    let r = uncached_resolver(Some(sa)).map_err(|e| StepError::new(ErrorType::Config, e))?;
+                    self.resolver.get_or_init(|| r).clone()
+                }
+            },
+        };
+        ctx.waiting_for = "the DNS answer";
+        let t = Instant::now();
+        let res = resolver.lookup(name.as_str(), self.record_type).await;
+        let mut obs = Observation::default();
+        obs.phases.push(Phase { name: "dns", duration: t.elapsed() });
+        let (rcode, answers): (ResponseCode, Vec<String>) = match res {
+            Ok(lookup) => (ResponseCode::NoError, lookup.answers().iter().map(|r| r.data.to_string()).collect()),
+            Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => (nr.response_code, Vec::new()),
+            Err(NetError::Dns(DnsError::ResponseCode(rc))) => (rc, Vec::new()),
+            Err(e) => return Err(StepError::new(ErrorType::Dns, format!("query {} {name} failed: {e}", self.record_type)).with_observation(&obs)),
+        };
+        obs.attributes = vec![
+            KeyValue::new("dns.question.name", name.clone()),
+            KeyValue::new("dns.question.type", self.record_type.to_string()),
+            KeyValue::new("dns.response_code", rcode_name(rcode)),
+            KeyValue::new("dns.answers", answers.join(", ")),
+        ];
+        obs.body = bytes::Bytes::from(answers.join("\n"));
+        if rcode != self.expect_rcode {
+            let detail = if answers.is_empty() { String::new() } else { format!(" with answers [{}]", answers.join(", ")) };
+            return Err(StepError::new(
+                ErrorType::Dns,
+                format!("expected {} for {} {name}, got {}{detail}", rcode_name(self.expect_rcode), self.record_type, rcode_name(rcode)),
+            )
+            .with_observation(&obs));
+        }
+        if rcode == ResponseCode::NoError && answers.is_empty() && self.expect_answers.is_empty() {
+            return Err(StepError::new(ErrorType::Dns, format!("expected at least one {} record for {name}, got none", self.record_type)).with_observation(&obs));
+        }
+        for t in &self.expect_answers {
+            let want = ctx.render(t)?;
+            let norm = |s: &str| s.trim_end_matches('.').trim_matches('"').to_ascii_lowercase();
+            if !answers.iter().any(|a| norm(a) == norm(&want)) {
+                return Err(StepError::new(
+                    ErrorType::Assertion,
+                    format!("expected {} {name} to answer `{want}`, got [{}]", self.record_type, answers.join(", ")),
+                )
+                .with_observation(&obs));
+            }
+        }
+        Ok(obs)
+    }
+}
+
+impl StepKind for DnsStep {
+    fn kind(&self) -> &'static str {
+        "dns"
+    }
+    fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
+        self.run(ctx).boxed()
+    }
+    fn error_types(&self) -> &'static [ErrorType] {
+        &[ErrorType::Dns, ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config]
+    }
+}

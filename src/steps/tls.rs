@@ -1,0 +1,190 @@
+//! `tls` step: handshake, chain verification and certificate expiry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use opentelemetry::KeyValue;
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use crate::config::model::TlsSpec;
+use crate::config::template::Template;
+use crate::config::validate::Checker;
+use crate::runner::context::RunContext;
+use crate::runner::result::ErrorType;
+use crate::steps::net::{connect_tcp, handshake, split_host_port};
+use crate::steps::{Observation, StepError, StepKind};
+
+/// Client TLS configurations, built once: verifying (system roots), and not.
+pub struct TlsConfigs {
+    provider: Arc<CryptoProvider>,
+    pub verified: Arc<ClientConfig>,
+    pub insecure: Arc<ClientConfig>,
+    /// Verifying configs with an extra CA file, by path.
+    with_ca: Mutex<HashMap<String, Arc<ClientConfig>>>,
+}
+
+impl TlsConfigs {
+    pub fn new() -> Result<TlsConfigs, String> {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let verified = Self::verifying(&provider, Vec::new())?;
+        let insecure = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+            .with_no_client_auth();
+        Ok(TlsConfigs { provider, verified, insecure: with_alpn(insecure), with_ca: Mutex::new(HashMap::new()) })
+    }
+
+    fn verifying(provider: &Arc<CryptoProvider>, extra: Vec<CertificateDer<'static>>) -> Result<Arc<ClientConfig>, String> {
+        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone()).map_err(|e| e.to_string())?;
+        let cfg = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(with_alpn(cfg))
+    }
+
+    /// The config for a step: verifying or not, with an optional extra CA file.
+    pub fn pick(&self, verify: bool, ca_file: Option<&str>) -> Result<Arc<ClientConfig>, StepError> {
+        match (verify, ca_file) {
+            (false, _) => Ok(self.insecure.clone()),
+            (true, None) => Ok(self.verified.clone()),
+            (true, Some(path)) => {
+                let mut cache = self.with_ca.lock().expect("tls cache lock");
+                if let Some(c) = cache.get(path) {
+                    return Ok(c.clone());
+                }
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<_, _>>())
+                    .map_err(|e| StepError::new(ErrorType::Config, format!("cannot read CA file `{path}`: {e}")))?;
+                let cfg = Self::verifying(&self.provider, certs).map_err(|e| StepError::new(ErrorType::Config, format!("CA file `{path}`: {e}")))?;
+                if cache.len() > 64 {
+                    cache.clear();
+                }
+                cache.insert(path.to_string(), cfg.clone());
+                Ok(cfg)
+            }
+        }
+    }
+}
+
+fn with_alpn(mut cfg: ClientConfig) -> Arc<ClientConfig> {
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Accepts any certificate but still checks handshake signatures (for `tls_verify: false`).
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, tokio_rustls::rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+pub struct TlsStep {
+    address: Template,
+    server_name: Option<Template>,
+    verify: bool,
+    ca_file: Option<Template>,
+    min_days_remaining: Option<f64>,
+}
+
+impl TlsStep {
+    pub fn compile(spec: &TlsSpec, c: &mut Checker) -> Option<TlsStep> {
+        if let Some(d) = spec.min_days_remaining {
+            if !(d >= 0.0) {
+                c.error("tls.min_days_remaining", "expected a number of days >= 0");
+            }
+        }
+        Some(TlsStep {
+            address: c.template("tls.address", &spec.address),
+            server_name: spec.server_name.as_deref().map(|s| c.template("tls.server_name", s)),
+            verify: spec.verify,
+            ca_file: spec.ca_file.as_deref().map(|s| c.template("tls.ca_file", s)),
+            min_days_remaining: spec.min_days_remaining,
+        })
+    }
+
+    async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
+        let address = ctx.render(&self.address)?;
+        let (host, port) = split_host_port(&address)?;
+        let server_name = match &self.server_name {
+            Some(t) => ctx.render(t)?,
+            None => host.clone(),
+        };
+        let ca = match &self.ca_file {
+            Some(t) => Some(ctx.render(t)?),
+            None => None,
+        };
+        let config = ctx.env.tls.pick(self.verify, ca.as_deref())?;
+        let mut obs = Observation::default();
+        let started = Instant::now();
+        let (tcp, peer) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
+        let (_stream, facts) = handshake(ctx, tcp, &server_name, config, &mut obs.phases).await.map_err(|e| e.with_observation(&obs))?;
+        obs.cert_not_after = facts.not_after;
+        obs.attributes = vec![
+            KeyValue::new("server.address", host.clone()),
+            KeyValue::new("server.port", port as i64),
+            KeyValue::new("network.peer.address", peer.ip().to_string()),
+            KeyValue::new("tls.protocol.version", facts.version),
+            KeyValue::new("tls.cipher", facts.cipher),
+            KeyValue::new("tls.server.subject", facts.subject.clone()),
+            KeyValue::new("tls.server.issuer", facts.issuer),
+        ];
+        obs.body = bytes::Bytes::from(facts.subject);
+        let _ = started;
+        if let (Some(min), Some(na)) = (self.min_days_remaining, facts.not_after) {
+            let days = remaining_secs(na) / 86_400.0;
+            if days < min {
+                return Err(StepError::new(
+                    ErrorType::Tls,
+                    format!("expected the certificate chain of `{server_name}` to be valid for at least {min} more days, the earliest expiry is in {days:.1} days ({})", humantime::format_rfc3339_seconds(na)),
+                )
+                .with_observation(&obs));
+            }
+        }
+        Ok(obs)
+    }
+}
+
+/// Seconds from now until `t` (negative when past).
+pub fn remaining_secs(t: SystemTime) -> f64 {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+impl StepKind for TlsStep {
+    fn kind(&self) -> &'static str {
+        "tls"
+    }
+    fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
+        self.run(ctx).boxed()
+    }
+    fn error_types(&self) -> &'static [ErrorType] {
+        &[ErrorType::Dns, ErrorType::Connect, ErrorType::Tls, ErrorType::Timeout, ErrorType::Config]
+    }
+}

@@ -1,0 +1,297 @@
+//! `websocket` step: connect, send, and receive a message that satisfies the
+//! step's `assert`. A connection stays open across the run's later steps, so
+//! a journey can subscribe, act over HTTP, then await the resulting event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
+use reqwest::cookie::CookieStore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::config::model::WebSocketSpec;
+use crate::config::template::Template;
+use crate::config::validate::Checker;
+use crate::runner::context::RunContext;
+use crate::runner::result::{ErrorType, Phase};
+use crate::steps::assertions::{fmt_dur, Assertions};
+use crate::steps::net::{connect_tcp, handshake};
+use crate::steps::{snippet, Observation, StepError, StepKind};
+
+/// Messages buffered per connection between receive steps; older ones are dropped.
+const INBOX: usize = 256;
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream<Box<dyn Io>>, Message>;
+
+/// Why the reader stopped, delivered as the last inbox item.
+#[derive(Debug)]
+enum Event {
+    Message(Instant, String),
+    Closed(String),
+}
+
+struct Conn {
+    sink: Sink,
+    inbox: mpsc::Receiver<Event>,
+    received: u32,
+    closed: Option<String>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// The run's open WebSocket connections, by name.
+#[derive(Default)]
+pub struct Connections {
+    conns: HashMap<String, Conn>,
+}
+
+impl Connections {
+    pub async fn close_all(&mut self) {
+        for (_, mut c) in self.conns.drain() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), c.sink.close()).await;
+            c.reader.abort();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct WebSocketStep {
+    connection: String,
+    connect: Option<Template>,
+    headers: Vec<(String, Template)>,
+    subprotocol: Option<String>,
+    use_cookies: bool,
+    send: Option<Template>,
+    receive: Option<Duration>,
+    since_step: Option<String>,
+    close: bool,
+    filter: Arc<Assertions>,
+}
+
+impl WebSocketStep {
+    pub fn compile(spec: &WebSocketSpec, filter: Arc<Assertions>, c: &mut Checker) -> Option<WebSocketStep> {
+        if spec.connect.is_none() && spec.send.is_none() && spec.receive.is_none() && !spec.close {
+            c.error("websocket", "expected at least one of `connect`, `send`, `receive` or `close`");
+        }
+        if spec.receive.is_some() && !filter.has_content_checks() {
+            c.error("websocket.receive", "expected an `assert` block that says which message to wait for (e.g. `json` or `body_contains`)");
+        }
+        Some(WebSocketStep {
+            connection: spec.connection.clone(),
+            connect: spec.connect.as_deref().map(|u| c.template("websocket.connect", u)),
+            headers: spec.headers.iter().map(|(k, v)| (k.clone(), c.template(&format!("websocket.headers.{k}"), v))).collect(),
+            subprotocol: spec.subprotocol.clone(),
+            use_cookies: spec.use_cookies,
+            send: spec.send.as_deref().map(|s| c.template("websocket.send", s)),
+            receive: spec.receive.map(|d| d.0),
+            since_step: spec.since_step.clone(),
+            close: spec.close,
+            filter,
+        })
+    }
+
+    async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
+        let mut obs = Observation::default();
+        obs.attributes.push(KeyValue::new("websocket.connection", self.connection.clone()));
+        let started = Instant::now();
+        if let Some(t) = &self.connect {
+            let url = ctx.render(t)?;
+            let conn = self.open(ctx, &url, &mut obs).await.map_err(|e| e.with_observation(&obs))?;
+            if let Some(old) = ctx.websockets.conns.insert(self.connection.clone(), conn) {
+                old.reader.abort();
+            }
+        }
+        if let Some(t) = &self.send {
+            let text = ctx.render(t)?;
+            let conn = self.conn(ctx)?;
+            ctx_wait(&mut conn.sink, text).await.map_err(|e| e.with_observation(&obs))?;
+        }
+        if let Some(within) = self.receive {
+            let (arrived, text) = self.receive(ctx, within).await.map_err(|e| e.with_observation(&obs))?;
+            let since = match &self.since_step {
+                Some(name) => *ctx.step_starts.get(name).ok_or_else(|| {
+                    StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run"))
+                })?,
+                None => started,
+            };
+            let waited = arrived.saturating_duration_since(since);
+            obs.phases.push(Phase { name: "message", duration: waited });
+            obs.reported_duration = Some(waited);
+            obs.body = bytes::Bytes::from(text);
+        }
+        if self.close {
+            if let Some(mut c) = ctx.websockets.conns.remove(&self.connection) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.sink.close()).await;
+                c.reader.abort();
+            }
+        }
+        Ok(obs)
+    }
+
+    fn conn<'c>(&self, ctx: &'c mut RunContext) -> Result<&'c mut Conn, StepError> {
+        ctx.websockets.conns.get_mut(&self.connection).ok_or_else(|| {
+            StepError::new(ErrorType::Websocket, format!("no open WebSocket connection named `{}`: connect it in an earlier step", self.connection))
+        })
+    }
+
+    async fn open(&self, ctx: &mut RunContext, url_text: &str, obs: &mut Observation) -> Result<Conn, StepError> {
+        let url = url::Url::parse(url_text).map_err(|e| StepError::new(ErrorType::Config, format!("`{url_text}` is not a valid URL: {e}")))?;
+        let secure = match url.scheme() {
+            "ws" => false,
+            "wss" => true,
+            s => return Err(StepError::new(ErrorType::Config, format!("expected a ws:// or wss:// URL, got scheme `{s}`"))),
+        };
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = url.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
+        let mut req = url_text
+            .into_client_request()
+            .map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the WebSocket request: {e}")))?;
+        let h = req.headers_mut();
+        let hv = |v: &str| HeaderValue::from_str(v).map_err(|_| StepError::new(ErrorType::Config, "a header value contains characters not allowed in HTTP headers"));
+        h.insert("user-agent", hv(&ctx.env.user_agent)?);
+        h.insert("x-synthetic-run", hv(&ctx.run_id)?);
+        let sc = ctx.trace_cx.span().span_context().clone();
+        if sc.is_valid() {
+            h.insert("traceparent", hv(&format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))?);
+        }
+        if let Some(p) = &self.subprotocol {
+            h.insert("sec-websocket-protocol", hv(p)?);
+        }
+        if self.use_cookies {
+            let mut http_url = url.clone();
+            let _ = http_url.set_scheme(if secure { "https" } else { "http" });
+            if let Some(c) = ctx.cookies.cookies(&http_url) {
+                h.insert("cookie", c);
+            }
+        }
+        for (k, t) in &self.headers {
+            let v = ctx.render(t)?;
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
+            req.headers_mut().insert(name, hv(&v)?);
+        }
+        let (tcp, _) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
+        let io: Box<dyn Io> = if secure {
+            let cfg = ctx.env.tls.pick(true, None)?;
+            Box::new(handshake(ctx, tcp, &host, cfg, &mut obs.phases).await?.0)
+        } else {
+            Box::new(tcp)
+        };
+        ctx.waiting_for = "the WebSocket handshake";
+        let t = Instant::now();
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(config)).await.map_err(|e| {
+            StepError::new(ErrorType::Websocket, format!("WebSocket handshake with {url_text} failed: {e}"))
+        })?;
+        obs.phases.push(Phase { name: "handshake", duration: t.elapsed() });
+        obs.attributes.push(KeyValue::new("http.response.status_code", resp.status().as_u16() as i64));
+        obs.attributes.push(KeyValue::new("url.full", url.to_string()));
+        let (sink, mut stream) = ws.split();
+        let (tx, inbox) = mpsc::channel(INBOX);
+        let reader = tokio::spawn(async move {
+            let why = loop {
+                match stream.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        if tx.try_send(Event::Message(Instant::now(), t.to_string())).is_err() && tx.is_closed() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        let _ = tx.try_send(Event::Message(Instant::now(), String::from_utf8_lossy(&b).into_owned()));
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        break match frame {
+                            Some(f) => format!("closed by the server (code {}, reason `{}`)", u16::from(f.code), f.reason),
+                            None => "closed by the server".to_string(),
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break format!("connection error: {e}"),
+                    None => break "connection dropped".to_string(),
+                }
+            };
+            let _ = tx.send(Event::Closed(why)).await;
+        });
+        Ok(Conn { sink, inbox, received: 0, closed: None, reader })
+    }
+
+    async fn receive(&self, ctx: &mut RunContext, within: Duration) -> Result<(Instant, String), StepError> {
+        let deadline = Instant::now() + within;
+        let mut last_mismatch: Option<String> = None;
+        let mut seen = 0u32;
+        ctx.waiting_for = "a matching WebSocket message";
+        loop {
+            let conn = self.conn(ctx)?;
+            if let Some(why) = &conn.closed {
+                return Err(StepError::new(ErrorType::Websocket, format!("connection `{}` is {why}", self.connection)));
+            }
+            let next = tokio::time::timeout_at(deadline.into(), conn.inbox.recv()).await;
+            let event = match next {
+                Err(_) => {
+                    let last = last_mismatch.map(|m| format!("; last mismatch: {m}")).unwrap_or_default();
+                    return Err(StepError::new(
+                        ErrorType::Timeout,
+                        format!("expected a matching message on `{}` within {}, got {seen} non-matching message{}{last}", self.connection, fmt_dur(within), if seen == 1 { "" } else { "s" }),
+                    ));
+                }
+                Ok(None) => Event::Closed("connection dropped".into()),
+                Ok(Some(e)) => e,
+            };
+            match event {
+                Event::Closed(why) => {
+                    let conn = self.conn(ctx)?;
+                    conn.closed = Some(why.clone());
+                    let last = last_mismatch.map(|m| format!("; last mismatch: {m}")).unwrap_or_default();
+                    return Err(StepError::new(
+                        ErrorType::Websocket,
+                        format!("connection `{}` {why} while waiting for a matching message ({seen} other message{} received){last}", self.connection, if seen == 1 { "" } else { "s" }),
+                    ));
+                }
+                Event::Message(at, text) => {
+                    self.conn(ctx)?.received += 1;
+                    let candidate = Observation { body: bytes::Bytes::from(text.clone()), ..Default::default() };
+                    match self.filter.check_content(ctx, &candidate) {
+                        Ok(()) => return Ok((at, text)),
+                        Err(e) => {
+                            seen += 1;
+                            last_mismatch = Some(format!("{} in {}", e.message, snippet(&text, 160)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ctx_wait(sink: &mut Sink, text: String) -> Result<(), StepError> {
+    sink.send(Message::text(text)).await.map_err(|e| StepError::new(ErrorType::Websocket, format!("send failed: {e}")))
+}
+
+impl StepKind for WebSocketStep {
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+    fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
+        self.run(ctx).boxed()
+    }
+    fn error_types(&self) -> &'static [ErrorType] {
+        &[ErrorType::Dns, ErrorType::Connect, ErrorType::Tls, ErrorType::Websocket, ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config]
+    }
+    fn default_timeout(&self) -> Option<Duration> {
+        self.receive.map(|d| d + Duration::from_secs(10))
+    }
+}
