@@ -140,7 +140,10 @@ impl Collector {
             }
         }
         let _ = fs::remove_dir_all(&dir);
-        panic!("could not start rotel-agent ({}): {last_err}", bin.display());
+        panic!(
+            "could not start rotel-agent ({}): {last_err}",
+            bin.display()
+        );
     }
 
     /// `http://127.0.0.1:<grpc port>`, for the tonic exporter.
@@ -165,6 +168,11 @@ impl Collector {
     /// Path of the captured output (debug log + agent log lines).
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// Process id of the running agent, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -271,7 +279,8 @@ impl Collector {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.raw_log();
-            let matches: Vec<SpanRecord> = parse_spans(&log).into_iter().filter(|s| pred(s)).collect();
+            let matches: Vec<SpanRecord> =
+                parse_spans(&log).into_iter().filter(|s| pred(s)).collect();
             if !matches.is_empty() {
                 return matches;
             }
@@ -295,7 +304,8 @@ impl Collector {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.raw_log();
-            let matches: Vec<SpanRecord> = parse_spans(&log).into_iter().filter(|s| pred(s)).collect();
+            let matches: Vec<SpanRecord> =
+                parse_spans(&log).into_iter().filter(|s| pred(s)).collect();
             if matches.len() >= n {
                 return matches;
             }
@@ -351,8 +361,14 @@ impl Collector {
             .args(["--exporter", "blackhole"])
             .args(["--debug-log", "metrics", "--debug-log", "traces"])
             .args(["--debug-log-verbosity", "detailed"])
-            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{}", self.grpc_port)])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{}", self.http_port)])
+            .args([
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{}", self.grpc_port),
+            ])
+            .args([
+                "--otlp-http-endpoint",
+                &format!("127.0.0.1:{}", self.http_port),
+            ])
             .arg("--pid-file")
             .arg(self.dir.join("rotel-agent.pid"))
             .arg("--log-file")
@@ -369,7 +385,11 @@ impl Collector {
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 return Err(format!(
                     "rotel-agent exited during startup with {status}; output:\n{}",
                     self.raw_log()
@@ -456,7 +476,10 @@ fn is_executable(p: &Path) -> bool {
 
 fn make_temp_dir() -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!(
         "vantage-collector-{}-{}-{nanos}",
         std::process::id(),
@@ -484,8 +507,11 @@ fn port_open(port: u16) -> bool {
 fn latest_points(points: Vec<MetricPoint>, name: &str) -> Vec<MetricPoint> {
     let mut by_attrs: BTreeMap<Vec<(String, String)>, MetricPoint> = BTreeMap::new();
     for p in points.into_iter().filter(|p| p.name == name) {
-        let key: Vec<(String, String)> =
-            p.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let key: Vec<(String, String)> = p
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         by_attrs.insert(key, p);
     }
     by_attrs.into_values().collect()
@@ -666,7 +692,9 @@ pub fn parse_metrics(log: &str) -> Vec<MetricPoint> {
         } else if t == "Exemplars:" || t.starts_with("Exemplar #") {
             section = Section::Ignored;
         } else if t.starts_with("->") {
-            let Some((k, v)) = parse_arrow(t) else { continue };
+            let Some((k, v)) = parse_arrow(t) else {
+                continue;
+            };
             match section {
                 Section::Resource => {
                     resource.insert(k, v);
@@ -781,7 +809,9 @@ pub fn parse_spans(log: &str) -> Vec<SpanRecord> {
         {
             section = Section::Ignored;
         } else if t.starts_with("->") {
-            let Some((k, v)) = parse_arrow(t) else { continue };
+            let Some((k, v)) = parse_arrow(t) else {
+                continue;
+            };
             match section {
                 Section::Resource => {
                     resource.insert(k, v);
