@@ -139,6 +139,28 @@ else pass "postinst does not enable/start the unit on install"; fi
 if grep -q '/var/lib/private/vantage' "$tmp/control/postrm"; then pass "postrm purge removes DynamicUser state"
 else fail "postrm purge removes DynamicUser state" "/var/lib/private/vantage in postrm" "not found"; fi
 
+# postinst's reporting of `vantage check`, with a fake `vantage` first on
+# PATH (this exercises the script, not the binary). Only the paths without a
+# running systemd are reachable here: a container has no /run/systemd/system.
+mkdir -p "$tmp/fake/ok" "$tmp/fake/bad"
+printf '#!/bin/sh\necho "config ok"\nexit 0\n' >"$tmp/fake/ok/vantage"
+printf '#!/bin/sh\necho "probes.d/shop.yaml: line 3: unknown step type" >&2\nexit 1\n' >"$tmp/fake/bad/vantage"
+chmod +x "$tmp/fake/ok/vantage" "$tmp/fake/bad/vantage"
+if [ ! -d /run/systemd/system ]; then
+    out="$(PATH="$tmp/fake/bad:$PATH" sh "$tmp/control/postinst" configure "" 2>&1)"; rc=$?
+    if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep -q 'WARNING' && printf '%s' "$out" | grep -q 'unknown step type'; then
+        pass "postinst: failing check on install warns (with the check's output) and exits 0"
+    else fail "postinst: failing check on install" "exit 0, WARNING + check output" "exit $rc: $out"; fi
+    out="$(PATH="$tmp/fake/ok:$PATH" sh "$tmp/control/postinst" configure "" 2>&1)"; rc=$?
+    if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep -q 'check passed' && printf '%s' "$out" | grep -q 'enable --now'; then
+        pass "postinst: passing check on install reports it and tells how to start"
+    else fail "postinst: passing check on install" "exit 0, 'check passed', 'enable --now' hint" "exit $rc: $out"; fi
+    out="$(PATH="$tmp/fake/bad:$PATH" sh "$tmp/control/postinst" configure 0.0.1-1 2>&1)"; rc=$?
+    if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep -q 'NOT restarting'; then
+        pass "postinst: failing check on upgrade does not restart, exits 0"
+    else fail "postinst: failing check on upgrade" "exit 0, 'NOT restarting'" "exit $rc: $out"; fi
+fi
+
 # --- lintian ------------------------------------------------------------------
 # Every override must be justified by a comment line directly above it.
 unjustified="$(awk '/^[[:space:]]*#/ { c = 1; next } /^[[:space:]]*$/ { c = 0; next } { if (!c) print; c = 0 }' \
