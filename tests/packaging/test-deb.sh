@@ -183,6 +183,10 @@ else
 fi
 
 # --- extracted layout ---------------------------------------------------------
+# dpkg-deb -x, not `dpkg --root`: dpkg --root runs the maintainer scripts
+# chrooted into the scratch root (which has no /bin/sh), and with
+# --force-script-chrootless it would run them against THIS host instead
+# (postrm purge deletes /var/lib/vantage). Neither is side-effect free.
 root="$tmp/root"
 mkdir -p "$root"
 dpkg-deb -x "$deb" "$root"
