@@ -86,7 +86,7 @@ pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &Cancellat
     } else {
         let main = async {
             for step in &journey.steps {
-                let r = run_step(&mut ctx, step, &root_cx, false, Some(deadline)).await;
+                let r = run_step(&mut ctx, step, &root_cx, false, Some((deadline, journey.timeout))).await;
                 let failed = r.outcome == Outcome::Failure;
                 steps.push(r);
                 if failed {
@@ -198,7 +198,8 @@ fn finish_interrupted_step(ctx: &mut RunContext, journey: &Journey, done: &[Step
     })
 }
 
-async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, cleanup: bool, deadline: Option<Instant>) -> StepResult {
+/// `deadline` is the run's (instant, timeout); a step never outlives it.
+async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, cleanup: bool, deadline: Option<(Instant, Duration)>) -> StepResult {
     let env = ctx.env.clone();
     let span = env
         .tracer
@@ -216,15 +217,18 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let started = Instant::now();
     ctx.step_starts.insert(step.name.clone(), started);
 
-    let mut limit = step.timeout.or_else(|| step.kind.default_timeout()).unwrap_or(env.default_step_timeout);
-    if let Some(d) = deadline {
-        limit = limit.min(d.saturating_duration_since(started));
-    }
+    let step_limit = step.timeout.or_else(|| step.kind.default_timeout()).unwrap_or(env.default_step_timeout);
+    let run_left = deadline.map(|(d, _)| d.saturating_duration_since(started));
+    let limit = run_left.map_or(step_limit, |left| left.min(step_limit));
     let res = match tokio::time::timeout(limit, attempt(ctx, step)).await {
         Ok(r) => r,
         Err(_) => {
             let during = if ctx.waiting_for.is_empty() { String::new() } else { format!(" while waiting for {}", ctx.waiting_for) };
-            Err(StepError::new(ErrorType::Timeout, format!("timed out after {}{during}", fmt_dur(limit))))
+            let msg = match deadline {
+                Some((_, run_timeout)) if limit < step_limit => format!("journey timeout of {} reached{during}", fmt_dur(run_timeout)),
+                _ => format!("timed out after {}{during}", fmt_dur(limit)),
+            };
+            Err(StepError::new(ErrorType::Timeout, msg))
         }
     };
     let duration = started.elapsed();
