@@ -210,7 +210,7 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
     let telemetry = Telemetry::init(&agent, export.as_ref(), &journeys)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let callbacks = match agent.callback.listen {
-        Some(addr) => Some(crate::steps::callback::CallbackHub::start(addr, stop.clone()).await?),
+        Some(addr) => Some(crate::steps::callback::CallbackHub::start(addr, stop.clone(), None).await?),
         None => None,
     };
     let env = Arc::new(daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, Default::default())?);
@@ -226,6 +226,6 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         }
     }
     stop.cancel();
-    telemetry.shutdown(std::time::Duration::from_secs(10));
+    telemetry.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(if failed { 1 } else { 0 })
 }

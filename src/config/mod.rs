@@ -83,6 +83,9 @@ pub struct OtlpConfig {
     /// `grpc` or `http/protobuf`; default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
     pub protocol: Option<String>,
     pub export_interval: Option<Dur>,
+    /// Extra headers/metadata, e.g. an auth token; default: `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 fn default_location() -> String {

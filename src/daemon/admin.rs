@@ -30,6 +30,11 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: Cancellat
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/-/reload", post(reload))
+        // For benchmarks: start a fresh lateness window after warm-up.
+        .route("/-/reset-stats", post(|State(s): State<Arc<AdminState>>| async move {
+            s.stats.reset_lateness();
+            "ok\n"
+        }))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

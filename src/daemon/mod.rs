@@ -86,7 +86,11 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     let shutdown = opts.stop.clone().unwrap_or_default();
 
     let callbacks = match agent.callback.listen {
-        Some(addr) => Some(CallbackHub::start(addr, shutdown.clone()).await.with_context(|| format!("cannot listen for callbacks on {addr}"))?),
+        Some(addr) => {
+            let t = telemetry.clone();
+            let count: crate::steps::callback::OnRequest = Arc::new(move |result| t.record_callback(result));
+            Some(CallbackHub::start(addr, shutdown.clone(), Some(count)).await.with_context(|| format!("cannot listen for callbacks on {addr}"))?)
+        }
         None => None,
     };
     if let (Some(h), Some(f)) = (&callbacks, opts.on_callback_ready.take()) {
@@ -140,19 +144,18 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     let in_flight = sched.shutdown(grace).await;
     shutdown.cancel();
     tracing::info!(in_flight, "runs settled; flushing telemetry");
-    telemetry.shutdown(Duration::from_secs(5));
+    telemetry.shutdown(Duration::from_secs(5)).await;
     Ok(0)
 }
 
 /// Re-reads the config and probe files; a broken config changes nothing.
 fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry) -> Result<String, Vec<String>> {
-    use opentelemetry::KeyValue;
     if opts.config.is_none() && opts.extra_probes.is_empty() {
         return Err(vec!["nothing to reload: the journeys are built in".into()]);
     }
     match load(opts) {
         Err(diags) => {
-            telemetry.reloads.add(1, &[KeyValue::new("result", "failure")]);
+            telemetry.record_reload(false);
             for d in &diags {
                 tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "reload rejected, old config kept: {}", d.message);
             }
@@ -164,7 +167,7 @@ fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telem
             }
             let journeys = scheduler::select(l.journeys, running);
             let (added, changed, removed) = sched.apply(journeys);
-            telemetry.reloads.add(1, &[KeyValue::new("result", "success")]);
+            telemetry.record_reload(true);
             let msg = format!("reloaded: {added} added, {changed} changed, {removed} removed");
             tracing::info!(added, changed, removed, "config reloaded");
             Ok(msg)

@@ -58,7 +58,11 @@ pub struct CallbackCounters {
     pub too_large: AtomicU64,
 }
 
+/// Told the result of every inbound request (`accepted`, `no_token`, `unknown_token`, `too_large`).
+pub type OnRequest = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 pub struct CallbackHub {
+    on_request: Option<OnRequest>,
     slots: Mutex<HashMap<String, Slot>>,
     notify: Notify,
     pub counters: CallbackCounters,
@@ -67,9 +71,10 @@ pub struct CallbackHub {
 
 impl CallbackHub {
     /// Binds `addr` and serves until `shutdown` fires.
-    pub async fn start(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<Arc<CallbackHub>> {
+    pub async fn start(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken, on_request: Option<OnRequest>) -> std::io::Result<Arc<CallbackHub>> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let hub = Arc::new(CallbackHub {
+            on_request,
             slots: Mutex::new(HashMap::new()),
             notify: Notify::new(),
             counters: CallbackCounters::default(),
@@ -83,6 +88,12 @@ impl CallbackHub {
             let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         });
         Ok(hub)
+    }
+
+    fn count(&self, result: &'static str) {
+        if let Some(f) = &self.on_request {
+            f(result);
+        }
     }
 
     /// Starts accepting requests for `token`.
@@ -128,8 +139,9 @@ impl CallbackHub {
             slots.keys().find(|t| text.contains(t.as_str())).cloned()
         });
         let Some(token) = token else {
-            let counter = if candidates.is_empty() { &self.counters.no_token } else { &self.counters.unknown_token };
+            let (counter, result) = if candidates.is_empty() { (&self.counters.no_token, "no_token") } else { (&self.counters.unknown_token, "unknown_token") };
             counter.fetch_add(1, Ordering::Relaxed);
+            self.count(result);
             return Err(StatusCode::NOT_FOUND);
         };
         let slot = slots.get_mut(&token).expect("found above");
@@ -139,6 +151,7 @@ impl CallbackHub {
         slot.arrived.push(inbound());
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         drop(slots);
+        self.count("accepted");
         self.notify.notify_waiters();
         Ok(())
     }
@@ -155,6 +168,7 @@ async fn receive(
     let at = Instant::now();
     let Ok(body) = body else {
         hub.counters.too_large.fetch_add(1, Ordering::Relaxed);
+        hub.count("too_large");
         return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
     };
     let mut candidates = Vec::new();

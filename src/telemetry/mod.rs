@@ -1,27 +1,32 @@
-//! Telemetry: run results become OTLP metrics and traces.
+//! Telemetry: run results become OTLP metrics and traces, and a Prometheus view.
 //!
-//! Metrics use cumulative temporality, so a collector outage loses no counts:
-//! the next successful export carries the totals. Every outcome series of a
-//! journey is exported at 0 from startup, so `increase()` sees its first run.
+//! Metrics are cumulative, so a collector outage loses no counts: the next
+//! successful export carries the totals. Every outcome series of a journey
+//! exists at 0 from startup, so `increase()` sees its first run. Traces go
+//! through the OpenTelemetry SDK and opentelemetry-otlp; metrics are
+//! aggregated in [`metrics`] (see there why).
 
+pub mod metrics;
 pub mod prometheus;
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::trace::TracerProvider;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Stream, Temporality};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, Journey};
 use crate::runner::result::{ErrorType, Outcome, RunResult};
+use metrics::{Extra, Inst, Metrics, Transport};
 
 pub const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENESS_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// Journeys per metrics export request, so a request stays small.
+const EXPORT_CHUNK: usize = 100;
 
 /// Where and how to export.
 #[derive(Debug, Clone)]
@@ -29,6 +34,7 @@ pub struct ExportSettings {
     pub endpoint: String,
     pub grpc: bool,
     pub interval: Duration,
+    pub headers: Vec<(String, String)>,
 }
 
 impl ExportSettings {
@@ -46,235 +52,246 @@ impl ExportSettings {
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").ok())
             .unwrap_or_else(|| "grpc".into());
         let interval = otlp.export_interval.map(|d| d.0).unwrap_or(Duration::from_secs(10));
-        Some(ExportSettings { endpoint: endpoint.trim_end_matches('/').to_string(), grpc: protocol != "http/protobuf", interval })
+        let mut headers: Vec<(String, String)> = otlp.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        if headers.is_empty() {
+            // OTEL_EXPORTER_OTLP_HEADERS: `key=value,key2=value2`.
+            headers = std::env::var("OTEL_EXPORTER_OTLP_HEADERS")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+        }
+        Some(ExportSettings { endpoint: endpoint.trim_end_matches('/').to_string(), grpc: protocol != "http/protobuf", interval, headers })
     }
 }
 
 pub struct Telemetry {
-    meters: Option<SdkMeterProvider>,
     traces: SdkTracerProvider,
     pub tracer: opentelemetry_sdk::trace::Tracer,
     location: String,
-    runs: Counter<u64>,
-    journey_duration: Histogram<f64>,
-    step_duration: Histogram<f64>,
-    phase_duration: Histogram<f64>,
-    cert_remaining: Gauge<f64>,
-    skipped: Counter<u64>,
-    lateness: Histogram<f64>,
-    cleanup_failures: Counter<u64>,
-    pub reloads: Counter<u64>,
+    metrics: Arc<Metrics>,
+    exporter: Option<Arc<tokio::sync::Mutex<Transport>>>,
+    export: Option<ExportSettings>,
+    stop_export: CancellationToken,
     /// The Prometheus view of the same results, for `/metrics`.
     pub prometheus: Mutex<prometheus::Registry>,
 }
 
-fn resource(agent: &AgentConfig) -> Resource {
-    Resource::builder()
-        .with_service_name("vantage")
-        .with_attributes([
-            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-            KeyValue::new("service.instance.id", agent.agent_id()),
-            KeyValue::new("host.name", crate::hostname()),
-            KeyValue::new("cloud.region", agent.location.clone()),
-        ])
-        .build()
+fn resource_attrs(agent: &AgentConfig) -> Vec<(String, String)> {
+    vec![
+        ("service.name".into(), "vantage".into()),
+        ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("service.instance.id".into(), agent.agent_id()),
+        ("host.name".into(), crate::hostname()),
+        ("cloud.region".into(), agent.location.clone()),
+    ]
+}
+
+fn sorted_buckets(journeys: &[Journey]) -> Vec<f64> {
+    let mut b: Vec<f64> = DEFAULT_BUCKETS.to_vec();
+    for j in journeys {
+        b.extend(j.buckets.iter().flatten());
+    }
+    b.sort_by(|x, y| x.partial_cmp(y).expect("buckets are finite"));
+    b.dedup();
+    b
 }
 
 impl Telemetry {
-    /// Builds the pipelines. Must run inside the Tokio runtime (gRPC needs it).
+    /// Builds the pipelines. Must run inside the Tokio runtime.
     pub fn init(agent: &AgentConfig, export: Option<&ExportSettings>, journeys: &[Journey]) -> anyhow::Result<Telemetry> {
-        let resource = resource(agent);
-        let mut traces = SdkTracerProvider::builder().with_resource(resource.clone());
-        let mut meters = None;
+        let attrs = resource_attrs(agent);
+        let resource = Resource::builder_empty().with_attributes(attrs.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()))).build();
+        let mut traces = SdkTracerProvider::builder().with_resource(resource);
+        let mut exporter = None;
         if let Some(x) = export {
-            let (spans, metrics) = if x.grpc {
-                (
-                    opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&x.endpoint).with_timeout(Duration::from_secs(5)).build()?,
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(&x.endpoint)
-                        .with_timeout(Duration::from_secs(5))
-                        .with_temporality(Temporality::Cumulative)
-                        .build()?,
-                )
+            let spans = if x.grpc {
+                let mut md = tonic::metadata::MetadataMap::new();
+                for (k, v) in &x.headers {
+                    if let (Ok(k), Ok(v)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
+                        md.insert(k, v);
+                    }
+                }
+                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&x.endpoint).with_metadata(md).with_timeout(Duration::from_secs(5)).build()?
             } else {
-                (
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_http()
-                        .with_endpoint(format!("{}/v1/traces", x.endpoint))
-                        .with_timeout(Duration::from_secs(5))
-                        .build()?,
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_http()
-                        .with_endpoint(format!("{}/v1/metrics", x.endpoint))
-                        .with_timeout(Duration::from_secs(5))
-                        .with_temporality(Temporality::Cumulative)
-                        .build()?,
-                )
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{}/v1/traces", x.endpoint))
+                    .with_headers(x.headers.iter().cloned().collect())
+                    .with_timeout(Duration::from_secs(5))
+                    .build()?
             };
-            traces = traces.with_batch_exporter(spans);
-            let reader = PeriodicReader::builder(metrics).with_interval(x.interval).build();
-            meters = Some(
-                SdkMeterProvider::builder()
-                    .with_resource(resource)
-                    .with_reader(reader)
-                    // One series per journey × step × phase must never overflow the SDK's default limit of 2000.
-                    .with_view(|_: &opentelemetry_sdk::metrics::Instrument| Stream::builder().with_cardinality_limit(200_000).build().ok())
-                    .build(),
-            );
+            // Bounded queue, small batches sent often: memory stays flat at 1,000 runs/s.
+            let batch = BatchConfigBuilder::default().with_max_queue_size(4096).with_max_export_batch_size(512).with_scheduled_delay(Duration::from_millis(500)).build();
+            traces = traces.with_span_processor(BatchSpanProcessor::builder(spans).with_batch_config(batch).build());
+            exporter = Some(Arc::new(tokio::sync::Mutex::new(Transport::new(&x.endpoint, x.grpc, &x.headers)?)));
         }
         let traces = traces.build();
         let tracer = traces.tracer("vantage");
-        let meter: Meter = match &meters {
-            Some(m) => m.meter("vantage"),
-            None => opentelemetry::global::meter_provider().meter("vantage"),
-        };
-        let mut journey_buckets: Vec<f64> = DEFAULT_BUCKETS.to_vec();
-        for j in journeys {
-            journey_buckets.extend(j.buckets.iter().flatten());
+        let metrics = Arc::new(Metrics::new(
+            &attrs,
+            vec![("synthetics.location".into(), agent.location.clone())],
+            sorted_buckets(journeys),
+            DEFAULT_BUCKETS.to_vec(),
+            LATENESS_BUCKETS.to_vec(),
+        ));
+        for result in ["success", "failure"] {
+            metrics.add(None, Inst::ConfigReloads, vec![("result", result.into())], 0);
         }
-        journey_buckets.sort_by(|a, b| a.partial_cmp(b).expect("finite buckets"));
-        journey_buckets.dedup();
         let t = Telemetry {
-            runs: meter.u64_counter("synthetics.journey.runs").with_description("Journey runs by outcome").build(),
-            journey_duration: meter
-                .f64_histogram("synthetics.journey.duration")
-                .with_unit("s")
-                .with_description("Wall time of a journey run")
-                .with_boundaries(journey_buckets)
-                .build(),
-            step_duration: meter
-                .f64_histogram("synthetics.step.duration")
-                .with_unit("s")
-                .with_description("Duration of each step")
-                .with_boundaries(DEFAULT_BUCKETS.to_vec())
-                .build(),
-            phase_duration: meter
-                .f64_histogram("synthetics.http.phase.duration")
-                .with_unit("s")
-                .with_description("HTTP phases: dns, connect, tls, ttfb, transfer")
-                .with_boundaries(DEFAULT_BUCKETS.to_vec())
-                .build(),
-            cert_remaining: meter.f64_gauge("synthetics.tls.cert.remaining").with_unit("s").with_description("Seconds until the earliest certificate in the chain expires").build(),
-            skipped: meter.u64_counter("synthetics.journey.skipped").with_description("Ticks skipped because the previous run was still going").build(),
-            lateness: meter
-                .f64_histogram("synthetics.scheduler.lateness")
-                .with_unit("s")
-                .with_description("How late a run started after its scheduled time")
-                .with_boundaries(vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
-                .build(),
-            cleanup_failures: meter.u64_counter("synthetics.journey.cleanup.failures").with_description("Runs whose finally steps failed").build(),
-            reloads: meter.u64_counter("synthetics.agent.config.reloads").with_description("Config reloads by result").build(),
-            meters,
             traces,
             tracer,
             location: agent.location.clone(),
+            metrics,
+            exporter,
+            export: export.cloned(),
+            stop_export: CancellationToken::new(),
             prometheus: Mutex::new(prometheus::Registry::default()),
         };
-        for result in ["success", "failure"] {
-            t.reloads.add(0, &[KeyValue::new("result", result)]);
-        }
+        t.spawn_export_loop();
         Ok(t)
     }
 
-    fn journey_attrs(&self, j: &Journey) -> Vec<KeyValue> {
-        let mut a = vec![KeyValue::new("journey.name", j.name.clone()), KeyValue::new("synthetics.location", self.location.clone())];
-        a.extend(j.labels.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
+    fn spawn_export_loop(&self) {
+        let (Some(exporter), Some(x)) = (self.exporter.clone(), self.export.clone()) else { return };
+        let (metrics, stop) = (self.metrics.clone(), self.stop_export.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(x.interval);
+            tick.tick().await;
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match export_metrics(&metrics, &exporter, &x.headers).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("metrics export recovered; cumulative totals delivered");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!("metrics export failing (counts are kept and sent when it recovers): {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
+    fn journey_base(&self, j: &Journey) -> Vec<(String, String)> {
+        let mut a = vec![("journey.name".to_string(), j.name.clone()), ("synthetics.location".to_string(), self.location.clone())];
+        a.extend(j.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         a
     }
 
     /// Creates every outcome series of `j` at 0, so the first failure is visible to `increase()`.
     pub fn register(&self, j: &Journey) {
-        let base = self.journey_attrs(j);
+        self.metrics.add_journey(&j.name, self.journey_base(j));
         let mut errors: Vec<ErrorType> = vec![ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config];
         for s in &j.steps {
             errors.extend(s.kind.error_types());
         }
         errors.sort();
         errors.dedup();
-        for o in [Outcome::Success, Outcome::Degraded] {
-            let mut a = base.clone();
-            a.push(KeyValue::new("outcome", o.as_str()));
-            self.runs.add(0, &a);
-        }
+        let runs = |extra: Extra| self.metrics.add(Some(&j.name), Inst::Runs, extra, 0);
+        runs(vec![("outcome", "success".into())]);
+        runs(vec![("outcome", "degraded".into())]);
         for e in &errors {
-            let mut a = base.clone();
-            a.push(KeyValue::new("outcome", "failure"));
-            a.push(KeyValue::new("error.type", e.as_str()));
-            self.runs.add(0, &a);
+            runs(vec![("outcome", "failure".into()), ("error.type", e.as_str().into())]);
         }
-        self.skipped.add(0, &base);
+        self.metrics.add(Some(&j.name), Inst::Skipped, Vec::new(), 0);
         self.prometheus.lock().expect("prometheus lock").register(j, &self.location, &errors);
     }
 
+    /// Stops exporting a removed journey's series.
     pub fn unregister(&self, name: &str) {
+        self.metrics.remove_journey(name);
         self.prometheus.lock().expect("prometheus lock").remove(name);
     }
 
     pub fn record(&self, j: &Journey, r: &RunResult) {
-        let base = self.journey_attrs(j);
-        let mut a = base.clone();
-        a.push(KeyValue::new("outcome", r.outcome.as_str()));
+        let name = Some(j.name.as_str());
+        let mut outcome: Extra = vec![("outcome", r.outcome.as_str().into())];
         if let Some(e) = r.error_type {
-            a.push(KeyValue::new("error.type", e.as_str()));
+            outcome.push(("error.type", e.as_str().into()));
         }
-        self.runs.add(1, &a);
-        self.journey_duration.record(r.duration.as_secs_f64(), &a);
+        self.metrics.add(name, Inst::Runs, outcome.clone(), 1);
+        self.metrics.record(name, Inst::JourneyDuration, outcome, r.duration.as_secs_f64());
         if r.cleanup_error.is_some() {
-            self.cleanup_failures.add(1, &base);
+            self.metrics.add(name, Inst::CleanupFailures, Vec::new(), 1);
         }
         for s in &r.steps {
-            let mut sa = base.clone();
-            sa.push(KeyValue::new("step.name", s.name.clone()));
-            sa.push(KeyValue::new("step.kind", s.kind));
-            sa.push(KeyValue::new("outcome", s.outcome.as_str()));
-            self.step_duration.record(s.duration.as_secs_f64(), &sa);
+            let step = || ("step.name", s.name.clone());
+            self.metrics.record(
+                name,
+                Inst::StepDuration,
+                vec![step(), ("step.kind", s.kind.into()), ("outcome", s.outcome.as_str().into())],
+                s.duration.as_secs_f64(),
+            );
             if s.kind == "http" {
                 for p in &s.phases {
-                    let mut pa = base.clone();
-                    pa.push(KeyValue::new("step.name", s.name.clone()));
-                    pa.push(KeyValue::new("phase", p.name));
-                    self.phase_duration.record(p.duration.as_secs_f64(), &pa);
+                    self.metrics.record(name, Inst::PhaseDuration, vec![step(), ("phase", p.name.into())], p.duration.as_secs_f64());
                 }
             }
             if let Some(c) = s.cert_remaining_secs {
-                let mut ca = base.clone();
-                ca.push(KeyValue::new("step.name", s.name.clone()));
-                self.cert_remaining.record(c, &ca);
+                self.metrics.record(name, Inst::CertRemaining, vec![step()], c);
             }
         }
         self.prometheus.lock().expect("prometheus lock").record(j, r);
     }
 
     pub fn record_skip(&self, j: &Journey) {
-        self.skipped.add(1, &self.journey_attrs(j));
+        self.metrics.add(Some(&j.name), Inst::Skipped, Vec::new(), 1);
     }
 
     pub fn record_lateness(&self, late: Duration) {
-        self.lateness.record(late.as_secs_f64(), &[KeyValue::new("synthetics.location", self.location.clone())]);
+        self.metrics.record(None, Inst::SchedulerLateness, Vec::new(), late.as_secs_f64());
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        self.metrics.add(None, Inst::ConfigReloads, vec![("result", if ok { "success" } else { "failure" }.into())], 1);
+    }
+
+    pub fn record_callback(&self, result: &'static str) {
+        self.metrics.add(None, Inst::CallbackRequests, vec![("result", result.into())], 1);
     }
 
     /// Exports what is pending and stops the exporters, within `budget`.
-    pub fn shutdown(&self, budget: Duration) {
-        let traces = self.traces.clone();
-        let meters = self.meters.clone();
-        // The SDK's shutdown blocks; keep it off the async workers and bounded.
-        let done = std::thread::spawn(move || {
-            let _ = traces.force_flush();
-            let _ = traces.shutdown_with_timeout(budget);
-            if let Some(m) = meters {
-                let _ = m.force_flush();
-                let _ = m.shutdown();
+    pub async fn shutdown(&self, budget: Duration) {
+        self.stop_export.cancel();
+        if let (Some(exporter), Some(x)) = (&self.exporter, &self.export) {
+            match tokio::time::timeout(budget, export_metrics(&self.metrics, exporter, &x.headers)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("final metrics export failed: {e}"),
+                Err(_) => tracing::warn!("final metrics export timed out after {budget:?}"),
             }
-        });
-        let start = std::time::Instant::now();
-        while !done.is_finished() && start.elapsed() < budget {
-            std::thread::sleep(Duration::from_millis(20));
         }
+        let traces = self.traces.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let _ = traces.force_flush();
+            let _ = traces.shutdown_with_timeout(Duration::from_secs(3));
+        });
+        let _ = tokio::time::timeout(budget, flushed).await;
     }
 }
 
-/// Labels as a sorted map, for the Prometheus view.
-pub fn labels_of(j: &Journey) -> BTreeMap<String, String> {
-    j.labels.clone()
+async fn export_metrics(metrics: &Metrics, exporter: &tokio::sync::Mutex<Transport>, headers: &[(String, String)]) -> Result<(), String> {
+    let mut transport = exporter.lock().await;
+    if let Some(req) = metrics.request_for(None) {
+        transport.send(req, headers).await?;
+    }
+    for names in metrics.journey_names().chunks(EXPORT_CHUNK) {
+        if let Some(req) = metrics.request_for(Some(names)) {
+            transport.send(req, headers).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a run counts as good for SLOs.
+pub fn is_good(o: Outcome) -> bool {
+    o != Outcome::Failure
 }
