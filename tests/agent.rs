@@ -118,6 +118,7 @@ async fn failures_are_categorised_with_messages_naming_step_expected_and_actual(
     let env = env_with(None, vars(&t));
     let cases: &[(&str, ErrorType, &str)] = &[
         ("http: {url: \"${env.BASE}/status/503\"}\n        assert: {status: 200}", ErrorType::HttpStatus, "step `s`: expected status 200, got 503 (body: status 503)"),
+        ("http: {url: \"${env.BASE}/status/404\"}", ErrorType::HttpStatus, "step `s`: expected status 200-399, got 404 (body: status 404)"),
         ("http: {url: \"${env.BASE}/json\"}\n        assert: {json: [{path: \"$.user.name\", equals: robot}]}", ErrorType::Assertion, "step `s`: expected JSON path `$.user.name` to equal \"robot\", got \"probe\""),
         ("http: {url: \"${env.BASE}/json\"}\n        assert: {body_regex: \"^nope\"}", ErrorType::Assertion, "step `s`: expected body to match /^nope/, got: {"),
         ("http: {url: \"${env.BASE}/big/5000\", max_body: 1KiB}", ErrorType::BodyTooLarge, "step `s`: expected a body of at most 1024 bytes (max_body), the response was larger"),

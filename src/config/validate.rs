@@ -285,7 +285,8 @@ pub fn compile_step(c: &mut Checker, journey: &str, s: &Spanned<StepSpec>) -> Op
         c.error("", &format!("expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback), got {got}"));
         return None;
     }
-    let assertions = std::sync::Arc::new(Assertions::compile(&spec.assertions, c));
+    let default_status = spec.http.is_some().then(|| crate::config::model::StatusSet(vec![(200, 399)]));
+    let assertions = std::sync::Arc::new(Assertions::compile(&spec.assertions, default_status, c));
     let kind: Option<Box<dyn StepKind>> = if let Some(h) = &spec.http {
         http::HttpStep::compile(h, c).map(|k| Box::new(k) as _)
     } else if let Some(d) = &spec.dns {

@@ -80,7 +80,8 @@ pub enum Verdict {
 }
 
 impl Assertions {
-    pub fn compile(spec: &AssertSpec, c: &mut Checker) -> Assertions {
+    /// `default_status` applies when the step asserts no status (HTTP: 200-399, like a browser user would accept).
+    pub fn compile(spec: &AssertSpec, default_status: Option<StatusSet>, c: &mut Checker) -> Assertions {
         let mut json = Vec::new();
         for (i, j) in spec.json.iter().enumerate() {
             let field = format!("assert.json[{i}]");
@@ -127,7 +128,7 @@ impl Assertions {
             }
         }
         Assertions {
-            status: spec.status.clone(),
+            status: spec.status.clone().or(default_status),
             body_contains: spec.body_contains.iter().map(|s| c.template("assert.body_contains", s)).collect(),
             body_not_contains: spec.body_not_contains.iter().map(|s| c.template("assert.body_not_contains", s)).collect(),
             body_regex: spec.body_regex.as_deref().and_then(|r| c.regex("assert.body_regex", r)),
