@@ -21,7 +21,11 @@ pub fn text(r: &RunResult) -> String {
         let phases: Vec<String> = s.phases.iter().map(|p| format!("{} {}", p.name, fmt_dur(p.duration))).collect();
         let extra = if phases.is_empty() { String::new() } else { format!("  [{}]", phases.join(", ")) };
         let attempts = s.attempts.map(|a| format!(" after {a} attempt{}", if a == 1 { "" } else { "s" })).unwrap_or_default();
-        let cleanup = if s.cleanup { " (finally)" } else { "" };
+        let cleanup = match (s.cleanup, s.skipped) {
+            (true, true) => " (finally, skipped: nothing to clean up)",
+            (true, false) => " (finally)",
+            _ => "",
+        };
         let _ = writeln!(out, "  {} {}{cleanup} {} {}{attempts}{extra}", mark(s.outcome), s.name, s.kind, fmt_dur(s.duration));
         if let Some(e) = &s.error {
             let _ = writeln!(out, "       {}: {e}", s.error_type.map(|t| t.as_str()).unwrap_or("error"));
@@ -56,6 +60,7 @@ pub fn json(r: &RunResult) -> serde_json::Value {
             "error_type": s.error_type,
             "error": s.error,
             "cleanup": s.cleanup,
+            "skipped": s.skipped,
             "attempts": s.attempts,
             "phases": s.phases.iter().map(|p| (p.name.to_string(), serde_json::json!(ms(p.duration)))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),

@@ -73,6 +73,8 @@ pub struct HttpSpec {
     pub follow_redirects: bool,
     #[serde(default = "default_true")]
     pub tls_verify: bool,
+    /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
+    pub ca_file: Option<String>,
     /// Bodies larger than this are cut and the step fails with `body_too_large`.
     pub max_body: Option<ByteSize>,
 }

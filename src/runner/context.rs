@@ -128,8 +128,10 @@ impl RunContext {
                 v
             }
             VarRef::Var(n) => self.vars.get(n).cloned().ok_or_else(|| {
-                // Validation rejects undefined names, so this means an earlier step was skipped.
-                StepError::new(ErrorType::Config, format!("variable `{n}` has no value in this run"))
+                // Validation rejects undefined names, so this means an earlier step failed or was skipped.
+                let mut e = StepError::new(ErrorType::Config, format!("variable `{n}` has no value in this run"));
+                e.unset_variable = Some(n.clone());
+                e
             })?,
         })
     }

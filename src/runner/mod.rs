@@ -194,6 +194,7 @@ fn finish_interrupted_step(ctx: &mut RunContext, journey: &Journey, done: &[Step
         cert_remaining_secs: None,
         attempts: None,
         cleanup: false,
+        skipped: false,
         started: SystemTime::now() - start.elapsed(),
     })
 }
@@ -233,7 +234,13 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     };
     let duration = started.elapsed();
 
+    let mut skipped = false;
     let (outcome, error_type, error, phases, cert, attempts, attrs, reported) = match res {
+        // Nothing to clean up: the step that would have created it never ran.
+        Err(e) if cleanup && e.unset_variable.is_some() => {
+            skipped = true;
+            (Outcome::Success, None, None, Vec::new(), None, None, vec![KeyValue::new("synthetics.step.skipped", true)], None)
+        }
         Ok((obs, verdict)) => {
             let outcome = if verdict == Verdict::Degraded { Outcome::Degraded } else { Outcome::Success };
             (outcome, None, None, obs.phases, obs.cert_not_after, obs.attempts, obs.attributes, obs.reported_duration)
@@ -278,6 +285,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
         cert_remaining_secs,
         attempts,
         cleanup,
+        skipped,
         started: started_at,
     }
 }

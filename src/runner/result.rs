@@ -90,6 +90,9 @@ pub struct StepResult {
     pub attempts: Option<u32>,
     /// True for `finally:` cleanup steps.
     pub cleanup: bool,
+    /// A cleanup step skipped because what it cleans up was never created.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     #[serde(skip)]
     pub started: SystemTime,
 }

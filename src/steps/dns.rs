@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -26,8 +27,9 @@ use crate::steps::{Observation, StepError, StepKind};
 pub struct DnsStep {
     name: Template,
     record_type: RecordType,
-    server: Option<SocketAddr>,
-    resolver: OnceLock<TokioResolver>,
+    server: Option<Template>,
+    /// Resolvers built for `server`, by address (a handful at most).
+    resolvers: Mutex<HashMap<SocketAddr, TokioResolver>>,
     expect_answers: Vec<Template>,
     expect_rcode: ResponseCode,
 }
@@ -53,6 +55,10 @@ pub fn uncached_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, St
     builder.build().map_err(|e| e.to_string())
 }
 
+fn parse_server(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
 fn rcode_name(r: ResponseCode) -> String {
     format!("{r:?}").to_ascii_uppercase()
 }
@@ -62,15 +68,15 @@ impl DnsStep {
         let record_type = RecordType::from_str(&spec.record_type.to_ascii_uppercase())
             .map_err(|_| c.error("dns.record_type", &format!("expected a record type like A, AAAA, CNAME, MX, TXT, NS; got `{}`", spec.record_type)))
             .ok()?;
-        let server = match &spec.resolver {
-            None => None,
-            Some(s) => Some(
-                s.parse::<SocketAddr>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                    .map_err(|_| c.error("dns.resolver", &format!("expected `ip` or `ip:port`, got `{s}`")))
-                    .ok()?,
-            ),
-        };
+        let server = spec.resolver.as_deref().map(|s| c.template("dns.resolver", s));
+        if let Some(t) = &server {
+            if t.is_literal() {
+                let s = spec.resolver.as_deref().unwrap_or_default();
+                if parse_server(s).is_none() {
+                    c.error("dns.resolver", &format!("expected `ip` or `ip:port`, got `{s}`"));
+                }
+            }
+        }
         let expect_rcode = match &spec.expect_rcode {
             None => ResponseCode::NoError,
             Some(r) => match r.to_ascii_uppercase().as_str() {
@@ -88,7 +94,7 @@ impl DnsStep {
             name: c.template("dns.name", &spec.name),
             record_type,
             server,
-            resolver: OnceLock::new(),
+            resolvers: Mutex::new(HashMap::new()),
             expect_answers: spec.expect_answers.iter().map(|a| c.template("dns.expect_answers", a)).collect(),
             expect_rcode,
         })
@@ -96,15 +102,24 @@ impl DnsStep {
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let name = ctx.render(&self.name)?;
-        let resolver = match self.server {
+        let resolver = match &self.server {
             None => ctx.env.resolver.clone(),
-            Some(sa) => match self.resolver.get() {
-                Some(r) => r.clone(),
-                None => {
-                    let r = uncached_resolver(Some(sa)).map_err(|e| StepError::new(ErrorType::Config, e))?;
-                    self.resolver.get_or_init(|| r).clone()
+            Some(t) => {
+                let text = ctx.render(t)?;
+                let sa = parse_server(&text).ok_or_else(|| StepError::new(ErrorType::Config, format!("`resolver`: expected `ip` or `ip:port`, got `{text}`")))?;
+                let mut cache = self.resolvers.lock().expect("resolver cache lock");
+                match cache.get(&sa) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = uncached_resolver(Some(sa)).map_err(|e| StepError::new(ErrorType::Config, e))?;
+                        if cache.len() >= 8 {
+                            cache.clear();
+                        }
+                        cache.insert(sa, r.clone());
+                        r
+                    }
                 }
-            },
+            }
         };
         ctx.waiting_for = "the DNS answer";
         let t = Instant::now();

@@ -55,6 +55,7 @@ pub struct HttpStep {
     body: Body,
     follow_redirects: bool,
     tls_verify: bool,
+    ca_file: Option<Template>,
     max_body: u64,
 }
 
@@ -99,6 +100,7 @@ impl HttpStep {
             body,
             follow_redirects: spec.follow_redirects,
             tls_verify: spec.tls_verify,
+            ca_file: spec.ca_file.as_deref().map(|f| c.template("http.ca_file", f)),
             max_body: spec.max_body.map(|b| b.0).unwrap_or(DEFAULT_MAX_BODY),
         })
     }
@@ -112,12 +114,19 @@ impl HttpStep {
             headers.push((k.clone(), ctx.render(t)?));
         }
         let (mut body, content_type) = self.render_body(ctx)?;
+        let tls = TlsChoice {
+            verify: self.tls_verify,
+            ca_file: match &self.ca_file {
+                Some(t) => Some(ctx.render(t)?),
+                None => None,
+            },
+        };
         let mut method = self.method.clone();
         let mut obs = Observation::default();
         let mut phase_totals: Vec<Phase> = Vec::new();
         let mut hops = 0;
         loop {
-            let res = send_once(ctx, &method, &url, &headers, &body, content_type, self.tls_verify, self.max_body, &mut phase_totals).await;
+            let res = send_once(ctx, &method, &url, &headers, &body, content_type, &tls, self.max_body, &mut phase_totals).await;
             let (status, resp_headers, resp_body, truncated, cert) = match res {
                 Ok(r) => r,
                 Err(e) => {
@@ -226,6 +235,12 @@ fn add_phase(totals: &mut Vec<Phase>, name: &'static str, d: std::time::Duration
     }
 }
 
+/// How to verify the server's certificate.
+struct TlsChoice {
+    verify: bool,
+    ca_file: Option<String>,
+}
+
 type Response = (u16, Vec<(String, String)>, Bytes, bool, Option<std::time::SystemTime>);
 
 #[allow(clippy::too_many_arguments)]
@@ -236,7 +251,7 @@ async fn send_once(
     headers: &[(String, String)],
     body: &Bytes,
     content_type: Option<&'static str>,
-    tls_verify: bool,
+    tls: &TlsChoice,
     max_body: u64,
     totals: &mut Vec<Phase>,
 ) -> Result<Response, StepError> {
@@ -247,7 +262,7 @@ async fn send_once(
     };
     let host = url.host_str().ok_or_else(|| StepError::new(ErrorType::Config, format!("URL `{url}` has no host")))?.to_string();
     let port = url.port_or_known_default().unwrap_or(80);
-    let key = format!("{}://{host}:{port}#{tls_verify}", url.scheme());
+    let key = format!("{}://{host}:{port}#{}#{}", url.scheme(), tls.verify, tls.ca_file.as_deref().unwrap_or(""));
     let mut cert = None;
 
     let reusable = ctx.http.conns.get(&key).is_some_and(|s| !s.is_closed() && s.is_ready());
@@ -258,7 +273,7 @@ async fn send_once(
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
         let (tcp, _) = connect_tcp(ctx, bare_host, port, &mut phases).await?;
         let sender = if https {
-            let cfg = ctx.env.tls.pick(tls_verify, None)?;
+            let cfg = ctx.env.tls.pick(tls.verify, tls.ca_file.as_deref())?;
             let (tls, facts) = handshake(ctx, tcp, bare_host, cfg, &mut phases).await?;
             cert = facts.not_after;
             start_http1(TokioIo::new(tls)).await?

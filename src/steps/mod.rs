@@ -69,6 +69,8 @@ pub struct StepError {
     pub message: String,
     /// The observation made before the failure, when there was one (for phases and spans).
     pub observation: Option<Box<PartialObservation>>,
+    /// Set when the step needed a variable an earlier (failed or skipped) step never set.
+    pub unset_variable: Option<String>,
 }
 
 /// Parts of an observation worth keeping when the step fails.
@@ -82,7 +84,7 @@ pub struct PartialObservation {
 
 impl StepError {
     pub fn new(error_type: ErrorType, message: impl Into<String>) -> StepError {
-        StepError { error_type, message: message.into(), observation: None }
+        StepError { error_type, message: message.into(), observation: None, unset_variable: None }
     }
 
     pub fn with_observation(mut self, obs: &Observation) -> StepError {
