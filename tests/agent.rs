@@ -24,10 +24,7 @@ fn journeys(yaml: &str) -> Vec<Journey> {
 }
 
 fn env_with(creds: Option<PathBuf>, overrides: HashMap<String, String>) -> Arc<RunEnv> {
-    let mut agent = AgentConfig::default();
-    agent.id = "test-agent".into();
-    agent.location = "test-region".into();
-    agent.credentials_dir = creds;
+    let agent = AgentConfig { id: "test-agent".into(), location: "test-region".into(), credentials_dir: creds, ..AgentConfig::default() };
     let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&tracer, "test");
     Arc::new(vantage::daemon::build_env(&agent, tracer, None, overrides).unwrap())

@@ -72,9 +72,9 @@ impl Template {
         while let Some(i) = rest.find('$') {
             lit.push_str(&rest[..i]);
             let after = &rest[i..];
-            if after.starts_with("$${") {
+            if let Some(after_escape) = after.strip_prefix("$${") {
                 lit.push_str("${");
-                rest = &after[3..];
+                rest = after_escape;
             } else if let Some(body) = after.strip_prefix("${") {
                 let end = body.find('}').ok_or_else(|| TemplateError::Unclosed(text.to_string()))?;
                 let name = body[..end].trim();

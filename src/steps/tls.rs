@@ -114,7 +114,7 @@ pub struct TlsStep {
 impl TlsStep {
     pub fn compile(spec: &TlsSpec, c: &mut Checker) -> Option<TlsStep> {
         if let Some(d) = spec.min_days_remaining {
-            if !(d >= 0.0) {
+            if d.is_nan() || d < 0.0 {
                 c.error("tls.min_days_remaining", "expected a number of days >= 0");
             }
         }

@@ -107,6 +107,9 @@ enum Point {
 /// Attributes beyond a journey's own: (key, value), few and mostly static.
 pub type Extra = Vec<(&'static str, String)>;
 
+/// A copy of one owner's series, taken for an export.
+type Owned = (Vec<(String, String)>, BTreeMap<(Inst, Extra), Point>);
+
 #[derive(Default)]
 struct Series {
     /// Attributes every series of the owner carries (journey name, location, labels).
@@ -223,7 +226,7 @@ impl Metrics {
     /// Built per chunk so an export never holds a copy of every series at once.
     pub fn request_for(&self, journeys: Option<&[String]>) -> Option<ExportMetricsServiceRequest> {
         let now = now_ns();
-        let owners: Vec<(Vec<(String, String)>, BTreeMap<(Inst, Extra), Point>)> = match journeys {
+        let owners: Vec<Owned> = match journeys {
             None => {
                 let a = self.agent.lock().expect("metrics lock");
                 vec![(a.base.clone(), a.points.clone())]
@@ -238,7 +241,7 @@ impl Metrics {
         (!empty).then_some(req)
     }
 
-    fn request(&self, owners: &[(Vec<(String, String)>, BTreeMap<(Inst, Extra), Point>)], now: u64) -> ExportMetricsServiceRequest {
+    fn request(&self, owners: &[Owned], now: u64) -> ExportMetricsServiceRequest {
         let mut metrics = Vec::new();
         for inst in Inst::ALL {
             let (name, unit, description, kind) = inst.describe();
