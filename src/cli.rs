@@ -103,7 +103,17 @@ pub enum Command {
 
 fn init_logging(format: Option<LogFormat>, default_level: &str) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Under systemd (JOURNAL_STREAM set), log natively to journald: each field
+    // (journey, step, error_type, trace_id, …) becomes a journal field.
+    if format.is_none() && std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let _ = tracing_subscriber::registry().with(filter).with(journald.with_syslog_identifier("vantage".into())).try_init();
+            return;
+        }
+    }
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Text) => false,

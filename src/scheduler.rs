@@ -18,7 +18,8 @@ use crate::runner::result::{Outcome, RunResult};
 use crate::runner::run_journey;
 use crate::telemetry::Telemetry;
 
-/// FNV-1a: stable across builds and platforms, unlike the std hasher.
+/// FNV-1a with a splitmix64 finish: stable across builds and platforms
+/// (unlike the std hasher), and well mixed in the low bits that `%` uses.
 pub fn stable_hash(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for p in parts {
@@ -27,7 +28,11 @@ pub fn stable_hash(parts: &[&str]) -> u64 {
             h = h.wrapping_mul(0x100000001b3);
         }
     }
-    h
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58476d1ce4e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d049bb133111eb);
+    h ^ (h >> 31)
 }
 
 /// Where in its interval a journey first fires on this agent.

@@ -341,3 +341,48 @@ pub fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&p).unwrap();
     p
 }
+
+#[test]
+fn shards_split_journeys_stably_and_locations_filter_them() {
+    use vantage::scheduler::select;
+    let mut yaml = String::from("journeys:\n");
+    for i in 0..60 {
+        let loc = if i % 10 == 0 { "    locations: [us-east-1]\n" } else { "" };
+        yaml.push_str(&format!("  - name: j{i}\n    interval: 10s\n{loc}    steps:\n      - name: s\n        http: {{url: \"http://127.0.0.1/\"}}\n"));
+    }
+    let agent = |shard: Option<&str>| AgentConfig { location: "eu-west-1".into(), shard: shard.map(str::to_string), ..AgentConfig::default() };
+    let all: Vec<String> = select(journeys(&yaml), &agent(None)).into_iter().map(|j| j.name).collect();
+    assert_eq!(all.len(), 54, "journeys limited to us-east-1 do not run in eu-west-1");
+    let mut union = Vec::new();
+    for i in 1..=3 {
+        let part: Vec<String> = select(journeys(&yaml), &agent(Some(&format!("{i}/3")))).into_iter().map(|j| j.name).collect();
+        assert!(part.len() > 8 && part.len() < 30, "shard {i}/3 has {} journeys", part.len());
+        // Stable: the same shard gets the same journeys every time.
+        assert_eq!(part, select(journeys(&yaml), &agent(Some(&format!("{i}/3")))).into_iter().map(|j| j.name).collect::<Vec<_>>());
+        union.extend(part);
+    }
+    union.sort();
+    let mut all_sorted = all.clone();
+    all_sorted.sort();
+    assert_eq!(union, all_sorted, "the shards partition the journeys");
+}
+
+#[test]
+fn cli_check_reports_all_problems_and_exits_1() {
+    let dir = tempdir();
+    std::fs::write(dir.join("a.yaml"), "journeys:\n  - name: a\n    interval: 10s\n    steps:\n      - name: s\n        htp: {url: x}\n").unwrap();
+    std::fs::write(dir.join("b.yaml"), "journeys:\n  - name: b\n    interval: 10s\n    steps:\n      - name: s\n        http: {url: \"http://x/${nope}\"}\n").unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a probe file").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let a = format!("error: {}/a.yaml:6:9: unknown field `htp`, expected one of", dir.display());
+    let b = format!("error: {}/b.yaml:5:9: journey `b`, step `s`: `http.url`: unknown variable `${{nope}}`", dir.display());
+    assert!(err.contains(&a) && err.contains(&b) && err.contains("2 problems found"), "{err}");
+    std::fs::write(dir.join("a.yaml"), "journeys: []\n").unwrap();
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: 0 journeys, 0 steps\n");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -312,6 +312,20 @@ async fn daemon_survives_collector_outage_reloads_and_shuts_down_cleanly() {
     assert!(prom.contains("probe_success{journey=\"tick\",location=\"eu-test-2\"} 1"), "{prom}");
     assert!(prom.contains("probe_http_duration_seconds{journey=\"tick\",location=\"eu-test-2\",phase=\"ttfb\"}"), "{prom}");
 
+    // Removing a journey stops its series: absent from /metrics and from later OTLP exports.
+    std::fs::remove_file(probes_dir.join("broken.yaml")).unwrap();
+    let resp = reqwest::Client::new().post(format!("http://{admin}/-/reload")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "reloaded: 0 added, 0 changed, 1 removed\n");
+    let removed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 + 200_000_000;
+    let later = |p: &MetricPoint| p.time_unix_nano.unwrap_or(0) > removed_at + 1_000_000_000;
+    col.wait_for_metric("synthetics.journey.runs", |p| p.attributes["journey.name"] == "tick" && later(p), WAIT);
+    assert!(
+        !col.metrics().iter().any(|p| p.attributes.get("journey.name").map(String::as_str) == Some("new") && later(p)),
+        "series of the removed journey are still exported"
+    );
+    let prom = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!prom.contains("journey=\"new\""), "{prom}");
+
     // SIGTERM: exits 0 within the grace period, after a final export.
     let runs_at_stop = status(&admin).await["journeys"]["tick"]["runs"].as_u64().unwrap();
     let t0 = Instant::now();
