@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{authenticate, AuthUser};
 use super::faults::WsMode;
-use super::state::{clip, field_error, json_error, lock, now_rfc3339, stopped, App};
+use super::state::{clip, field_error, json_error, lock, now_rfc3339, stopped, App, FieldError};
 
 /// Incidents kept; the oldest are forgotten first.
 const MAX_INCIDENTS: usize = 5_000;
@@ -158,23 +158,24 @@ fn publish(app: &App, store: &mut IncidentStore, kind: &'static str, incident: I
     let _ = app.events.send(event); // Err only means nobody is listening.
 }
 
-fn parse_alert(body: &[u8]) -> Result<(String, &'static str, String, Option<String>), Response> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| field_error("body", "must be a JSON object"))?;
-    let obj = value.as_object().ok_or_else(|| field_error("body", "must be a JSON object"))?;
+fn parse_alert(body: &[u8]) -> Result<(String, &'static str, String, Option<String>), FieldError> {
+    let bad = |field, msg| FieldError { field, msg };
+    let value: Value = serde_json::from_slice(body).map_err(|_| bad("body", "must be a JSON object"))?;
+    let obj = value.as_object().ok_or(bad("body", "must be a JSON object"))?;
     let title = match obj.get("title") {
         Some(Value::String(s)) if !s.trim().is_empty() => clip(s, 200),
-        _ => return Err(field_error("title", "required non-empty string")),
+        _ => return Err(bad("title", "required non-empty string")),
     };
     let severity = match obj.get("severity").and_then(Value::as_str) {
         Some("critical") => "critical",
         Some("warning") => "warning",
         Some("info") => "info",
-        _ => return Err(field_error("severity", "must be one of critical, warning, info")),
+        _ => return Err(bad("severity", "must be one of critical, warning, info")),
     };
-    let optional = |field: &str, max: usize| match obj.get(field) {
+    let optional = |field: &'static str, max: usize| match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(clip(s, max))),
-        Some(_) => Err(field_error(field, "must be a string")),
+        Some(_) => Err(bad(field, "must be a string")),
     };
     let source = optional("source", 100)?.filter(|s| !s.is_empty()).unwrap_or_else(|| "api".to_string());
     let dedup = optional("dedup_key", 200)?.filter(|s| !s.is_empty());
@@ -189,7 +190,7 @@ pub async fn ingest_alert(State(app): State<Arc<App>>, headers: HeaderMap, body:
     }
     let (title, severity, source, dedup) = match parse_alert(&body) {
         Ok(alert) => alert,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let mut store = lock(&app.incidents);
     let (incident, created) = store.open(title, severity, source, dedup);

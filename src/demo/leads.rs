@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::faults::CrmMode;
 use super::pages::{self, LeadForm};
-use super::state::{clip, field_error, json_error, lock, now_rfc3339, random_unit, stopped, App};
+use super::state::{clip, field_error, json_error, lock, now_rfc3339, random_unit, stopped, App, FieldError};
 
 /// Leads waiting for the CRM worker; a full queue answers 503.
 pub const QUEUE_CAPACITY: usize = 1_024;
@@ -119,9 +119,10 @@ fn validate(form: &LeadForm) -> Result<(), (&'static str, &'static str)> {
     Ok(())
 }
 
-fn form_from_json(body: &[u8]) -> Result<LeadForm, Response> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| field_error("body", "must be a JSON object"))?;
-    let obj = value.as_object().ok_or_else(|| field_error("body", "must be a JSON object"))?;
+fn form_from_json(body: &[u8]) -> Result<LeadForm, FieldError> {
+    let not_object = FieldError { field: "body", msg: "must be a JSON object" };
+    let value: Value = serde_json::from_slice(body).map_err(|_| not_object)?;
+    let obj = value.as_object().ok_or(not_object)?;
     let mut form = LeadForm::default();
     for (field, slot) in [
         ("name", &mut form.name),
@@ -133,7 +134,7 @@ fn form_from_json(body: &[u8]) -> Result<LeadForm, Response> {
         match obj.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => *slot = s.clone(),
-            Some(_) => return Err(field_error(field, "must be a string")),
+            Some(_) => return Err(FieldError { field, msg: "must be a string" }),
         }
     }
     Ok(form)
@@ -164,7 +165,7 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     let form = if is_json {
         match form_from_json(&body) {
             Ok(form) => form,
-            Err(resp) => return resp,
+            Err(e) => return e.into_response(),
         }
     } else {
         form_from_urlencoded(&body)

@@ -25,7 +25,7 @@ use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use state::App;
+use state::App;
 
 /// Largest request body the demo accepts (forms, JSON).
 const MAX_BODY_BYTES: usize = 64 * 1024;

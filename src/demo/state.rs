@@ -71,7 +71,20 @@ pub fn json_error(status: StatusCode, msg: &str) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-/// `{"error": msg, "field": field}` with 400, for validation failures.
+/// A validation failure: answers 400 `{"error": "field: msg", "field": field}`.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub msg: &'static str,
+}
+
+impl IntoResponse for FieldError {
+    fn into_response(self) -> Response {
+        field_error(self.field, self.msg)
+    }
+}
+
+/// `{"error": "field: msg", "field": field}` with 400, for validation failures.
 pub fn field_error(field: &str, msg: &str) -> Response {
     let body = serde_json::json!({ "error": format!("{field}: {msg}"), "field": field });
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
