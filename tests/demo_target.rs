@@ -20,7 +20,10 @@ const PASSWORD: &str = "correct-horse-battery";
 const WAIT: Duration = Duration::from_secs(3);
 
 async fn start_with(tweak: impl FnOnce(&mut DemoOptions)) -> DemoServer {
-    let mut opts = DemoOptions { crm_delay: Duration::from_millis(50), ..DemoOptions::default() };
+    let mut opts = DemoOptions {
+        crm_delay: Duration::from_millis(50),
+        ..DemoOptions::default()
+    };
     tweak(&mut opts);
     DemoServer::start(opts).await.expect("demo server starts")
 }
@@ -71,15 +74,20 @@ async fn open_alert(c: &reqwest::Client, base: &str, title: &str) -> Value {
 async fn ws_connect(base: &str, token: &str) -> Ws {
     let url = format!("{}/api/timeline/ws", base.replacen("http", "ws", 1));
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("ws connects");
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connects");
     ws
 }
 
 /// Next JSON text message; panics on timeout or close.
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("ws message in time");
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("ws message in time");
         match msg.expect("ws open").expect("ws ok") {
             Message::Text(t) => return serde_json::from_str(&t).expect("json message"),
             Message::Close(frame) => panic!("unexpected close: {frame:?}"),
@@ -91,7 +99,10 @@ async fn next_json(ws: &mut Ws) -> Value {
 /// Wait for the server to close the socket; returns the close code.
 async fn expect_close(ws: &mut Ws) -> Option<u16> {
     loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
             Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
             Some(Ok(Message::Text(t))) => panic!("expected close, got {t}"),
             Some(Ok(_)) => continue,
@@ -124,7 +135,13 @@ async fn login_via_json_and_form_sessions_and_logout() {
         .send()
         .await
         .unwrap();
-    assert_eq!(json_of(resp).await, (StatusCode::UNAUTHORIZED, json!({ "error": "invalid credentials" })));
+    assert_eq!(
+        json_of(resp).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({ "error": "invalid credentials" })
+        )
+    );
 
     // Good JSON login: token, user, cookie.
     let resp = c
@@ -138,12 +155,20 @@ async fn login_via_json_and_form_sessions_and_logout() {
     let body: Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap();
     assert_eq!(token.len(), 64);
-    assert_eq!(cookie, format!("session={token}; HttpOnly; Path=/; SameSite=Lax"));
+    assert_eq!(
+        cookie,
+        format!("session={token}; HttpOnly; Path=/; SameSite=Lax")
+    );
     assert_eq!(body["user"]["email"], "oncall@demo.test");
     assert_eq!(body["user"]["handle"], "oncall");
 
     // Bearer works, nothing / garbage does not.
-    let me = c.get(format!("{base}/api/me")).bearer_auth(token).send().await.unwrap();
+    let me = c
+        .get(format!("{base}/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     let (status, me) = json_of(me).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["handle"], "oncall");
@@ -153,16 +178,30 @@ async fn login_via_json_and_form_sessions_and_logout() {
             req = req.header("Authorization", a);
         }
         let resp = req.send().await.unwrap();
-        assert_eq!(json_of(resp).await, (StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" })));
+        assert_eq!(
+            json_of(resp).await,
+            (StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }))
+        );
     }
 
     // The timeline page needs a session.
-    let resp = c.get(format!("{base}/incidents/timeline")).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/incidents/timeline"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()[LOCATION], "/login");
 
     // Form login: the page has the form; a bad password re-renders it with 401.
-    let page = c.get(format!("{base}/login")).send().await.unwrap().text().await.unwrap();
+    let page = c
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         r#"<form id="login-form" method="post" action="/login">"#,
         r#"id="username" name="username""#,
@@ -194,8 +233,15 @@ async fn login_via_json_and_form_sessions_and_logout() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()[LOCATION], "/incidents/timeline");
-    assert!(resp.headers()[SET_COOKIE].to_str().unwrap().starts_with("session="));
-    let timeline = jar.get(format!("{base}/incidents/timeline")).send().await.unwrap();
+    assert!(resp.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .starts_with("session="));
+    let timeline = jar
+        .get(format!("{base}/incidents/timeline"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(timeline.status(), StatusCode::OK);
     let html = timeline.text().await.unwrap();
     for needle in [
@@ -208,12 +254,29 @@ async fn login_via_json_and_form_sessions_and_logout() {
         assert!(html.contains(needle), "timeline page lacks {needle}");
     }
     // The cookie alone authenticates the API.
-    assert_eq!(jar.get(format!("{base}/api/me")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        jar.get(format!("{base}/api/me"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 
     // Logout invalidates the token.
-    let out = c.post(format!("{base}/api/logout")).bearer_auth(token).send().await.unwrap();
+    let out = c
+        .post(format!("{base}/api/logout"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), StatusCode::NO_CONTENT);
-    let me = c.get(format!("{base}/api/me")).bearer_auth(token).send().await.unwrap();
+    let me = c
+        .get(format!("{base}/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
 
     server.shutdown().await;
@@ -226,10 +289,20 @@ async fn user_search_is_a_prefix_lookup() {
     let c = client();
     let token = login(&c, &base).await;
 
-    let resp = c.get(format!("{base}/api/users?q=AL")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/users?q=AL"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
     assert_eq!(status, StatusCode::OK);
-    let handles: Vec<&str> = body["users"].as_array().unwrap().iter().map(|u| u["handle"].as_str().unwrap()).collect();
+    let handles: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["handle"].as_str().unwrap())
+        .collect();
     assert_eq!(handles, ["alice", "alan", "alma"]);
     assert_eq!(body["total"], 3);
     let alice = &body["users"][0];
@@ -237,16 +310,44 @@ async fn user_search_is_a_prefix_lookup() {
     assert!(alice["id"].is_string() && alice["name"].is_string());
 
     // Match on the display name too, and limit.
-    let resp = c.get(format!("{base}/api/users?q=grace%20h&limit=1")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/users?q=grace%20h&limit=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let (_, body) = json_of(resp).await;
     assert_eq!(body["users"][0]["handle"], "grace");
-    let resp = c.get(format!("{base}/api/users?q=al&limit=2")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/users?q=al&limit=2"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let (_, body) = json_of(resp).await;
-    assert_eq!((body["users"].as_array().unwrap().len(), body["total"].as_u64()), (2, Some(3)));
+    assert_eq!(
+        (
+            body["users"].as_array().unwrap().len(),
+            body["total"].as_u64()
+        ),
+        (2, Some(3))
+    );
 
-    let resp = c.get(format!("{base}/api/users")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(json_of(resp).await, (StatusCode::BAD_REQUEST, json!({ "error": "missing q" })));
-    let resp = c.get(format!("{base}/api/users?q=al")).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(resp).await,
+        (StatusCode::BAD_REQUEST, json!({ "error": "missing q" }))
+    );
+    let resp = c
+        .get(format!("{base}/api/users?q=al"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     server.shutdown().await;
 }
@@ -259,7 +360,10 @@ async fn incident_lifecycle_is_pushed_over_the_websocket() {
     let token = login(&c, &base).await;
 
     let mut ws = ws_connect(&base, &token).await;
-    assert_eq!(next_json(&mut ws).await, json!({ "type": "hello", "user": "oncall" }));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "hello", "user": "oncall" })
+    );
     ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
     assert_eq!(next_json(&mut ws).await, json!({ "type": "pong" }));
 
@@ -272,12 +376,26 @@ async fn incident_lifecycle_is_pushed_over_the_websocket() {
         .await
         .unwrap();
     let (status, err) = json_of(resp).await;
-    assert_eq!((status, err["field"].as_str()), (StatusCode::BAD_REQUEST, Some("severity")));
-    let resp = c.post(format!("{base}/api/alerts")).json(&json!({ "title": "x", "severity": "info" })).send().await.unwrap();
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("severity"))
+    );
+    let resp = c
+        .post(format!("{base}/api/alerts"))
+        .json(&json!({ "title": "x", "severity": "info" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
     let alert = json!({ "title": "Checkout p99 > 2s", "severity": "critical", "source": "synthetics", "dedup_key": "checkout-latency" });
-    let resp = c.post(format!("{base}/api/alerts")).bearer_auth(&token).json(&alert).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/api/alerts"))
+        .bearer_auth(&token)
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
     assert_eq!(status, StatusCode::CREATED);
     let inc = body["incident"].clone();
@@ -297,46 +415,117 @@ async fn incident_lifecycle_is_pushed_over_the_websocket() {
     assert!(humantime::parse_rfc3339(ev["at"].as_str().unwrap()).is_ok());
 
     // Same open dedup key: 200 with the existing incident, no new event.
-    let resp = c.post(format!("{base}/api/alerts")).bearer_auth(&token).json(&alert).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/api/alerts"))
+        .bearer_auth(&token)
+        .json(&alert)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
-    assert_eq!((status, body["incident"]["id"].as_str()), (StatusCode::OK, Some(id.as_str())));
+    assert_eq!(
+        (status, body["incident"]["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
 
-    let resp = c.post(format!("{base}/api/incidents/{id}/ack")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/api/incidents/{id}/ack"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["incident"]["status"], "acknowledged");
     assert_eq!(body["incident"]["acked_by"], "oncall");
     let ev = next_json(&mut ws).await;
-    assert_eq!((ev["type"].as_str(), ev["seq"].as_u64()), (Some("incident.acked"), Some(2)));
+    assert_eq!(
+        (ev["type"].as_str(), ev["seq"].as_u64()),
+        (Some("incident.acked"), Some(2))
+    );
     assert_eq!(ev["incident"]["status"], "acknowledged");
 
-    let resp = c.post(format!("{base}/api/incidents/{id}/resolve")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/api/incidents/{id}/resolve"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
-    assert_eq!((status, body["incident"]["status"].as_str()), (StatusCode::OK, Some("resolved")));
+    assert_eq!(
+        (status, body["incident"]["status"].as_str()),
+        (StatusCode::OK, Some("resolved"))
+    );
     let ev = next_json(&mut ws).await;
-    assert_eq!((ev["type"].as_str(), ev["seq"].as_u64()), (Some("incident.resolved"), Some(3)));
+    assert_eq!(
+        (ev["type"].as_str(), ev["seq"].as_u64()),
+        (Some("incident.resolved"), Some(3))
+    );
 
-    let resp = c.post(format!("{base}/api/incidents/{id}/ack")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(json_of(resp).await, (StatusCode::CONFLICT, json!({ "error": "incident already resolved" })));
-    let resp = c.get(format!("{base}/api/incidents/inc-missing")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(json_of(resp).await, (StatusCode::NOT_FOUND, json!({ "error": "incident not found" })));
+    let resp = c
+        .post(format!("{base}/api/incidents/{id}/ack"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(resp).await,
+        (
+            StatusCode::CONFLICT,
+            json!({ "error": "incident already resolved" })
+        )
+    );
+    let resp = c
+        .get(format!("{base}/api/incidents/inc-missing"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(resp).await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({ "error": "incident not found" })
+        )
+    );
 
     // Listing and catch-up.
-    let list = |status: &str| c.get(format!("{base}/api/incidents?status={status}")).bearer_auth(&token).send();
+    let list = |status: &str| {
+        c.get(format!("{base}/api/incidents?status={status}"))
+            .bearer_auth(&token)
+            .send()
+    };
     let (_, open) = json_of(list("open").await.unwrap()).await;
     assert_eq!(open, json!({ "incidents": [] }));
     let (_, all) = json_of(list("all").await.unwrap()).await;
     assert_eq!(all["incidents"][0]["id"], id.as_str());
-    let resp = c.get(format!("{base}/api/timeline?since=1")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/timeline?since=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     let (_, events) = json_of(resp).await;
-    let kinds: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["incident.acked", "incident.resolved"]);
 
     // ?token= works for clients that cannot set headers; no auth is refused.
     let ws_base = base.replacen("http", "ws", 1);
-    let (mut ws2, _) = tokio_tungstenite::connect_async(format!("{ws_base}/api/timeline/ws?token={token}")).await.unwrap();
+    let (mut ws2, _) =
+        tokio_tungstenite::connect_async(format!("{ws_base}/api/timeline/ws?token={token}"))
+            .await
+            .unwrap();
     assert_eq!(next_json(&mut ws2).await["type"], "hello");
-    assert!(tokio_tungstenite::connect_async(format!("{ws_base}/api/timeline/ws")).await.is_err());
+    assert!(
+        tokio_tungstenite::connect_async(format!("{ws_base}/api/timeline/ws"))
+            .await
+            .is_err()
+    );
 
     server.shutdown().await;
 }
@@ -347,14 +536,18 @@ async fn webhook_sink() -> (String, tokio::sync::mpsc::Receiver<(Option<String>,
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let app = axum::Router::new().route(
         "/hook",
-        axum::routing::post(move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
-            let tx = tx.clone();
-            async move {
-                let run = headers.get("x-synthetic-run").map(|v| v.to_str().unwrap().to_string());
-                let _ = tx.send((run, body)).await;
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
+        axum::routing::post(
+            move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let run = headers
+                        .get("x-synthetic-run")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let _ = tx.send((run, body)).await;
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -367,7 +560,11 @@ fn enc(s: &str) -> String {
 }
 
 async fn crm_leads(c: &reqwest::Client, base: &str, email: &str) -> Vec<Value> {
-    let resp = c.get(format!("{base}/crm/leads?email={}", enc(email))).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/crm/leads?email={}", enc(email)))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
     assert_eq!(status, StatusCode::OK);
     body["leads"].as_array().unwrap().clone()
@@ -384,7 +581,14 @@ async fn lead_flows_to_the_crm_and_the_webhook() {
     let base = server.base_url();
     let c = client();
 
-    let landing = c.get(format!("{base}/")).send().await.unwrap().text().await.unwrap();
+    let landing = c
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "Vantage Demo — Incident response for busy teams",
         r#"<form id="lead-form" method="post" action="/leads">"#,
@@ -395,9 +599,17 @@ async fn lead_flows_to_the_crm_and_the_webhook() {
     }
 
     // Validation names the field.
-    let resp = c.post(format!("{base}/leads")).json(&json!({ "name": "Ada", "email": "nope" })).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/leads"))
+        .json(&json!({ "name": "Ada", "email": "nope" }))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = json_of(resp).await;
-    assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("email")));
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("email"))
+    );
 
     let t0 = Instant::now();
     let resp = c
@@ -413,8 +625,14 @@ async fn lead_flows_to_the_crm_and_the_webhook() {
     let lead_id = body["lead_id"].as_str().unwrap().to_string();
     assert!(lead_id.starts_with("lead-"));
 
-    let (run, hook) = tokio::time::timeout(WAIT, hooks.recv()).await.expect("webhook in time").unwrap();
-    assert!(t0.elapsed() >= Duration::from_millis(200), "worker honours crm_delay");
+    let (run, hook) = tokio::time::timeout(WAIT, hooks.recv())
+        .await
+        .expect("webhook in time")
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "worker honours crm_delay"
+    );
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert_eq!(run.as_deref(), Some("run-42"));
     assert_eq!(hook["event"], "lead.created");
@@ -427,29 +645,65 @@ async fn lead_flows_to_the_crm_and_the_webhook() {
     assert_eq!(leads[0]["id"], lead_id.as_str());
     assert_eq!(leads[0]["plan"], "team");
     assert!(leads[0]["crm_synced_at"].is_string());
-    let resp = c.get(format!("{base}/crm/leads/{lead_id}")).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/crm/leads/{lead_id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_of(resp).await.1["lead"]["email"], "ada@example.com");
 
     // The HTML form redirects to /thanks.
     let resp = c
         .post(format!("{base}/leads"))
-        .form(&[("name", "Grace"), ("email", "grace@example.com"), ("company", "Navy"), ("plan", "starter"), ("message", "hi")])
+        .form(&[
+            ("name", "Grace"),
+            ("email", "grace@example.com"),
+            ("company", "Navy"),
+            ("plan", "starter"),
+            ("message", "hi"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(resp.headers()[LOCATION], "/thanks");
-    let thanks = c.get(format!("{base}/thanks")).send().await.unwrap().text().await.unwrap();
+    let thanks = c
+        .get(format!("{base}/thanks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(thanks.contains(r#"<h1 id="thanks">Thanks!</h1>"#));
-    let (run, hook) = tokio::time::timeout(WAIT, hooks.recv()).await.expect("second webhook").unwrap();
-    assert_eq!((run, hook["lead"]["synthetic_run"].clone()), (None, Value::Null));
+    let (run, hook) = tokio::time::timeout(WAIT, hooks.recv())
+        .await
+        .expect("second webhook")
+        .unwrap();
+    assert_eq!(
+        (run, hook["lead"]["synthetic_run"].clone()),
+        (None, Value::Null)
+    );
 
     // Cleanup by id, webhook reconfiguration at run time.
-    let del = c.delete(format!("{base}/crm/leads/{lead_id}")).send().await.unwrap();
+    let del = c
+        .delete(format!("{base}/crm/leads/{lead_id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), StatusCode::NO_CONTENT);
-    let del = c.delete(format!("{base}/crm/leads/{lead_id}")).send().await.unwrap();
+    let del = c
+        .delete(format!("{base}/crm/leads/{lead_id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), StatusCode::NOT_FOUND);
-    let put = c.put(format!("{base}/admin/webhook")).json(&json!({ "url": null })).send().await.unwrap();
+    let put = c
+        .put(format!("{base}/admin/webhook"))
+        .json(&json!({ "url": null }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), StatusCode::OK);
     let got = c.get(format!("{base}/admin/webhook")).send().await.unwrap();
     assert_eq!(json_of(got).await.1, json!({ "url": null }));
@@ -464,23 +718,45 @@ async fn crm_stall_holds_leads_and_delete_by_email_tombstones_them() {
     let c = client();
     let email = "stalled@example.com";
     let post_lead = |name: &'static str| {
-        c.post(format!("{base}/leads")).json(&json!({ "name": name, "email": email, "company": "Acme" })).send()
+        c.post(format!("{base}/leads"))
+            .json(&json!({ "name": name, "email": email, "company": "Acme" }))
+            .send()
     };
 
-    let resp = c.post(format!("{base}/admin/faults/crm")).json(&json!({ "mode": "stall" })).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/admin/faults/crm"))
+        .json(&json!({ "mode": "stall" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let (status, first) = json_of(post_lead("Before delete").await.unwrap()).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(crm_leads(&c, &base, email).await.is_empty(), "stalled worker must hold the lead");
+    assert!(
+        crm_leads(&c, &base, email).await.is_empty(),
+        "stalled worker must hold the lead"
+    );
 
     // Cleanup while the lead is still queued: nothing deleted yet, but tombstoned.
-    let resp = c.delete(format!("{base}/crm/leads?email={}", enc(email))).send().await.unwrap();
-    assert_eq!(json_of(resp).await, (StatusCode::OK, json!({ "deleted": 0 })));
+    let resp = c
+        .delete(format!("{base}/crm/leads?email={}", enc(email)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(resp).await,
+        (StatusCode::OK, json!({ "deleted": 0 }))
+    );
     // A lead submitted after the cleanup is a new one and must still flow.
     let (_, second) = json_of(post_lead("After delete").await.unwrap()).await;
 
-    let resp = c.post(format!("{base}/admin/faults/crm")).json(&json!({ "mode": "normal" })).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/admin/faults/crm"))
+        .json(&json!({ "mode": "normal" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let deadline = Instant::now() + WAIT;
     let leads = loop {
@@ -498,18 +774,38 @@ async fn crm_stall_holds_leads_and_delete_by_email_tombstones_them() {
     assert_ne!(leads[0]["id"], first["lead_id"]);
 
     // break: leads are taken and discarded.
-    c.post(format!("{base}/admin/faults/crm")).json(&json!({ "mode": "break" })).send().await.unwrap();
-    let faults = json_of(c.get(format!("{base}/admin/faults")).send().await.unwrap()).await.1;
+    c.post(format!("{base}/admin/faults/crm"))
+        .json(&json!({ "mode": "break" }))
+        .send()
+        .await
+        .unwrap();
+    let faults = json_of(c.get(format!("{base}/admin/faults")).send().await.unwrap())
+        .await
+        .1;
     assert_eq!(faults["crm"], "break");
     let broken = "broken@example.com";
-    let resp = c.post(format!("{base}/leads")).json(&json!({ "name": "B", "email": broken, "company": "" })).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/leads"))
+        .json(&json!({ "name": "B", "email": broken, "company": "" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.post(format!("{base}/admin/faults/crm")).json(&json!({ "mode": "normal" })).send().await.unwrap();
+    c.post(format!("{base}/admin/faults/crm"))
+        .json(&json!({ "mode": "normal" }))
+        .send()
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(crm_leads(&c, &base, broken).await.is_empty());
 
-    let resp = c.post(format!("{base}/admin/faults/crm")).json(&json!({ "mode": "sideways" })).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/admin/faults/crm"))
+        .json(&json!({ "mode": "sideways" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     server.shutdown().await;
 }
@@ -524,30 +820,88 @@ async fn http_faults_match_route_templates() {
     let id = inc["id"].as_str().unwrap();
 
     let fault = json!({ "route": "POST /api/incidents/{id}/ack", "latency_ms": 0, "status": 500, "probability": 1.0 });
-    let resp = c.post(format!("{base}/admin/faults/http")).json(&fault).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/admin/faults/http"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let resp = c.post(format!("{base}/api/incidents/{id}/ack")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(json_of(resp).await, (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "injected fault" })));
+    let resp = c
+        .post(format!("{base}/api/incidents/{id}/ack"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(resp).await,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": "injected fault" })
+        )
+    );
     // The handler did not run.
-    let resp = c.get(format!("{base}/api/incidents/{id}")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/incidents/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_of(resp).await.1["incident"]["status"], "triggered");
 
     // Latency only: slower, but the real answer.
     let slow = json!({ "route": "get /api/me", "latency_ms": 300 });
-    assert_eq!(c.post(format!("{base}/admin/faults/http")).json(&slow).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        c.post(format!("{base}/admin/faults/http"))
+            .json(&slow)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     let t0 = Instant::now();
-    let resp = c.get(format!("{base}/api/me")).bearer_auth(&token).send().await.unwrap();
+    let resp = c
+        .get(format!("{base}/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(t0.elapsed() >= Duration::from_millis(300));
 
-    let state = json_of(c.get(format!("{base}/admin/faults")).send().await.unwrap()).await.1;
-    let routes: Vec<&str> = state["http"].as_array().unwrap().iter().map(|f| f["route"].as_str().unwrap()).collect();
+    let state = json_of(c.get(format!("{base}/admin/faults")).send().await.unwrap())
+        .await
+        .1;
+    let routes: Vec<&str> = state["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["route"].as_str().unwrap())
+        .collect();
     assert_eq!(routes, ["GET /api/me", "POST /api/incidents/{id}/ack"]);
-    let bad = c.post(format!("{base}/admin/faults/http")).json(&json!({ "route": "/no-method" })).send().await.unwrap();
+    let bad = c
+        .post(format!("{base}/admin/faults/http"))
+        .json(&json!({ "route": "/no-method" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 
-    assert_eq!(c.delete(format!("{base}/admin/faults")).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    let resp = c.post(format!("{base}/api/incidents/{id}/ack")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(
+        c.delete(format!("{base}/admin/faults"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let resp = c
+        .post(format!("{base}/api/incidents/{id}/ack"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_of(resp).await.1["incident"]["status"], "acknowledged");
     server.shutdown().await;
 }
@@ -558,7 +912,11 @@ async fn websocket_drop_and_stall_faults() {
     let base = server.base_url();
     let c = client();
     let token = login(&c, &base).await;
-    let set_mode = |mode: &'static str| c.post(format!("{base}/admin/faults/websocket")).json(&json!({ "mode": mode })).send();
+    let set_mode = |mode: &'static str| {
+        c.post(format!("{base}/admin/faults/websocket"))
+            .json(&json!({ "mode": mode }))
+            .send()
+    };
 
     // drop: open sockets are closed now, new ones right after hello.
     let mut ws = ws_connect(&base, &token).await;
@@ -577,7 +935,10 @@ async fn websocket_drop_and_stall_faults() {
     expect_silence(&mut ws, Duration::from_millis(300)).await;
     set_mode("normal").await.unwrap();
     let ev = next_json(&mut ws).await;
-    assert_eq!((ev["type"].as_str(), &ev["incident"]["id"]), (Some("incident.created"), &inc["id"]));
+    assert_eq!(
+        (ev["type"].as_str(), &ev["incident"]["id"]),
+        (Some("incident.created"), &inc["id"])
+    );
 
     // Shutdown closes sockets and stays within its bound.
     let t0 = Instant::now();
@@ -602,9 +963,12 @@ async fn dns_responder_answers_the_vantage_test_zone() {
     for conn in &mut ns.connections {
         conn.port = dns.port();
     }
-    let resolver = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
-        .build()
-        .expect("resolver");
+    let resolver = TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .build()
+    .expect("resolver");
 
     let rdata = |lookup: hickory_resolver::lookup::Lookup| -> Vec<String> {
         lookup
@@ -619,15 +983,30 @@ async fn dns_responder_answers_the_vantage_test_zone() {
             })
             .collect()
     };
-    let v4 = resolver.ipv4_lookup("demo.vantage.test.").await.expect("A answer");
+    let v4 = resolver
+        .ipv4_lookup("demo.vantage.test.")
+        .await
+        .expect("A answer");
     assert_eq!(rdata(v4), ["127.0.0.1"]);
-    let v6 = resolver.ipv6_lookup("demo.vantage.test.").await.expect("AAAA answer");
+    let v6 = resolver
+        .ipv6_lookup("demo.vantage.test.")
+        .await
+        .expect("AAAA answer");
     assert_eq!(rdata(v6), ["::1"]);
-    let txt = resolver.txt_lookup("demo.vantage.test.").await.expect("TXT answer");
+    let txt = resolver
+        .txt_lookup("demo.vantage.test.")
+        .await
+        .expect("TXT answer");
     assert_eq!(rdata(txt), ["v=vantage-demo"]);
-    let www = resolver.ipv4_lookup("www.demo.vantage.test.").await.expect("CNAME chain");
+    let www = resolver
+        .ipv4_lookup("www.demo.vantage.test.")
+        .await
+        .expect("CNAME chain");
     assert_eq!(rdata(www), ["CNAME demo.vantage.test.", "127.0.0.1"]);
-    let err = resolver.ipv4_lookup("nope.vantage.test.").await.expect_err("NXDOMAIN");
+    let err = resolver
+        .ipv4_lookup("nope.vantage.test.")
+        .await
+        .expect_err("NXDOMAIN");
     assert!(err.is_nx_domain(), "{err:?}");
 
     // Raw exchanges: flags and rcodes, and garbage is ignored.
@@ -635,7 +1014,8 @@ async fn dns_responder_answers_the_vantage_test_zone() {
     sock.send_to(b"\x01\x02garbage", dns).await.unwrap();
     let ask = |name: &str| {
         let mut m = Message::query();
-        m.queries.push(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+        m.queries
+            .push(Query::query(Name::from_str(name).unwrap(), RecordType::A));
         m.to_vec().unwrap()
     };
     let mut buf = [0u8; 1500];
@@ -645,7 +1025,10 @@ async fn dns_responder_answers_the_vantage_test_zone() {
         ("DEMO.Vantage.Test.", ResponseCode::NoError, true),
     ] {
         sock.send_to(&ask(name), dns).await.unwrap();
-        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf)).await.expect("reply").unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+            .await
+            .expect("reply")
+            .unwrap();
         let reply = Message::from_vec(&buf[..n]).unwrap();
         assert_eq!(reply.metadata.response_code, rcode, "{name}");
         assert_eq!(reply.metadata.authoritative, aa, "{name}");
@@ -665,7 +1048,13 @@ async fn https_serves_the_same_app_with_the_generated_cert() {
     let validity = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
     let days = validity as f64 / 86_400.0;
     assert!((90.0..90.1).contains(&days), "validity {days} days");
-    let sans = cert.subject_alternative_name().unwrap().expect("SAN").value.general_names.len();
+    let sans = cert
+        .subject_alternative_name()
+        .unwrap()
+        .expect("SAN")
+        .value
+        .general_names
+        .len();
     assert_eq!(sans, 3);
 
     let trusted = reqwest::Client::builder()
@@ -674,15 +1063,30 @@ async fn https_serves_the_same_app_with_the_generated_cert() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let resp = trusted.get(format!("{https}/healthz")).send().await.expect("https by IP");
+    let resp = trusted
+        .get(format!("{https}/healthz"))
+        .send()
+        .await
+        .expect("https by IP");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "ok");
     let port = https.rsplit(':').next().unwrap();
-    let resp = trusted.get(format!("https://demo.vantage.test:{port}/login")).send().await.expect("https by name");
+    let resp = trusted
+        .get(format!("https://demo.vantage.test:{port}/login"))
+        .send()
+        .await
+        .expect("https by name");
     assert!(resp.text().await.unwrap().contains(r#"id="login-form""#));
 
     // Without trusting the cert the handshake fails.
-    let untrusted = reqwest::Client::builder().tls_certs_only([]).build().unwrap();
-    assert!(untrusted.get(format!("{https}/healthz")).send().await.is_err());
+    let untrusted = reqwest::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .unwrap();
+    assert!(untrusted
+        .get(format!("{https}/healthz"))
+        .send()
+        .await
+        .is_err());
     server.shutdown().await;
 }

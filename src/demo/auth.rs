@@ -82,7 +82,8 @@ impl Sessions {
         }
         let token = random_token();
         self.next += 1;
-        self.by_token.insert(token.clone(), (user, self.next, Instant::now()));
+        self.by_token
+            .insert(token.clone(), (user, self.next, Instant::now()));
         self.by_age.insert(self.next, token.clone());
         token
     }
@@ -121,7 +122,11 @@ impl FromRequestParts<Arc<App>> for AuthUser {
 /// Resolve the caller from `Authorization: Bearer`, the `session` cookie, or
 /// an explicit token (the WebSocket `?token=`), in that order.
 pub fn authenticate(app: &App, headers: &HeaderMap, query_token: Option<&str>) -> Option<AuthUser> {
-    let candidates = [bearer_token(headers), session_cookie(headers), query_token.map(str::to_string)];
+    let candidates = [
+        bearer_token(headers),
+        session_cookie(headers),
+        query_token.map(str::to_string),
+    ];
     let mut sessions = lock(&app.sessions);
     for token in candidates.into_iter().flatten() {
         if let Some(idx) = sessions.lookup(&token) {
@@ -135,7 +140,9 @@ pub fn authenticate(app: &App, headers: &HeaderMap, query_token: Option<&str>) -
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -204,11 +211,15 @@ pub struct LoginBody {
 /// `POST /api/login` (JSON).
 pub async fn login_json(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let Ok(creds) = serde_json::from_slice::<LoginBody>(&body) else {
-        return json_error(StatusCode::BAD_REQUEST, "body must be JSON {\"username\",\"password\"}");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON {\"username\",\"password\"}",
+        );
     };
     match try_login(&app, &creds.username, &creds.password) {
         Some((user, token)) => {
-            let mut resp = Json(serde_json::json!({ "token": token, "user": user })).into_response();
+            let mut resp =
+                Json(serde_json::json!({ "token": token, "user": user })).into_response();
             resp.headers_mut().insert(SET_COOKIE, cookie_header(&token));
             resp
         }
@@ -251,7 +262,9 @@ pub async fn search_users(
     let matches: Vec<&User> = app
         .users
         .iter()
-        .filter(|u| u.handle.to_lowercase().starts_with(&q) || u.name.to_lowercase().starts_with(&q))
+        .filter(|u| {
+            u.handle.to_lowercase().starts_with(&q) || u.name.to_lowercase().starts_with(&q)
+        })
         .collect();
     let total = matches.len();
     let users: Vec<&User> = matches.into_iter().take(limit).collect();

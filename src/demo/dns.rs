@@ -11,7 +11,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use hickory_resolver::proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::op::{
+    Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, SOA, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
@@ -68,7 +70,11 @@ impl Zone {
         if name.eq_ignore_root(&self.demo) {
             answers = self.demo_records(rtype);
         } else if name.eq_ignore_root(&self.www) {
-            let cname = Record::from_rdata(self.www.clone(), TTL, RData::CNAME(CNAME(self.demo.clone())));
+            let cname = Record::from_rdata(
+                self.www.clone(),
+                TTL,
+                RData::CNAME(CNAME(self.demo.clone())),
+            );
             answers.push(cname);
             if rtype != RecordType::CNAME {
                 answers.extend(self.demo_records(rtype));
@@ -94,7 +100,11 @@ fn respond(zone: &Zone, packet: &[u8]) -> Option<Vec<u8>> {
     if request.metadata.message_type != MessageType::Query {
         return None;
     }
-    let mut resp = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+    let mut resp = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
     resp.metadata = Metadata::response_from_request(&request.metadata);
     if request.edns.is_some() {
         let mut edns = Edns::new();
@@ -136,7 +146,11 @@ pub async fn serve(socket: UdpSocket, mut shutdown: watch::Receiver<bool>) {
             continue;
         };
         // UDP send does not block meaningfully, but stay bounded anyway.
-        let sent = tokio::time::timeout(std::time::Duration::from_secs(1), socket.send_to(&reply, peer)).await;
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            socket.send_to(&reply, peer),
+        )
+        .await;
         if !matches!(sent, Ok(Ok(_))) {
             tracing::debug!(%peer, "dns reply not sent");
         }

@@ -69,7 +69,11 @@ impl Default for Faults {
 
 /// Applies HTTP faults, matched on method + axum's route template.
 pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let Some(template) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()) else {
+    let Some(template) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
         return next.run(req).await;
     };
     if template.starts_with("/admin/") {
@@ -87,13 +91,20 @@ pub async fn middleware(State(app): State<Arc<App>>, req: Request, next: Next) -
     let Some(code) = fault.status.and_then(|s| StatusCode::from_u16(s).ok()) else {
         return next.run(req).await;
     };
-    let body = fault.body.unwrap_or_else(|| json!({ "error": "injected fault" }).to_string());
+    let body = fault
+        .body
+        .unwrap_or_else(|| json!({ "error": "injected fault" }).to_string());
     let content_type = if serde_json::from_str::<serde_json::Value>(&body).is_ok() {
         "application/json"
     } else {
         "text/plain; charset=utf-8"
     };
-    (code, [(header::CONTENT_TYPE, content_type)], Body::from(body)).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from(body),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -119,7 +130,8 @@ fn normalize_route(route: &str) -> Option<String> {
     let mut parts = route.split_whitespace();
     let (method, path, rest) = (parts.next()?, parts.next()?, parts.next());
     let method = method.to_ascii_uppercase();
-    (rest.is_none() && METHODS.contains(&method.as_str()) && path.starts_with('/')).then(|| format!("{method} {path}"))
+    (rest.is_none() && METHODS.contains(&method.as_str()) && path.starts_with('/'))
+        .then(|| format!("{method} {path}"))
 }
 
 /// `POST /admin/faults/http` (re-posting the same route replaces it).
@@ -143,7 +155,13 @@ pub async fn set_http(State(app): State<Arc<App>>, body: Bytes) -> Response {
     if !(0.0..=1.0).contains(&probability) {
         return bad_request("probability: must be within 0.0..=1.0".into());
     }
-    let fault = HttpFault { route: route.clone(), latency_ms: spec.latency_ms, status: spec.status, body: spec.body, probability };
+    let fault = HttpFault {
+        route: route.clone(),
+        latency_ms: spec.latency_ms,
+        status: spec.status,
+        body: spec.body,
+        probability,
+    };
     let mut faults = lock(&app.faults.http);
     if faults.len() >= MAX_HTTP_FAULTS && !faults.contains_key(&route) {
         return bad_request(format!("at most {MAX_HTTP_FAULTS} http faults"));

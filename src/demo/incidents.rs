@@ -80,8 +80,18 @@ enum TransitionError {
 
 impl IncidentStore {
     /// Returns the incident and whether it was newly created.
-    fn open(&mut self, title: String, severity: &'static str, source: String, dedup: Option<String>) -> (Incident, bool) {
-        if let Some(existing) = dedup.as_ref().and_then(|k| self.open_dedup.get(k)).and_then(|n| self.by_number.get(n)) {
+    fn open(
+        &mut self,
+        title: String,
+        severity: &'static str,
+        source: String,
+        dedup: Option<String>,
+    ) -> (Incident, bool) {
+        if let Some(existing) = dedup
+            .as_ref()
+            .and_then(|k| self.open_dedup.get(k))
+            .and_then(|n| self.by_number.get(n))
+        {
             return (existing.clone(), false);
         }
         self.next_number += 1;
@@ -116,9 +126,17 @@ impl IncidentStore {
     }
 
     /// Apply a transition; `Ok((incident, changed))`.
-    fn transition(&mut self, id: &str, t: Transition, by: &str) -> Result<(Incident, bool), TransitionError> {
+    fn transition(
+        &mut self,
+        id: &str,
+        t: Transition,
+        by: &str,
+    ) -> Result<(Incident, bool), TransitionError> {
         let number = *self.number_of.get(id).ok_or(TransitionError::NotFound)?;
-        let inc = self.by_number.get_mut(&number).ok_or(TransitionError::NotFound)?;
+        let inc = self
+            .by_number
+            .get_mut(&number)
+            .ok_or(TransitionError::NotFound)?;
         let changed = match (t, inc.status) {
             (Transition::Ack, "resolved") => return Err(TransitionError::AlreadyResolved),
             (Transition::Ack, "acknowledged") | (Transition::Resolve, "resolved") => false,
@@ -142,7 +160,12 @@ impl IncidentStore {
 
     fn record(&mut self, kind: &'static str, incident: Incident) -> TimelineEvent {
         self.next_seq += 1;
-        let event = TimelineEvent { kind, incident, at: now_rfc3339(), seq: self.next_seq };
+        let event = TimelineEvent {
+            kind,
+            incident,
+            at: now_rfc3339(),
+            seq: self.next_seq,
+        };
         if self.ring.len() >= RING_CAPACITY {
             self.ring.pop_front();
         }
@@ -160,8 +183,11 @@ fn publish(app: &App, store: &mut IncidentStore, kind: &'static str, incident: I
 
 fn parse_alert(body: &[u8]) -> Result<(String, &'static str, String, Option<String>), FieldError> {
     let bad = |field, msg| FieldError { field, msg };
-    let value: Value = serde_json::from_slice(body).map_err(|_| bad("body", "must be a JSON object"))?;
-    let obj = value.as_object().ok_or(bad("body", "must be a JSON object"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|_| bad("body", "must be a JSON object"))?;
+    let obj = value
+        .as_object()
+        .ok_or(bad("body", "must be a JSON object"))?;
     let title = match obj.get("title") {
         Some(Value::String(s)) if !s.trim().is_empty() => clip(s, 200),
         _ => return Err(bad("title", "required non-empty string")),
@@ -177,14 +203,22 @@ fn parse_alert(body: &[u8]) -> Result<(String, &'static str, String, Option<Stri
         Some(Value::String(s)) => Ok(Some(clip(s, max))),
         Some(_) => Err(bad(field, "must be a string")),
     };
-    let source = optional("source", 100)?.filter(|s| !s.is_empty()).unwrap_or_else(|| "api".to_string());
+    let source = optional("source", 100)?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "api".to_string());
     let dedup = optional("dedup_key", 200)?.filter(|s| !s.is_empty());
     Ok((title, severity, source, dedup))
 }
 
 /// `POST /api/alerts`: session/bearer auth or `X-Integration-Key`.
-pub async fn ingest_alert(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let key_ok = headers.get("x-integration-key").is_some_and(|v| v.as_bytes() == INTEGRATION_KEY.as_bytes());
+pub async fn ingest_alert(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key_ok = headers
+        .get("x-integration-key")
+        .is_some_and(|v| v.as_bytes() == INTEGRATION_KEY.as_bytes());
     if !key_ok && authenticate(&app, &headers, None).is_none() {
         return json_error(StatusCode::UNAUTHORIZED, "unauthorized");
     }
@@ -207,7 +241,11 @@ pub struct ListParams {
 }
 
 /// `GET /api/incidents?status=open|triggered|acknowledged|resolved|all`, newest first.
-pub async fn list(State(app): State<Arc<App>>, _auth: AuthUser, Query(p): Query<ListParams>) -> Response {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    _auth: AuthUser,
+    Query(p): Query<ListParams>,
+) -> Response {
     let filter = p.status.unwrap_or_else(|| "open".to_string());
     let keep: fn(&Incident) -> bool = match filter.as_str() {
         "open" => |i| i.status != "resolved",
@@ -215,17 +253,36 @@ pub async fn list(State(app): State<Arc<App>>, _auth: AuthUser, Query(p): Query<
         "acknowledged" => |i| i.status == "acknowledged",
         "resolved" => |i| i.status == "resolved",
         "all" => |_| true,
-        _ => return field_error("status", "must be one of open, triggered, acknowledged, resolved, all"),
+        _ => {
+            return field_error(
+                "status",
+                "must be one of open, triggered, acknowledged, resolved, all",
+            )
+        }
     };
     let store = lock(&app.incidents);
-    let incidents: Vec<&Incident> = store.by_number.values().rev().filter(|i| keep(i)).take(MAX_LIST).collect();
+    let incidents: Vec<&Incident> = store
+        .by_number
+        .values()
+        .rev()
+        .filter(|i| keep(i))
+        .take(MAX_LIST)
+        .collect();
     Json(json!({ "incidents": incidents })).into_response()
 }
 
 /// `GET /api/incidents/{id}`
-pub async fn get_one(State(app): State<Arc<App>>, _auth: AuthUser, Path(id): Path<String>) -> Response {
+pub async fn get_one(
+    State(app): State<Arc<App>>,
+    _auth: AuthUser,
+    Path(id): Path<String>,
+) -> Response {
     let store = lock(&app.incidents);
-    match store.number_of.get(&id).and_then(|n| store.by_number.get(n)) {
+    match store
+        .number_of
+        .get(&id)
+        .and_then(|n| store.by_number.get(n))
+    {
         Some(incident) => Json(json!({ "incident": incident })).into_response(),
         None => json_error(StatusCode::NOT_FOUND, "incident not found"),
     }
@@ -241,18 +298,36 @@ fn apply(app: &App, id: &str, t: Transition, by: &str, kind: &'static str) -> Re
             Json(json!({ "incident": incident })).into_response()
         }
         Err(TransitionError::NotFound) => json_error(StatusCode::NOT_FOUND, "incident not found"),
-        Err(TransitionError::AlreadyResolved) => json_error(StatusCode::CONFLICT, "incident already resolved"),
+        Err(TransitionError::AlreadyResolved) => {
+            json_error(StatusCode::CONFLICT, "incident already resolved")
+        }
     }
 }
 
 /// `POST /api/incidents/{id}/ack` (idempotent; 409 once resolved).
 pub async fn ack(State(app): State<Arc<App>>, auth: AuthUser, Path(id): Path<String>) -> Response {
-    apply(&app, &id, Transition::Ack, &auth.user.handle, "incident.acked")
+    apply(
+        &app,
+        &id,
+        Transition::Ack,
+        &auth.user.handle,
+        "incident.acked",
+    )
 }
 
 /// `POST /api/incidents/{id}/resolve` (idempotent).
-pub async fn resolve(State(app): State<Arc<App>>, auth: AuthUser, Path(id): Path<String>) -> Response {
-    apply(&app, &id, Transition::Resolve, &auth.user.handle, "incident.resolved")
+pub async fn resolve(
+    State(app): State<Arc<App>>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Response {
+    apply(
+        &app,
+        &id,
+        Transition::Resolve,
+        &auth.user.handle,
+        "incident.resolved",
+    )
 }
 
 #[derive(Deserialize)]
@@ -295,7 +370,10 @@ pub async fn timeline_ws(
     };
     if app.open_sockets.fetch_add(1, Ordering::SeqCst) >= MAX_SOCKETS {
         app.open_sockets.fetch_sub(1, Ordering::SeqCst);
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "too many timeline connections");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many timeline connections",
+        );
     }
     let guard = SocketSlot(app.clone());
     ws.max_message_size(64 * 1024)
@@ -316,20 +394,33 @@ impl Drop for SocketSlot {
 }
 
 async fn send_json(socket: &mut WebSocket, value: &impl Serialize) -> bool {
-    let Ok(text) = serde_json::to_string(value) else { return false };
-    matches!(tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await, Ok(Ok(())))
+    let Ok(text) = serde_json::to_string(value) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: reason.into() };
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
 }
 
 async fn run_socket(app: &App, mut socket: WebSocket, handle: String) {
     let mut events = app.events.subscribe();
     let mut mode = app.faults.ws_mode.subscribe();
     let mut shutdown = app.shutdown.clone();
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     let mut last_heard = Instant::now();
 
     if !send_json(&mut socket, &json!({ "type": "hello", "user": handle })).await {

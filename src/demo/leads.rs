@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::faults::CrmMode;
 use super::pages::{self, LeadForm};
-use super::state::{clip, field_error, json_error, lock, now_rfc3339, random_unit, stopped, App, FieldError};
+use super::state::{
+    clip, field_error, json_error, lock, now_rfc3339, random_unit, stopped, App, FieldError,
+};
 
 /// Leads waiting for the CRM worker; a full queue answers 503.
 pub const QUEUE_CAPACITY: usize = 1_024;
@@ -66,7 +68,11 @@ impl Crm {
 
     /// Store a synced lead unless its email was deleted after it was accepted.
     fn insert(&mut self, mut lead: Lead) -> Option<Lead> {
-        if self.tombstones.get(&lead.email).is_some_and(|&upto| lead.seq <= upto) {
+        if self
+            .tombstones
+            .get(&lead.email)
+            .is_some_and(|&upto| lead.seq <= upto)
+        {
             return None;
         }
         lead.crm_synced_at = Some(now_rfc3339());
@@ -89,12 +95,21 @@ impl Crm {
 
     /// Delete every lead for `email` and tombstone it for leads still queued.
     fn delete_email(&mut self, email: &str) -> usize {
-        let ids: Vec<String> = self.by_seq.values().filter(|l| l.email == email).map(|l| l.id.clone()).collect();
+        let ids: Vec<String> = self
+            .by_seq
+            .values()
+            .filter(|l| l.email == email)
+            .map(|l| l.id.clone())
+            .collect();
         ids.iter().for_each(|id| {
             self.remove(id);
         });
         if self.tombstones.len() >= MAX_TOMBSTONES && !self.tombstones.contains_key(email) {
-            let oldest = self.tombstones.iter().min_by_key(|(_, &seq)| seq).map(|(e, _)| e.clone());
+            let oldest = self
+                .tombstones
+                .iter()
+                .min_by_key(|(_, &seq)| seq)
+                .map(|(e, _)| e.clone());
             if let Some(oldest) = oldest {
                 self.tombstones.remove(&oldest);
             }
@@ -120,7 +135,10 @@ fn validate(form: &LeadForm) -> Result<(), (&'static str, &'static str)> {
 }
 
 fn form_from_json(body: &[u8]) -> Result<LeadForm, FieldError> {
-    let not_object = FieldError { field: "body", msg: "must be a JSON object" };
+    let not_object = FieldError {
+        field: "body",
+        msg: "must be a JSON object",
+    };
     let value: Value = serde_json::from_slice(body).map_err(|_| not_object)?;
     let obj = value.as_object().ok_or(not_object)?;
     let mut form = LeadForm::default();
@@ -134,7 +152,12 @@ fn form_from_json(body: &[u8]) -> Result<LeadForm, FieldError> {
         match obj.get(field) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => *slot = s.clone(),
-            Some(_) => return Err(FieldError { field, msg: "must be a string" }),
+            Some(_) => {
+                return Err(FieldError {
+                    field,
+                    msg: "must be a string",
+                })
+            }
         }
     }
     Ok(form)
@@ -161,7 +184,11 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     let form = if is_json {
         match form_from_json(&body) {
             Ok(form) => form,
@@ -174,7 +201,11 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         return if is_json {
             field_error(field, msg)
         } else {
-            (StatusCode::BAD_REQUEST, pages::landing_html(Some(&format!("Please check {field}: {msg}.")), &form)).into_response()
+            (
+                StatusCode::BAD_REQUEST,
+                pages::landing_html(Some(&format!("Please check {field}: {msg}.")), &form),
+            )
+                .into_response()
         };
     }
     let synthetic_run = headers
@@ -182,7 +213,11 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         .and_then(|v| v.to_str().ok())
         .map(|v| clip(v, 200))
         .filter(|v| !v.is_empty());
-    let plan = if form.plan.is_empty() { "starter".to_string() } else { form.plan.clone() };
+    let plan = if form.plan.is_empty() {
+        "starter".to_string()
+    } else {
+        form.plan.clone()
+    };
     let lead = Lead {
         id: format!("lead-{}", uuid::Uuid::new_v4().simple()),
         name: clip(&form.name, 200),
@@ -203,19 +238,30 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
             json_error(StatusCode::SERVICE_UNAVAILABLE, "lead queue full")
         } else {
             let msg = "We are receiving a lot of requests right now. Please try again in a minute.";
-            (StatusCode::SERVICE_UNAVAILABLE, pages::landing_html(Some(msg), &form)).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::landing_html(Some(msg), &form),
+            )
+                .into_response()
         };
     }
     tracing::debug!(%lead_id, "lead queued");
     if is_json {
-        (StatusCode::ACCEPTED, Json(json!({ "lead_id": lead_id, "status": "queued" }))).into_response()
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "lead_id": lead_id, "status": "queued" })),
+        )
+            .into_response()
     } else {
         Redirect::to("/thanks").into_response()
     }
 }
 
 /// Wait while the CRM is stalled. `false` when shutting down.
-async fn wait_while_stalled(mode: &mut watch::Receiver<CrmMode>, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn wait_while_stalled(
+    mode: &mut watch::Receiver<CrmMode>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     loop {
         if *shutdown.borrow() {
             return false;
@@ -250,7 +296,10 @@ pub async fn worker(app: Arc<App>, mut rx: mpsc::Receiver<Lead>) {
             tracing::error!(lead_id = %lead.id, "CRM unavailable (fault injected): lead discarded");
             continue;
         }
-        let jitter = app.crm_delay.mul_f64(0.1 * random_unit()).min(Duration::from_millis(50));
+        let jitter = app
+            .crm_delay
+            .mul_f64(0.1 * random_unit())
+            .min(Duration::from_millis(50));
         tokio::select! {
             _ = stopped(&mut shutdown) => return,
             _ = tokio::time::sleep(app.crm_delay + jitter) => {}
@@ -276,8 +325,12 @@ pub async fn worker(app: Arc<App>, mut rx: mpsc::Receiver<Lead>) {
 
 async fn deliver_webhook(app: &App, lead: &Lead) {
     let url = lock(&app.webhook_url).clone();
-    let (Some(url), Some(client)) = (url, app.http_client.as_ref()) else { return };
-    let mut req = client.post(&url).json(&json!({ "event": "lead.created", "lead": lead }));
+    let (Some(url), Some(client)) = (url, app.http_client.as_ref()) else {
+        return;
+    };
+    let mut req = client
+        .post(&url)
+        .json(&json!({ "event": "lead.created", "lead": lead }));
     if let Some(run) = &lead.synthetic_run {
         req = req.header("X-Synthetic-Run", run);
     }
@@ -326,7 +379,10 @@ pub async fn crm_delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> 
 }
 
 /// `DELETE /crm/leads?email=X`: also drops that email's leads still queued.
-pub async fn crm_delete_by_email(State(app): State<Arc<App>>, Query(p): Query<EmailParam>) -> Response {
+pub async fn crm_delete_by_email(
+    State(app): State<Arc<App>>,
+    Query(p): Query<EmailParam>,
+) -> Response {
     let Some(email) = p.email.filter(|e| !e.is_empty()) else {
         return json_error(StatusCode::BAD_REQUEST, "missing email");
     };

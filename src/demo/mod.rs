@@ -64,8 +64,8 @@ impl Default for DemoOptions {
     }
 }
 
-/// A running demo target. Dropping it without [`DemoServer::shutdown`] leaves
-/// the background tasks running until the runtime stops.
+/// A running demo target. Dropping it without [`DemoServer::shutdown`] still
+/// signals every task to stop, but does not wait for them.
 pub struct DemoServer {
     http_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
@@ -87,13 +87,21 @@ impl DemoServer {
 
         let listener = tokio::net::TcpListener::bind(opts.http_addr).await?;
         let http_addr = listener.local_addr()?;
-        tasks.push(tokio::spawn(serve(listener, router.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(serve(
+            listener,
+            router.clone(),
+            shutdown_rx.clone(),
+        )));
 
         let (https_addr, ca_pem) = match opts.https_addr {
             Some(addr) => {
                 let (listener, pem) = tls::bind(addr, shutdown_rx.clone()).await?;
                 let local = axum::serve::Listener::local_addr(&listener)?;
-                tasks.push(tokio::spawn(serve(listener, router.clone(), shutdown_rx.clone())));
+                tasks.push(tokio::spawn(serve(
+                    listener,
+                    router.clone(),
+                    shutdown_rx.clone(),
+                )));
                 (Some(local), Some(pem))
             }
             None => (None, None),
@@ -112,7 +120,14 @@ impl DemoServer {
         tasks.push(tokio::spawn(leads::worker(app.clone(), lead_rx)));
 
         tracing::info!(%http_addr, ?https_addr, ?dns_addr, "demo target started");
-        Ok(DemoServer { http_addr, https_addr, dns_addr, ca_pem, shutdown_tx, tasks })
+        Ok(DemoServer {
+            http_addr,
+            https_addr,
+            dns_addr,
+            ca_pem,
+            shutdown_tx,
+            tasks,
+        })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -137,15 +152,21 @@ impl DemoServer {
 
     /// Stop accepting, close WebSockets, stop the worker; waits at most 2s,
     /// then aborts whatever is still running.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        for mut task in self.tasks {
+        for mut task in std::mem::take(&mut self.tasks) {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
             }
         }
         tracing::info!("demo target stopped");
+    }
+}
+
+impl Drop for DemoServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
     }
 }
 
@@ -155,7 +176,10 @@ where
     L::Addr: std::fmt::Debug,
 {
     let signal = async move { state::stopped(&mut shutdown).await };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await
+    {
         tracing::error!(error = %e, "demo http server failed");
     }
 }
@@ -184,17 +208,32 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/timeline/ws", get(incidents::timeline_ws))
         .route("/incidents/timeline", get(pages::timeline_page))
         // The "CRM" the lead pipeline writes into.
-        .route("/crm/leads", get(leads::crm_list).delete(leads::crm_delete_by_email))
-        .route("/crm/leads/{id}", get(leads::crm_get).delete(leads::crm_delete))
+        .route(
+            "/crm/leads",
+            get(leads::crm_list).delete(leads::crm_delete_by_email),
+        )
+        .route(
+            "/crm/leads/{id}",
+            get(leads::crm_get).delete(leads::crm_delete),
+        )
         // Admin: no auth on purpose. The demo only ever listens on loopback and
         // these endpoints exist for tests and game days on the same machine.
-        .route("/admin/webhook", get(leads::get_webhook).put(leads::put_webhook))
-        .route("/admin/faults", get(faults::get_all).delete(faults::clear_all))
+        .route(
+            "/admin/webhook",
+            get(leads::get_webhook).put(leads::put_webhook),
+        )
+        .route(
+            "/admin/faults",
+            get(faults::get_all).delete(faults::clear_all),
+        )
         .route("/admin/faults/http", post(faults::set_http))
         .route("/admin/faults/websocket", post(faults::set_websocket))
         .route("/admin/faults/crm", post(faults::set_crm))
         .fallback(|| async { state::json_error(axum::http::StatusCode::NOT_FOUND, "not found") })
-        .layer(axum::middleware::from_fn_with_state(app.clone(), faults::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            faults::middleware,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
 }

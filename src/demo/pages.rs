@@ -53,7 +53,14 @@ fn page(title: &str, body: &str) -> Html<String> {
 }
 
 fn error_block(error: Option<&str>, id: &str) -> String {
-    error.map(|e| format!("<p id=\"{id}\" class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default()
+    error
+        .map(|e| {
+            format!(
+                "<p id=\"{id}\" class=\"error\" role=\"alert\">{}</p>",
+                escape(e)
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The landing page, optionally with an error and the submitted values.
@@ -62,7 +69,11 @@ pub fn landing_html(error: Option<&str>, form: &LeadForm) -> Html<String> {
         .iter()
         .map(|p| {
             let selected = if form.plan == *p { " selected" } else { "" };
-            format!("<option value=\"{p}\"{selected}>{}{}</option>", p[..1].to_uppercase(), &p[1..])
+            format!(
+                "<option value=\"{p}\"{selected}>{}{}</option>",
+                p[..1].to_uppercase(),
+                &p[1..]
+            )
         })
         .collect::<String>();
     let body = format!(

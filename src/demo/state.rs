@@ -97,7 +97,11 @@ pub fn now_rfc3339() -> String {
 
 /// 256 bits of OS randomness as 64 hex characters (session tokens).
 pub fn random_token() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// Uniform float in [0, 1) (fault probability, jitter).

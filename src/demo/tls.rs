@@ -27,7 +27,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A self-signed certificate for [`CERT_NAMES`], valid from now for 90 days,
 /// as a rustls server config plus the certificate's PEM.
 fn self_signed() -> Result<(ServerConfig, String), BoxError> {
-    let mut params = CertificateParams::new(CERT_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(CERT_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CERT_NAMES[0]);
     dn.push(DnType::OrganizationName, "Vantage Demo");
@@ -58,12 +59,20 @@ pub struct TlsListener {
 
 /// Bind `addr`, generate the certificate and start accepting. Returns the
 /// listener and the certificate PEM.
-pub async fn bind(addr: SocketAddr, shutdown: watch::Receiver<bool>) -> std::io::Result<(TlsListener, String)> {
+pub async fn bind(
+    addr: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(TlsListener, String)> {
     let (config, pem) = self_signed().map_err(std::io::Error::other)?;
     let tcp = TcpListener::bind(addr).await?;
     let local = tcp.local_addr()?;
     let (tx, ready) = mpsc::channel(64);
-    tokio::spawn(accept_loop(tcp, TlsAcceptor::from(Arc::new(config)), tx, shutdown));
+    tokio::spawn(accept_loop(
+        tcp,
+        TlsAcceptor::from(Arc::new(config)),
+        tx,
+        shutdown,
+    ));
     Ok((TlsListener { ready, local }, pem))
 }
 
