@@ -35,10 +35,17 @@ impl fmt::Display for VarRef {
     }
 }
 
+/// A transformation applied to a value: `${email | urlencode}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Percent-encodes for a URL query or path segment.
+    UrlEncode,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
     Lit(String),
-    Ref(VarRef),
+    Ref(VarRef, Option<Filter>),
 }
 
 /// A parsed template string.
@@ -57,6 +64,8 @@ pub enum TemplateError {
     UnknownBuiltin(String),
     #[error("invalid variable name `{0}`: use letters, digits, `_` and `-`")]
     BadName(String),
+    #[error("unknown filter `{0}`: expected `urlencode`")]
+    UnknownFilter(String),
 }
 
 fn valid_name(n: &str) -> bool {
@@ -77,11 +86,17 @@ impl Template {
                 rest = after_escape;
             } else if let Some(body) = after.strip_prefix("${") {
                 let end = body.find('}').ok_or_else(|| TemplateError::Unclosed(text.to_string()))?;
-                let name = body[..end].trim();
+                let (name, filter) = match body[..end].split_once('|') {
+                    Some((n, f)) => match f.trim() {
+                        "urlencode" => (n.trim(), Some(Filter::UrlEncode)),
+                        other => return Err(TemplateError::UnknownFilter(other.to_string())),
+                    },
+                    None => (body[..end].trim(), None),
+                };
                 if !lit.is_empty() {
                     parts.push(Part::Lit(std::mem::take(&mut lit)));
                 }
-                parts.push(Part::Ref(Self::parse_ref(name, text)?));
+                parts.push(Part::Ref(Self::parse_ref(name, text)?, filter));
                 rest = &body[end + 1..];
             } else {
                 lit.push('$');
@@ -127,7 +142,7 @@ impl Template {
 
     pub fn refs(&self) -> impl Iterator<Item = &VarRef> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Ref(r) => Some(r),
+            Part::Ref(r, _) => Some(r),
             Part::Lit(_) => None,
         })
     }
@@ -138,7 +153,8 @@ impl Template {
         for p in &self.parts {
             match p {
                 Part::Lit(s) => out.push_str(s),
-                Part::Ref(r) => out.push_str(&lookup(r)?),
+                Part::Ref(r, None) => out.push_str(&lookup(r)?),
+                Part::Ref(r, Some(Filter::UrlEncode)) => out.extend(url::form_urlencoded::byte_serialize(lookup(r)?.as_bytes())),
             }
         }
         Ok(out)
@@ -175,6 +191,14 @@ mod tests {
         );
         let out: Result<String, ()> = t.render(|r| Ok(format!("<{r}>")));
         assert_eq!(out.unwrap(), "a <${run.id}>-<${token}> ${x} $5 <${env.HOME}>");
+    }
+
+    #[test]
+    fn urlencode_filter_encodes_query_values() {
+        let t = Template::parse("q=${email | urlencode}").unwrap();
+        let out: Result<String, ()> = t.render(|_| Ok("lead+1@x.test".into()));
+        assert_eq!(out.unwrap(), "q=lead%2B1%40x.test");
+        assert_eq!(Template::parse("${a | shout}").unwrap_err(), TemplateError::UnknownFilter("shout".into()));
     }
 
     #[test]

@@ -70,11 +70,13 @@ pub struct Checker<'a> {
     here: Location,
     context: String,
     defined: HashSet<String>,
+    /// The journey's run timeout, for steps that wait (None in `finally`).
+    pub run_timeout: Option<Duration>,
 }
 
 impl<'a> Checker<'a> {
     fn new(file: &'a Path, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Checker { file, diags, here: Location::UNKNOWN, context: String::new(), defined: HashSet::new() }
+        Checker { file, diags, here: Location::UNKNOWN, context: String::new(), defined: HashSet::new(), run_timeout: None }
     }
 
     fn push(&mut self, at: Location, message: String) {
@@ -132,6 +134,15 @@ impl<'a> Checker<'a> {
 
     pub fn json_path(&mut self, field: &str, text: &str) -> Option<JsonSelector> {
         JsonSelector::parse(text).map_err(|e| self.error(field, &format!("invalid JSON path: {e}"))).ok()
+    }
+
+    /// A wait longer than the run may last is a mistake: the run would be cut off first.
+    pub fn check_wait(&mut self, field: &str, wait: Duration) {
+        if let Some(t) = self.run_timeout {
+            if wait > t {
+                self.error(field, &format!("{} is longer than the journey timeout ({}): the run would be cut off first", humantime::format_duration(wait), humantime::format_duration(t)));
+            }
+        }
     }
 
     pub fn define(&mut self, name: &str) {
@@ -227,7 +238,9 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
     if spec.steps.is_empty() {
         c.error("steps", "expected at least one step");
     }
+    c.run_timeout = Some(timeout);
     let steps = compile_steps(c, &spec.name, &spec.steps);
+    c.run_timeout = None;
     let finally = compile_steps(c, &spec.name, &spec.finally);
     Journey {
         name: spec.name.clone(),

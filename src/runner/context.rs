@@ -45,6 +45,9 @@ pub struct RunContext {
     pub step_starts: HashMap<String, Instant>,
     /// What the step in progress is waiting for; named in timeout messages.
     pub waiting_for: &'static str,
+    /// When the step in progress will be cut off (step timeout or the run's deadline),
+    /// so waiting steps can give up just before with a full message.
+    pub step_deadline: Option<Instant>,
     pub started: SystemTime,
 }
 
@@ -62,6 +65,7 @@ impl RunContext {
             trace_cx: OtelContext::new(),
             step_starts: HashMap::new(),
             waiting_for: "",
+            step_deadline: None,
             started: SystemTime::now(),
         }
     }

@@ -221,6 +221,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let step_limit = step.timeout.or_else(|| step.kind.default_timeout()).unwrap_or(env.default_step_timeout);
     let run_left = deadline.map(|(d, _)| d.saturating_duration_since(started));
     let limit = run_left.map_or(step_limit, |left| left.min(step_limit));
+    ctx.step_deadline = Some(started + limit);
     let res = match tokio::time::timeout(limit, attempt(ctx, step)).await {
         Ok(r) => r,
         Err(_) => {

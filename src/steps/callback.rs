@@ -203,6 +203,7 @@ pub struct CallbackStep {
 
 impl CallbackStep {
     pub fn compile(spec: &CallbackSpec, c: &mut Checker) -> Option<CallbackStep> {
+        c.check_wait("callback.within", spec.within.0);
         Some(CallbackStep {
             within: spec.within.0,
             token: spec.token.as_deref().map(|t| c.template("callback.token", t)),

@@ -29,13 +29,16 @@ impl EventuallyStep {
         if spec.backoff.0.is_zero() || spec.backoff.0 > spec.max_backoff.0 {
             c.error("eventually.backoff", "expected a positive duration no larger than `max_backoff`");
         }
+        c.check_wait("eventually.within", spec.within.0);
         let inner = compile_step(c, journey, &spec.step)?;
         Some(EventuallyStep { within: spec.within.0, backoff: spec.backoff.0, max_backoff: spec.max_backoff.0, inner: Box::new(inner) })
     }
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let started = Instant::now();
-        let deadline = started + self.within;
+        // Give up with a full message shortly before the step would be cut off.
+        let cut = ctx.step_deadline.map(|d| d.checked_sub(Duration::from_millis(50)).unwrap_or(d));
+        let deadline = cut.map_or(started + self.within, |c| c.min(started + self.within));
         let mut backoff = self.backoff;
         let mut attempts = 0u32;
         loop {

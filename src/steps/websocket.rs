@@ -85,6 +85,9 @@ impl WebSocketStep {
         if spec.connect.is_none() && spec.send.is_none() && spec.receive.is_none() && !spec.close {
             c.error("websocket", "expected at least one of `connect`, `send`, `receive` or `close`");
         }
+        if let Some(r) = spec.receive {
+            c.check_wait("websocket.receive", r.0);
+        }
         if spec.receive.is_some() && !filter.has_content_checks() {
             c.error("websocket.receive", "expected an `assert` block that says which message to wait for (e.g. `json` or `body_contains`)");
         }

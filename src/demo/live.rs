@@ -1,0 +1,189 @@
+//! `vantage demo`: the demo service plus the shipped journeys, run live.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::validate::compile_files;
+use crate::config::{AgentConfig, Journey};
+use crate::daemon::{self, RunOptions};
+use crate::runner::result::{Outcome, RunResult};
+use crate::steps::assertions::fmt_dur;
+
+use super::{DemoOptions, DemoServer};
+
+/// The shipped journeys, embedded so the demo needs nothing but the binary.
+pub const PROBES: &[(&str, &str)] = &[
+    ("probes/login.yaml", include_str!("../../probes/login.yaml")),
+    ("probes/user-search.yaml", include_str!("../../probes/user-search.yaml")),
+    ("probes/incident-lifecycle.yaml", include_str!("../../probes/incident-lifecycle.yaml")),
+    ("probes/lead-capture.yaml", include_str!("../../probes/lead-capture.yaml")),
+    ("probes/demo-host.yaml", include_str!("../../probes/demo-host.yaml")),
+];
+
+/// Runs in the demo at most this often, so results show up quickly.
+const DEMO_MAX_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the shipped journeys need to find the demo service.
+pub struct DemoEnv {
+    pub server: DemoServer,
+    pub overrides: HashMap<String, String>,
+    pub credentials_dir: PathBuf,
+    pub callback_port: u16,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts the demo service on loopback and prepares the journeys' environment.
+pub async fn start_demo_env() -> anyhow::Result<DemoEnv> {
+    let dir = std::env::temp_dir().join(format!("vantage-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(dir.join("demo_password"), &password)?;
+    let callback_port = free_port()?;
+    let server = DemoServer::start(DemoOptions {
+        password,
+        webhook_url: Some(format!("http://127.0.0.1:{callback_port}/hooks/crm")),
+        https_addr: Some("127.0.0.1:0".parse()?),
+        dns_addr: Some("127.0.0.1:0".parse()?),
+        ..DemoOptions::default()
+    })
+    .await?;
+    let ca = dir.join("demo-ca.pem");
+    std::fs::write(&ca, server.ca_pem().unwrap_or_default())?;
+    let base = server.base_url();
+    let host_port = |url: &str| url.split("://").nth(1).unwrap_or_default().trim_end_matches('/').to_string();
+    let overrides = HashMap::from([
+        ("VANTAGE_TARGET".to_string(), base.clone()),
+        ("VANTAGE_TARGET_WS".to_string(), base.replacen("http://", "ws://", 1)),
+        ("VANTAGE_DEMO_HTTP".to_string(), host_port(&base)),
+        ("VANTAGE_DEMO_TLS".to_string(), server.https_url().map(|u| host_port(&u)).unwrap_or_default()),
+        ("VANTAGE_DEMO_DNS".to_string(), server.dns_addr().map(|a| a.to_string()).unwrap_or_default()),
+        ("VANTAGE_DEMO_CA_FILE".to_string(), ca.display().to_string()),
+    ]);
+    Ok(DemoEnv { server, overrides, credentials_dir: dir, callback_port })
+}
+
+/// The shipped journeys, compiled, with intervals capped for a lively demo.
+pub fn demo_journeys() -> anyhow::Result<Vec<Journey>> {
+    let files: Vec<(PathBuf, String)> = PROBES.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+    let mut journeys = compile_files(&files).map_err(|d| anyhow::anyhow!("shipped probes are invalid:\n{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")))?;
+    for j in &mut journeys {
+        j.interval = j.interval.min(DEMO_MAX_INTERVAL);
+        // Validation already checked the waits against the timeout, which stays as written when it fits.
+        j.timeout = j.timeout.min(j.interval);
+    }
+    Ok(journeys)
+}
+
+#[derive(Default)]
+struct Board {
+    rows: BTreeMap<String, Row>,
+    failures: VecDeque<String>,
+}
+
+#[derive(Default)]
+struct Row {
+    last: Option<Outcome>,
+    last_ms: f64,
+    runs: u64,
+    fails: u64,
+    detail: String,
+}
+
+fn render(board: &Board) -> String {
+    let mut out = String::from("\x1b[H\x1b[2J");
+    out.push_str("Vantage demo: shipped journeys against the built-in demo service (Ctrl-C stops)\n\n");
+    out.push_str(&format!("{:<22} {:<9} {:>9} {:>6} {:>6}  {}\n", "JOURNEY", "LAST", "DURATION", "RUNS", "FAILS", "STEPS"));
+    for (name, r) in &board.rows {
+        let last = r.last.map(|o| o.as_str()).unwrap_or("waiting");
+        out.push_str(&format!("{:<22} {:<9} {:>7.0}ms {:>6} {:>6}  {}\n", name, last, r.last_ms, r.runs, r.fails, r.detail));
+    }
+    if !board.failures.is_empty() {
+        out.push_str("\nRecent failures:\n");
+        for f in &board.failures {
+            out.push_str(&format!("  {f}\n"));
+        }
+    }
+    out
+}
+
+fn step_summary(r: &RunResult) -> String {
+    r.steps
+        .iter()
+        .filter(|s| !s.cleanup)
+        .map(|s| format!("{} {}", s.name, fmt_dur(s.duration)))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// `vantage demo`.
+pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u64>) -> anyhow::Result<i32> {
+    let env = start_demo_env().await?;
+    let journeys = demo_journeys()?;
+    let mut agent = AgentConfig { id: "demo".into(), location: "demo".into(), credentials_dir: Some(env.credentials_dir.clone()), ..AgentConfig::default() };
+    agent.admin.listen = String::new();
+    agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
+    if let Some(ep) = otlp {
+        agent.telemetry.otlp.endpoint = Some(ep);
+        agent.telemetry.otlp.protocol = Some(protocol);
+        agent.telemetry.otlp.export_interval = Some(crate::config::Dur(Duration::from_secs(5)));
+    }
+    let tty = std::io::stdout().is_terminal();
+    let board = Arc::new(Mutex::new(Board::default()));
+    for j in &journeys {
+        board.lock().expect("board lock").rows.entry(j.name.clone()).or_default();
+    }
+    println!("demo service on {} (journeys start within {}s)", env.server.base_url(), DEMO_MAX_INTERVAL.as_secs());
+    let b = board.clone();
+    let observer: crate::scheduler::RunObserver = Arc::new(move |_j, r| {
+        let mut board = b.lock().expect("board lock");
+        let row = board.rows.entry(r.journey.clone()).or_default();
+        row.last = Some(r.outcome);
+        row.last_ms = r.duration.as_secs_f64() * 1000.0;
+        row.runs += 1;
+        row.detail = step_summary(r);
+        if r.outcome == Outcome::Failure {
+            row.fails += 1;
+            let line = format!("{} [{}] {}", r.journey, r.error_type.map(|e| e.as_str()).unwrap_or(""), r.message.as_deref().unwrap_or(""));
+            board.failures.push_back(line);
+            if board.failures.len() > 5 {
+                board.failures.pop_front();
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        if tty {
+            let _ = out.write_all(render(&board).as_bytes());
+        } else {
+            let msg = r.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+            let _ = writeln!(out, "{:<20} {:<8} {:>7.0}ms  {}{msg}", r.journey, r.outcome.as_str(), r.duration.as_secs_f64() * 1000.0, step_summary(r));
+        }
+        let _ = out.flush();
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(secs) = duration {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            s.cancel();
+        });
+    }
+    let code = daemon::run(RunOptions {
+        preloaded: Some((agent, journeys)),
+        env_overrides: env.overrides.clone(),
+        observer: Some(observer),
+        stop: Some(stop),
+        ..Default::default()
+    })
+    .await?;
+    env.server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&env.credentials_dir);
+    let board = board.lock().expect("board lock");
+    let (runs, fails): (u64, u64) = board.rows.values().fold((0, 0), |(r, f), row| (r + row.runs, f + row.fails));
+    println!("\ndemo finished: {runs} runs, {fails} failed");
+    Ok(code)
+}
