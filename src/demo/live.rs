@@ -40,7 +40,7 @@ fn free_port() -> std::io::Result<u16> {
 
 /// Starts the demo service on loopback and prepares the journeys' environment.
 pub async fn start_demo_env() -> anyhow::Result<DemoEnv> {
-    let dir = std::env::temp_dir().join(format!("vantage-demo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("vantage-demo-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let password = uuid::Uuid::new_v4().simple().to_string();
     std::fs::write(dir.join("demo_password"), &password)?;
