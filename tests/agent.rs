@@ -386,3 +386,29 @@ fn cli_check_reports_all_problems_and_exits_1() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: 0 journeys, 0 steps\n");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A run still going at the next tick makes that tick `skipped`, never queued;
+/// the scheduler's shutdown lets the in-flight run finish within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ticks_are_skipped_not_queued() {
+    let t = Target::start().await;
+    let yaml = "journeys:\n  - name: slow\n    interval: 1s\n    steps:\n      - name: quick\n        http: {url: \"${env.BASE}/json\"}\n    finally:\n      - name: slow cleanup\n        timeout: 5s\n        http: {url: \"${env.BASE}/delay/2500\"}\n";
+    let env = env_with(None, vars(&t));
+    let telemetry = Arc::new(vantage::telemetry::Telemetry::init(&AgentConfig::default(), None, &[]).unwrap());
+    let mut sched = vantage::scheduler::Scheduler::new(env, telemetry, 4, None);
+    sched.apply(journeys(yaml));
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let status = sched.status();
+    let (runs, skipped) = {
+        let board = status.lock().unwrap();
+        (board["slow"].runs, board["slow"].skipped)
+    };
+    assert!((1..=2).contains(&runs), "runs={runs}");
+    assert!(skipped >= 2, "skipped={skipped}");
+    let stats = sched.stats();
+    let started = stats.runs_started.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(started <= 3, "ticks were queued: {started} runs started in 5 s of 2.5 s runs");
+    let in_flight = sched.shutdown(Duration::from_secs(4)).await;
+    assert!(in_flight <= 1);
+    assert_eq!(stats.runs_started.load(std::sync::atomic::Ordering::Relaxed), stats.runs_finished.load(std::sync::atomic::Ordering::Relaxed), "every started run finished within the grace");
+}

@@ -236,3 +236,24 @@ async fn vantage_demo_runs_every_shipped_journey() {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_exist_fails_as_dns() {
+    let s = setup().await;
+    let dns = s.demo.overrides["VANTAGE_DEMO_DNS"].clone();
+    // The agent's own resolver points at the demo's DNS server (loopback only).
+    let mut env = vantage::daemon::build_env(&AgentConfig::default(), opentelemetry::trace::TracerProvider::tracer(&opentelemetry_sdk::trace::SdkTracerProvider::builder().build(), "t"), None, Default::default()).unwrap();
+    env.resolver = vantage::steps::dns::uncached_resolver(Some(dns.parse().unwrap())).unwrap();
+    let yaml = format!(
+        "journeys:\n  - name: nx\n    interval: 10s\n    steps:\n      - name: fetch\n        http: {{url: \"http://nope.vantage.test:{}/\"}}\n  - name: nx-dns\n    interval: 10s\n    steps:\n      - name: lookup\n        dns: {{name: nope.vantage.test, resolver: \"{dns}\"}}\n",
+        s.demo.callback_port
+    );
+    let js = vantage::config::validate::compile_files(&[("nx.yaml".into(), yaml)]).unwrap();
+    let env = Arc::new(env);
+    let r = vantage::runner::run_journey(&js[0], env.clone(), &Default::default()).await.unwrap();
+    assert_eq!(r.error_type, Some(ErrorType::Dns));
+    assert_eq!(r.message.as_deref(), Some("step `fetch`: could not resolve `nope.vantage.test`: no such domain (NXDOMAIN)"));
+    let r = vantage::runner::run_journey(&js[1], env, &Default::default()).await.unwrap();
+    assert_eq!(r.error_type, Some(ErrorType::Dns));
+    assert_eq!(r.message.as_deref(), Some("step `lookup`: expected NOERROR for A nope.vantage.test, got NXDOMAIN"));
+}
