@@ -50,9 +50,9 @@ pub const CHROMIUM_ARGS: &[&str] = &[
     "--no-sandbox",
     "--disable-gpu",
     "--disable-dev-shm-usage",
+    // The crashpad handler still starts (detached) and exits with Chromium;
+    // `--disable-crashpad-for-testing` would stop it but crashes Chromium's network service.
     "--disable-crash-reporter",
-    // Without this the crashpad handler still starts, detached from the process group.
-    "--disable-crashpad-for-testing",
     "--no-first-run",
     "--no-default-browser-check",
     "--disable-background-networking",
@@ -324,6 +324,7 @@ impl BrowserManager {
                 .port();
             let child = Command::new(&self.chromedriver)
                 .arg(format!("--port={port}"))
+                .args(std::env::var("VANTAGE_CHROMEDRIVER_LOG").map(|p| vec![format!("--log-path={p}"), "--verbose".to_string()]).unwrap_or_default())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

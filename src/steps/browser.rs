@@ -467,7 +467,7 @@ async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, mes
     let title = wd("", deadline, c.title()).await.unwrap_or_default();
     let console = s.console_errors(deadline).await;
     let png = wd("", deadline, c.screenshot()).await;
-    let mut context = format!(" (page {url}, title `{}`", snippet(&title, 80));
+    let mut context = format!(" (page {}, title `{}`", snippet(&url, 200), snippet(&title, 80));
     if let Some(first) = console.first() {
         context.push_str(&format!("; {} console error{}, first: {}", console.len(), if console.len() == 1 { "" } else { "s" }, snippet(first, 160)));
     }
