@@ -239,7 +239,10 @@ impl BrowserManager {
         args.push(format!("--user-data-dir={}", profile.display()));
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": self.chromium, "args": args }));
+        let (w, h) = VIEWPORT;
+        // Fixes the viewport (not the window) at session start; a desktop one: no touch, same user agent.
+        let metrics = json!({ "deviceMetrics": { "width": w, "height": h, "pixelRatio": 1, "mobile": false, "touch": false } });
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": self.chromium, "args": args, "mobileEmulation": metrics }));
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "SEVERE" }));
         caps.insert("pageLoadStrategy".into(), json!("normal"));
         caps.insert("unhandledPromptBehavior".into(), json!("dismiss"));
@@ -274,12 +277,6 @@ impl BrowserManager {
         self.sessions_created.fetch_add(1, Ordering::Relaxed);
         let mut session = session;
         session.inner = Some(Inner { client: client.clone(), driver, profile, permit, manager: self.clone() });
-        let (w, h) = VIEWPORT;
-        let viewport = ChromeCmd {
-            path: "goog/cdp/execute",
-            body: json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": { "width": w, "height": h, "deviceScaleFactor": 1, "mobile": false } }),
-        };
-        wd("setting the viewport", Instant::now() + STATUS_TIMEOUT, client.issue_cmd(viewport)).await?;
         phases.push(Phase { name: "session_start", duration: t.elapsed() });
         Ok(session)
     }
