@@ -142,11 +142,13 @@ async fn driver_request(port: u16, method: &str, path: &str, body: Option<Value>
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
-/// Chromedriver-specific endpoints fantoccini has no method for.
+/// A session command by path: chromedriver-specific endpoints fantoccini has
+/// no method for, and navigation without fantoccini's extra `GetUrl` (which
+/// waits for the blank start page's navigation).
 #[derive(Debug)]
-struct ChromeCmd {
-    path: &'static str,
-    body: Value,
+pub struct ChromeCmd {
+    pub path: &'static str,
+    pub body: Value,
 }
 
 impl WebDriverCompatibleCommand for ChromeCmd {
@@ -237,12 +239,16 @@ impl BrowserManager {
         self.profiles.lock().unwrap_or_else(|e| e.into_inner()).insert(profile.clone());
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        // Start on a blank page: Debian's Chromium otherwise opens its new-tab page, which
+        // loads a search engine's start page, and the first command waits for that navigation.
+        args.push("about:blank".into());
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
         let (w, h) = VIEWPORT;
         // Fixes the viewport (not the window) at session start; a desktop one: no touch, same user agent.
         let metrics = json!({ "deviceMetrics": { "width": w, "height": h, "pixelRatio": 1, "mobile": false, "touch": false } });
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": self.chromium, "args": args, "mobileEmulation": metrics }));
+        let prefs = json!({ "homepage_is_newtabpage": false, "homepage": "about:blank", "session": { "restore_on_startup": 4, "startup_urls": ["about:blank"] } });
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": self.chromium, "args": args, "mobileEmulation": metrics, "prefs": prefs }));
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "SEVERE" }));
         caps.insert("pageLoadStrategy".into(), json!("normal"));
         caps.insert("unhandledPromptBehavior".into(), json!("dismiss"));

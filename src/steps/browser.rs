@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
-use crate::browser::{describe, wd, BrowserSession};
+use crate::browser::{describe, wd, BrowserSession, ChromeCmd};
 use crate::config::model::BrowserSpec;
 use crate::config::template::Template;
 use crate::config::validate::Checker;
@@ -190,17 +190,19 @@ impl BrowserStep {
         Some(BrowserStep { name: name.to_string(), action, timeout })
     }
 
-    /// The step's own deadline: its timeout minus a reserve to save the failure screenshot.
-    fn deadline(&self, ctx: &RunContext) -> Instant {
+    /// The step's own deadline (its timeout minus a reserve to save the failure
+    /// screenshot), and the end of that reserve.
+    fn deadlines(&self, ctx: &RunContext) -> (Instant, Instant) {
         let limit = self.timeout.or_else(|| self.default_timeout()).unwrap_or(ctx.env.default_step_timeout);
         let reserve = (limit / 5).min(MAX_ARTIFACT_RESERVE);
-        Instant::now() + limit.saturating_sub(reserve)
+        let now = Instant::now();
+        (now + limit.saturating_sub(reserve), now + limit.saturating_sub(reserve / 10))
     }
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let mut obs = Observation::default();
         obs.attributes.push(KeyValue::new("browser.action", self.action.name()));
-        let deadline = self.deadline(ctx);
+        let (deadline, hard) = self.deadlines(ctx);
         if ctx.browser.session.is_none() {
             let mgr = ctx.env.browser.clone();
             ctx.waiting_for = "a free browser (browser.max_concurrent)";
@@ -223,7 +225,7 @@ impl BrowserStep {
             Err(mut e) => {
                 if e.error_type != ErrorType::Config {
                     if let Some(s) = ctx.browser.session.as_ref() {
-                        let (context, path) = failure_artifacts(ctx, s, &self.name, &e.message).await;
+                        let (context, path) = failure_artifacts(ctx, s, &self.name, &e.message, hard).await;
                         e.message.push_str(&context);
                         if let Some(p) = path {
                             obs.attributes.push(KeyValue::new("synthetics.artifact.path", p));
@@ -243,7 +245,8 @@ impl BrowserStep {
                 obs.attributes.push(KeyValue::new("url.full", parsed.to_string()));
                 ctx.waiting_for = "the page to load";
                 let s = session(ctx)?;
-                wd(format!("loading {url}"), deadline, s.client().goto(&url)).await?;
+                let nav = ChromeCmd { path: "url", body: json!({ "url": url }) };
+                wd(format!("loading {url}"), deadline, s.client().issue_cmd(nav)).await?;
                 let timing = wd("reading navigation timing", deadline, s.client().execute_async(NAV_TIMING_JS, vec![])).await?;
                 s.after_input = false;
                 let ms = |k: &str| timing.get(k).and_then(Value::as_f64).filter(|v| *v >= 0.0);
@@ -460,8 +463,7 @@ async fn wait_for(s: &BrowserSession, sel: Option<&str>, text: Option<&str>, vis
 
 /// Screenshot, URL, title and console errors of a failed step. Returns the
 /// text to append to the error message and the screenshot's path.
-async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, message: &str) -> (String, Option<String>) {
-    let deadline = Instant::now() + MAX_ARTIFACT_RESERVE;
+async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, message: &str, deadline: Instant) -> (String, Option<String>) {
     let c = s.client();
     let url = wd("", deadline, c.current_url()).await.map(|u| u.to_string()).unwrap_or_else(|_| "unknown".into());
     let title = wd("", deadline, c.title()).await.unwrap_or_default();
