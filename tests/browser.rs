@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::Query;
@@ -26,11 +26,7 @@ use vantage::runner::context::RunEnv;
 use vantage::runner::result::{ErrorType, Outcome, RunResult};
 
 /// Browser tests share the machine's processes: one at a time, so the process counts are ours.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn require_chromium() {
     if let Some(m) = missing_binaries(Path::new("/usr/bin/chromedriver"), Path::new("/usr/bin/chromium")) {
@@ -103,10 +99,12 @@ fn setup(edit: impl FnOnce(&mut AgentConfig)) -> Setup {
     let dir = std::env::temp_dir().join(format!("vantage-browser-test-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(dir.join("creds")).unwrap();
     std::fs::write(dir.join("creds/password"), "hunter2-secret\n").unwrap();
-    let mut agent = AgentConfig::default();
-    agent.credentials_dir = Some(dir.join("creds"));
-    agent.artifacts_dir = Some(dir.join("artifacts"));
-    agent.step_timeout = vantage::config::Dur(Duration::from_secs(10));
+    let mut agent = AgentConfig {
+        credentials_dir: Some(dir.join("creds")),
+        artifacts_dir: Some(dir.join("artifacts")),
+        step_timeout: vantage::config::Dur(Duration::from_secs(10)),
+        ..Default::default()
+    };
     edit(&mut agent);
     let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build().tracer("test");
     let env = vantage::daemon::build_env(&agent, tracer, None, HashMap::new()).unwrap();
@@ -218,7 +216,7 @@ async fn settle(want: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_http_and_browser_journey_passes_and_shares_variables() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     require_chromium();
     let addr = serve().await;
     let s = setup(|_| {});
@@ -244,7 +242,7 @@ async fn mixed_http_and_browser_journey_passes_and_shares_variables() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeline_that_never_renders_fails_with_browser_error_and_screenshot() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     require_chromium();
     let addr = serve().await;
     let s = setup(|_| {});
@@ -268,7 +266,7 @@ async fn timeline_that_never_renders_fails_with_browser_error_and_screenshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_chromedriver_fails_that_run_and_the_next_run_passes() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     require_chromium();
     let addr = serve().await;
     let s = setup(|_| {});
@@ -302,7 +300,7 @@ async fn killed_chromedriver_fails_that_run_and_the_next_run_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_browser_processes_left_after_twenty_runs_and_shutdown() {
-    let _g = serial();
+    let _g = SERIAL.lock().await;
     require_chromium();
     let addr = serve().await;
     let baseline = browser_processes().len();

@@ -21,8 +21,10 @@ use opentelemetry_sdk::Resource;
 use crate::config::{AgentConfig, Journey};
 use crate::runner::result::{ErrorType, Outcome, RunResult};
 
+type BrowserAttr = (&'static str, &'static str);
+
 /// Browser step phase → histogram, description, metric-specific attribute.
-const BROWSER_METRICS: &[(&str, &str, &str, Option<(&str, &str)>)] = &[
+const BROWSER_METRICS: &[(&str, &str, &str, Option<BrowserAttr>)] = &[
     ("session_start", "synthetics.browser.session.start", "Time to start a fresh Chromium session", None),
     ("queue", "synthetics.browser.session.queue", "Time waiting for a free browser (browser.max_concurrent)", None),
     ("driver_start", "synthetics.browser.driver.start", "Time to start chromedriver", None),
@@ -78,7 +80,7 @@ pub struct Telemetry {
     lateness: Histogram<f64>,
     cleanup_failures: Counter<u64>,
     /// `synthetics.browser.*`, by the browser step phase they come from.
-    browser: Vec<(&'static str, Histogram<f64>, Option<(&'static str, &'static str)>)>,
+    browser: Vec<(&'static str, Histogram<f64>, Option<BrowserAttr>)>,
     pub reloads: Counter<u64>,
     /// The Prometheus view of the same results, for `/metrics`.
     pub prometheus: Mutex<prometheus::Registry>,
@@ -180,12 +182,13 @@ impl Telemetry {
                 .with_boundaries(vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
                 .build(),
             cleanup_failures: meter.u64_counter("synthetics.journey.cleanup.failures").with_description("Runs whose finally steps failed").build(),
-            browser: BROWSER_METRICS
-                .iter()
-                .map(|&(phase, name, desc, attr)| {
-                    (phase, meter.f64_histogram(name).with_unit("s").with_description(desc).with_boundaries(DEFAULT_BUCKETS.to_vec()).build(), attr)
-                })
-                .collect(),
+            browser: BROWSER_METRICS.iter().fold(Vec::<(&str, Histogram<f64>, _)>::new(), |mut acc, &(phase, name, desc, attr)| {
+                // Phases sharing a metric share one instrument.
+                let same = BROWSER_METRICS.iter().zip(&acc).find(|((_, n, _, _), _)| *n == name).map(|(_, (_, h, _))| h.clone());
+                let h = same.unwrap_or_else(|| meter.f64_histogram(name).with_unit("s").with_description(desc).with_boundaries(DEFAULT_BUCKETS.to_vec()).build());
+                acc.push((phase, h, attr));
+                acc
+            }),
             reloads: meter.u64_counter("synthetics.agent.config.reloads").with_description("Config reloads by result").build(),
             meters,
             traces,
