@@ -62,6 +62,34 @@ pub const CHROMIUM_ARGS: &[&str] = &[
     "--window-size=1366,768",
 ];
 
+/// One `synthetics.browser.*` histogram (seconds), fed by a browser step phase.
+#[derive(Debug)]
+pub struct Metric {
+    pub phase: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Metric-specific attribute.
+    pub attribute: Option<(&'static str, &'static str)>,
+}
+
+const fn metric(phase: &'static str, name: &'static str, description: &'static str, attribute: Option<(&'static str, &'static str)>) -> Metric {
+    Metric { phase, name, description, attribute }
+}
+
+/// Browser step phases exported as histograms (several phases may share one metric).
+pub const METRICS: &[Metric] = &[
+    metric("session_start", "synthetics.browser.session.start", "Time to start a fresh Chromium session", None),
+    metric("queue", "synthetics.browser.session.queue", "Time waiting for a free browser (browser.max_concurrent)", None),
+    metric("driver_start", "synthetics.browser.driver.start", "Time to start chromedriver", None),
+    metric("ttfb", "synthetics.browser.navigation.ttfb", "Navigation time to first byte", None),
+    metric("dom_content_loaded", "synthetics.browser.navigation.dom_content_loaded", "Navigation time to DOMContentLoaded end", None),
+    metric("load", "synthetics.browser.navigation.load", "Navigation time to the load event end", None),
+    metric("fcp", "synthetics.browser.paint.first_contentful", "First contentful paint after navigation", None),
+    metric("lcp", "synthetics.browser.paint.largest_contentful", "Largest contentful paint before any input", None),
+    metric("wait_selector", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "selector"))),
+    metric("wait_text", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "text"))),
+];
+
 const DRIVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const SESSION_CREATE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -21,22 +21,6 @@ use opentelemetry_sdk::Resource;
 use crate::config::{AgentConfig, Journey};
 use crate::runner::result::{ErrorType, Outcome, RunResult};
 
-type BrowserAttr = (&'static str, &'static str);
-
-/// Browser step phase → histogram, description, metric-specific attribute.
-const BROWSER_METRICS: &[(&str, &str, &str, Option<BrowserAttr>)] = &[
-    ("session_start", "synthetics.browser.session.start", "Time to start a fresh Chromium session", None),
-    ("queue", "synthetics.browser.session.queue", "Time waiting for a free browser (browser.max_concurrent)", None),
-    ("driver_start", "synthetics.browser.driver.start", "Time to start chromedriver", None),
-    ("ttfb", "synthetics.browser.navigation.ttfb", "Navigation time to first byte", None),
-    ("dom_content_loaded", "synthetics.browser.navigation.dom_content_loaded", "Navigation time to DOMContentLoaded end", None),
-    ("load", "synthetics.browser.navigation.load", "Navigation time to the load event end", None),
-    ("fcp", "synthetics.browser.paint.first_contentful", "First contentful paint after navigation", None),
-    ("lcp", "synthetics.browser.paint.largest_contentful", "Largest contentful paint before any input", None),
-    ("wait_selector", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "selector"))),
-    ("wait_text", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "text"))),
-];
-
 pub const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Where and how to export.
@@ -80,7 +64,7 @@ pub struct Telemetry {
     lateness: Histogram<f64>,
     cleanup_failures: Counter<u64>,
     /// `synthetics.browser.*`, by the browser step phase they come from.
-    browser: Vec<(&'static str, Histogram<f64>, Option<BrowserAttr>)>,
+    browser: Vec<(&'static crate::browser::Metric, Histogram<f64>)>,
     pub reloads: Counter<u64>,
     /// The Prometheus view of the same results, for `/metrics`.
     pub prometheus: Mutex<prometheus::Registry>,
@@ -182,11 +166,11 @@ impl Telemetry {
                 .with_boundaries(vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
                 .build(),
             cleanup_failures: meter.u64_counter("synthetics.journey.cleanup.failures").with_description("Runs whose finally steps failed").build(),
-            browser: BROWSER_METRICS.iter().fold(Vec::<(&str, Histogram<f64>, _)>::new(), |mut acc, &(phase, name, desc, attr)| {
+            browser: crate::browser::METRICS.iter().fold(Vec::<(&crate::browser::Metric, Histogram<f64>)>::new(), |mut acc, m| {
                 // Phases sharing a metric share one instrument.
-                let same = BROWSER_METRICS.iter().zip(&acc).find(|((_, n, _, _), _)| *n == name).map(|(_, (_, h, _))| h.clone());
-                let h = same.unwrap_or_else(|| meter.f64_histogram(name).with_unit("s").with_description(desc).with_boundaries(DEFAULT_BUCKETS.to_vec()).build());
-                acc.push((phase, h, attr));
+                let same = acc.iter().find(|(o, _)| o.name == m.name).map(|(_, h)| h.clone());
+                let h = same.unwrap_or_else(|| meter.f64_histogram(m.name).with_unit("s").with_description(m.description).with_boundaries(DEFAULT_BUCKETS.to_vec()).build());
+                acc.push((m, h));
                 acc
             }),
             reloads: meter.u64_counter("synthetics.agent.config.reloads").with_description("Config reloads by result").build(),
@@ -264,10 +248,10 @@ impl Telemetry {
             }
             if s.kind == "browser" {
                 for p in &s.phases {
-                    if let Some((_, h, attr)) = self.browser.iter().find(|(name, _, _)| *name == p.name) {
+                    if let Some((m, h)) = self.browser.iter().find(|(m, _)| m.phase == p.name) {
                         let mut ba = base.clone();
                         ba.push(KeyValue::new("step.name", s.name.clone()));
-                        ba.extend(attr.map(|(k, v)| KeyValue::new(k, v)));
+                        ba.extend(m.attribute.map(|(k, v)| KeyValue::new(k, v)));
                         h.record(p.duration.as_secs_f64(), &ba);
                     }
                 }
