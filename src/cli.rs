@@ -188,6 +188,9 @@ fn check(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
         Ok(l) => {
             let steps: usize = l.journeys.iter().map(|j| j.steps.len() + j.finally.len()).sum();
             println!("ok: {} journeys, {} steps", l.journeys.len(), steps);
+            if let Some(m) = crate::browser::missing_for(&l.agent.browser, &l.journeys) {
+                eprintln!("warning: {m}");
+            }
             0
         }
         Err(diags) => {
@@ -216,6 +219,9 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         }
     }
     let journeys: Vec<_> = loaded.journeys.into_iter().filter(|j| only.is_empty() || only.contains(&j.name)).collect();
+    if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
+        eprintln!("warning: {m}");
+    }
     let export = ExportSettings::resolve(&agent);
     let telemetry = Telemetry::init(&agent, export.as_ref(), &journeys)?;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -236,6 +242,7 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         }
     }
     stop.cancel();
+    env.browser.shutdown().await;
     telemetry.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(if failed { 1 } else { 0 })
 }

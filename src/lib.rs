@@ -4,12 +4,14 @@
 //! - [`config`]: the agent config and probe model (parse, validate, template)
 //! - [`runner`]: runs a journey's steps with its context of variables
 //! - [`steps`]: one module per step kind, behind [`steps::StepKind`]
+//! - [`browser`]: the chromedriver the browser steps share, and their sessions
 //! - [`scheduler`]: when journeys run
 //! - [`telemetry`]: OTLP metrics and traces, and the Prometheus view
 //! - [`daemon`]: signals, systemd notify, reload, admin HTTP
 //! - [`demo`]: the embedded demo target
 //! - [`cli`]: the command line
 
+pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod daemon;

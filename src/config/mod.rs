@@ -45,6 +45,36 @@ pub struct AgentConfig {
     pub artifacts_dir: Option<PathBuf>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub browser: BrowserConfig,
+}
+
+/// Headless-browser steps: the chromedriver the agent runs and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserConfig {
+    #[serde(default = "default_chromedriver")]
+    pub chromedriver: PathBuf,
+    #[serde(default = "default_chromium")]
+    pub chromium: PathBuf,
+    /// Browser sessions at once, at most (runs wait for a free one within their timeout).
+    #[serde(default = "default_browser_max")]
+    pub max_concurrent: usize,
+    /// Start a fresh chromedriver after this many sessions.
+    #[serde(default = "default_restart_after")]
+    pub restart_after_sessions: u32,
+    /// Failure screenshots kept in `artifacts_dir`, at most (oldest removed first).
+    #[serde(default = "default_artifacts_max_files")]
+    pub artifacts_max_files: usize,
+    /// Total size of the kept artifacts, at most.
+    #[serde(default = "default_artifacts_max_size")]
+    pub artifacts_max_size: model::ByteSize,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("empty browser config is valid")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +132,24 @@ fn default_step_timeout() -> Dur {
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:9464".into()
+}
+fn default_chromedriver() -> PathBuf {
+    "/usr/bin/chromedriver".into()
+}
+fn default_chromium() -> PathBuf {
+    "/usr/bin/chromium".into()
+}
+fn default_browser_max() -> usize {
+    1
+}
+fn default_restart_after() -> u32 {
+    50
+}
+fn default_artifacts_max_files() -> usize {
+    200
+}
+fn default_artifacts_max_size() -> model::ByteSize {
+    model::ByteSize(100 * 1024 * 1024)
 }
 
 impl Default for AgentConfig {
@@ -187,6 +235,9 @@ fn check_agent(path: &Path, a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
     }
     if a.concurrency == 0 {
         err("`concurrency`: expected at least 1".into());
+    }
+    if a.browser.max_concurrent == 0 || a.browser.restart_after_sessions == 0 || a.browser.artifacts_max_files == 0 {
+        err("`browser`: `max_concurrent`, `restart_after_sessions` and `artifacts_max_files` must be at least 1".into());
     }
     if !a.admin.listen.is_empty() && a.admin.listen.parse::<SocketAddr>().is_err() {
         err(format!("`admin.listen`: expected `ip:port` (or \"\" to disable), got `{}`", a.admin.listen));

@@ -52,6 +52,7 @@ pub struct StepSpec {
     pub websocket: Option<WebSocketSpec>,
     pub eventually: Option<Box<EventuallySpec>>,
     pub callback: Option<CallbackSpec>,
+    pub browser: Option<BrowserSpec>,
     #[serde(default, rename = "assert")]
     pub assertions: AssertSpec,
     #[serde(default)]
@@ -164,6 +165,77 @@ pub struct CallbackSpec {
     pub since_step: Option<String>,
 }
 
+/// One headless-browser action; exactly one field is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserSpec {
+    /// Load this absolute URL and wait for its `load` event.
+    pub navigate: Option<String>,
+    /// CSS selector of the element to click.
+    pub click: Option<String>,
+    pub fill: Option<BrowserFill>,
+    pub select: Option<BrowserSelect>,
+    pub press: Option<BrowserPress>,
+    pub wait_for: Option<BrowserWaitFor>,
+    #[serde(rename = "assert")]
+    pub check: Option<BrowserAssert>,
+    /// JavaScript function body; its `return` value becomes the step's body, as JSON.
+    pub eval: Option<String>,
+    /// Save a PNG of the viewport into the artifacts directory under this name.
+    pub screenshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserFill {
+    pub selector: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserSelect {
+    pub selector: String,
+    /// The `value` attribute of the option to pick.
+    pub value: Option<String>,
+    /// The visible text of the option to pick.
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserPress {
+    /// Element to send the key to; default: the focused element.
+    pub selector: Option<String>,
+    /// `Enter`, `Tab`, `Escape`, `Backspace`, `ArrowDown`, … or a single character.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserWaitFor {
+    pub selector: Option<String>,
+    /// Text the element (or, without `selector`, the page) must contain.
+    pub text: Option<String>,
+    /// Also require the element to be visible.
+    #[serde(default)]
+    pub visible: bool,
+    #[serde(default = "default_wait_within")]
+    pub within: Dur,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserAssert {
+    pub selector: Option<String>,
+    /// The element's text must contain this.
+    pub text: Option<String>,
+    /// The element must be visible (`true`) or absent/hidden (`false`).
+    pub visible: Option<bool>,
+    pub url_contains: Option<String>,
+    pub title_contains: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssertSpec {
@@ -224,6 +296,9 @@ fn default_record_type() -> String {
 }
 fn default_connection() -> String {
     "default".into()
+}
+fn default_wait_within() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 fn default_backoff_initial() -> Dur {
     Dur(Duration::from_millis(250))

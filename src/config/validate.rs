@@ -14,7 +14,7 @@ use crate::config::model::{JourneySpec, ProbeFile, StepSpec};
 use crate::config::template::{json_strings, Template, VarRef};
 use crate::steps::assertions::{Assertions, JsonSelector};
 use crate::steps::extract::Extraction;
-use crate::steps::{callback, dns, eventually, http, tcp, tls, websocket, StepKind};
+use crate::steps::{browser, callback, dns, eventually, http, tcp, tls, websocket, StepKind};
 
 /// One problem found in a config or probe file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,13 +294,14 @@ pub fn compile_step(c: &mut Checker, journey: &str, s: &Spanned<StepSpec>) -> Op
         ("websocket", spec.websocket.is_some()),
         ("eventually", spec.eventually.is_some()),
         ("callback", spec.callback.is_some()),
+        ("browser", spec.browser.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
     .collect();
     if kinds.len() != 1 {
         let got = if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") };
-        c.error("", &format!("expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback), got {got}"));
+        c.error("", &format!("expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser), got {got}"));
         return None;
     }
     let default_status = spec.http.is_some().then(|| crate::config::model::StatusSet(vec![(200, 399)]));
@@ -317,6 +318,8 @@ pub fn compile_step(c: &mut Checker, journey: &str, s: &Spanned<StepSpec>) -> Op
         websocket::WebSocketStep::compile(w, assertions.clone(), c).map(|k| Box::new(k) as _)
     } else if let Some(e) = &spec.eventually {
         eventually::EventuallyStep::compile(e, journey, c).map(|k| Box::new(k) as _)
+    } else if let Some(b) = &spec.browser {
+        browser::BrowserStep::compile(b, &spec.name, spec.timeout.map(|d| d.0), c).map(|k| Box::new(k) as _)
     } else {
         callback::CallbackStep::compile(spec.callback.as_ref()?, c).map(|k| Box::new(k) as _)
     };

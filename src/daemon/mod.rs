@@ -36,6 +36,7 @@ pub fn build_env(
         default_step_timeout: agent.step_timeout.0,
         callbacks,
         env_overrides,
+        browser: crate::browser::BrowserManager::new(&agent.browser, agent.artifacts_dir.clone()),
     })
 }
 
@@ -97,6 +98,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         f(h.addr);
     }
     let env = Arc::new(build_env(&agent, telemetry.tracer.clone(), callbacks, std::mem::take(&mut opts.env_overrides))?);
+    let browser = env.browser.clone();
+    if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
+        tracing::warn!("{m}");
+    }
     let mut sched = Scheduler::new(env, telemetry.clone(), agent.concurrency, opts.observer.take());
     let (added, _, _) = sched.apply(journeys);
     tracing::info!(
@@ -142,6 +147,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let grace = agent.shutdown_grace.0;
     let in_flight = sched.shutdown(grace).await;
+    browser.shutdown().await;
     shutdown.cancel();
     tracing::info!(in_flight, "runs settled; flushing telemetry");
     telemetry.shutdown(Duration::from_secs(5)).await;

@@ -25,6 +25,8 @@ pub struct RunEnv {
     pub callbacks: Option<Arc<crate::steps::callback::CallbackHub>>,
     /// Values for `${env.NAME}` that take precedence over the process environment (the demo sets its URLs here).
     pub env_overrides: HashMap<String, String>,
+    /// Runs chromedriver for browser steps (started lazily by the first one).
+    pub browser: Arc<crate::browser::BrowserManager>,
 }
 
 pub const REDACTED: &str = "[REDACTED]";
@@ -39,6 +41,8 @@ pub struct RunContext {
     pub cookies: Arc<reqwest::cookie::Jar>,
     pub http: crate::steps::http::ConnectionCache,
     pub websockets: crate::steps::websocket::Connections,
+    /// The run's browser session, opened by its first browser step.
+    pub browser: crate::browser::RunBrowser,
     /// Context of the step span in progress, for `traceparent` propagation.
     pub trace_cx: OtelContext,
     /// Start of each step by name, for "time since step X".
@@ -62,6 +66,7 @@ impl RunContext {
             cookies: Arc::new(reqwest::cookie::Jar::default()),
             http: Default::default(),
             websockets: Default::default(),
+            browser: Default::default(),
             trace_cx: OtelContext::new(),
             step_starts: HashMap::new(),
             waiting_for: "",

@@ -126,6 +126,7 @@ pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &Cancellat
         steps.push(r);
     }
     ctx.websockets.close_all().await;
+    ctx.browser.close().await;
     if let Some(h) = &callback_hub {
         h.unregister(&ctx.run_id);
     }

@@ -3,6 +3,7 @@
 //! assertions and extractions then run on that observation.
 
 pub mod assertions;
+pub mod browser;
 pub mod callback;
 pub mod dns;
 pub mod eventually;

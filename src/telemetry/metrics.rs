@@ -34,6 +34,8 @@ pub enum Inst {
     SchedulerLateness,
     ConfigReloads,
     CallbackRequests,
+    /// A `synthetics.browser.*` histogram, by metric name.
+    Browser(&'static str),
 }
 
 enum Kind {
@@ -43,7 +45,17 @@ enum Kind {
 }
 
 impl Inst {
-    const ALL: [Inst; 10] = [
+    fn all() -> Vec<Inst> {
+        let mut v = Self::FIXED.to_vec();
+        for m in crate::browser::METRICS {
+            if !v.contains(&Inst::Browser(m.name)) {
+                v.push(Inst::Browser(m.name));
+            }
+        }
+        v
+    }
+
+    const FIXED: [Inst; 10] = [
         Inst::Runs,
         Inst::JourneyDuration,
         Inst::StepDuration,
@@ -68,6 +80,10 @@ impl Inst {
             Inst::SchedulerLateness => ("synthetics.scheduler.lateness", "s", "How late a run started after its scheduled time", Kind::Histogram),
             Inst::ConfigReloads => ("synthetics.agent.config.reloads", "", "Config reloads by result", Kind::Counter),
             Inst::CallbackRequests => ("synthetics.callback.requests", "", "Inbound callback requests by result", Kind::Counter),
+            Inst::Browser(name) => {
+                let d = crate::browser::METRICS.iter().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
+                (name, "s", d, Kind::Histogram)
+            }
         }
     }
 }
@@ -243,7 +259,7 @@ impl Metrics {
 
     fn request(&self, owners: &[Owned], now: u64) -> ExportMetricsServiceRequest {
         let mut metrics = Vec::new();
-        for inst in Inst::ALL {
+        for inst in Inst::all() {
             let (name, unit, description, kind) = inst.describe();
             let mut numbers = Vec::new();
             let mut hists = Vec::new();

@@ -236,6 +236,17 @@ impl Telemetry {
                     self.metrics.record(name, Inst::PhaseDuration, vec![step(), ("phase", p.name.into())], p.duration.as_secs_f64());
                 }
             }
+            if s.kind == "browser" {
+                for p in &s.phases {
+                    for m in crate::browser::METRICS.iter().filter(|m| m.phase == p.name) {
+                        let mut extra = vec![step()];
+                        if let Some((k, v)) = m.attribute {
+                            extra.push((k, v.into()));
+                        }
+                        self.metrics.record(name, Inst::Browser(m.name), extra, p.duration.as_secs_f64());
+                    }
+                }
+            }
             if let Some(c) = s.cert_remaining_secs {
                 self.metrics.record(name, Inst::CertRemaining, vec![step()], c);
             }

@@ -1,0 +1,110 @@
+//! The bounded artifact directory: failure screenshots and their notes
+//! (URL, title, console errors), rotated by file count and total size.
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+#[derive(Debug)]
+pub struct Artifacts {
+    dir: PathBuf,
+    max_files: usize,
+    max_bytes: u64,
+    lock: Mutex<()>,
+}
+
+/// Names this directory's own files: `<unix-ms>-<journey>-<step>[-<what>].<png|txt>`.
+const OURS: &[&str] = &["png", "txt"];
+
+impl Artifacts {
+    pub fn new(dir: PathBuf, max_files: usize, max_bytes: u64) -> Artifacts {
+        Artifacts { dir, max_files: max_files.max(1), max_bytes, lock: Mutex::new(()) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `files` (extension, bytes) under one stem and rotates. Returns the first file's path.
+    pub fn save(&self, journey: &str, step: &str, what: &str, files: &[(&str, &[u8])]) -> io::Result<PathBuf> {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Screenshots may show private data: the directory is the agent's alone.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let what = if what.is_empty() { String::new() } else { format!("-{}", clean(what)) };
+        let stem = format!("{ms}-{}-{}{what}", clean(journey), clean(step));
+        let mut first = None;
+        for (ext, bytes) in files {
+            let path = self.dir.join(format!("{stem}.{ext}"));
+            std::fs::write(&path, bytes)?;
+            first.get_or_insert(path);
+        }
+        self.rotate(first.as_deref());
+        first.ok_or_else(|| io::Error::other("nothing to save"))
+    }
+
+    /// Removes the oldest of our files until both limits hold (never `keep`).
+    fn rotate(&self, keep: Option<&Path>) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = rd
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let p = e.path();
+                let ext = p.extension()?.to_str()?;
+                let name = p.file_name()?.to_str()?;
+                if !OURS.contains(&ext) || !name.starts_with(|c: char| c.is_ascii_digit()) {
+                    return None;
+                }
+                let m = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), p))
+            })
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(&b.2)));
+        let mut count = files.len();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        for (_, len, p) in files {
+            if count <= self.max_files && total <= self.max_bytes {
+                break;
+            }
+            if Some(p.as_path()) == keep || keep.is_some_and(|k| k.file_stem() == p.file_stem()) {
+                continue;
+            }
+            if std::fs::remove_file(&p).is_ok() {
+                count -= 1;
+                total = total.saturating_sub(len);
+            }
+        }
+    }
+}
+
+/// A file-name-safe version of a journey or step name.
+fn clean(s: &str) -> String {
+    let out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).take(60).collect();
+    out.trim_matches(['-', '.']).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_newest_within_count_and_size() {
+        let dir = std::env::temp_dir().join(format!("vantage-artifacts-test-{}", uuid::Uuid::new_v4().simple()));
+        let a = Artifacts::new(dir.clone(), 3, 1000);
+        let mut last = PathBuf::new();
+        for i in 0..5 {
+            last = a.save("j", &format!("s{i}"), "", &[("png", &[0u8; 100])]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(last.exists());
+        // A single file above the size limit is still kept: it is the newest.
+        let big = a.save("j", "big", "", &[("png", &[0u8; 2000])]).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left, vec![big]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

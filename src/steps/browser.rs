@@ -1,0 +1,572 @@
+//! `browser` step: one action in headless Chromium (navigate, click, fill,
+//! select, press, wait_for, assert, eval, screenshot). The run's first browser
+//! step opens its session (see [`crate::browser`]); later steps reuse it, so a
+//! journey can log in in the browser and share variables with HTTP and
+//! WebSocket steps. On failure the step saves a screenshot, the page URL and
+//! the console errors into the artifact directory and names the file.
+
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::Locator;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use opentelemetry::KeyValue;
+use serde_json::{json, Value};
+
+use crate::browser::{describe, wd, BrowserSession, ChromeCmd};
+use crate::config::model::BrowserSpec;
+use crate::config::template::Template;
+use crate::config::validate::Checker;
+use crate::runner::context::RunContext;
+use crate::runner::result::{ErrorType, Phase};
+use crate::steps::assertions::fmt_dur;
+use crate::steps::{snippet, Observation, StepError, StepKind};
+
+const POLL: Duration = Duration::from_millis(50);
+/// Time kept back from the step's timeout to save the failure screenshot.
+const MAX_ARTIFACT_RESERVE: Duration = Duration::from_secs(3);
+
+#[derive(Debug)]
+enum Action {
+    Navigate(Template),
+    Click(Template),
+    Fill { selector: Template, text: Template },
+    Select { selector: Template, value: Option<Template>, label: Option<Template> },
+    Press { selector: Option<Template>, key: &'static str, name: String },
+    WaitFor { selector: Option<Template>, text: Option<Template>, visible: bool, within: Duration },
+    Assert(Check),
+    Eval(Template),
+    Screenshot(String),
+}
+
+#[derive(Debug)]
+enum Check {
+    Element { selector: Template, text: Option<Template>, visible: Option<bool> },
+    UrlContains(Template),
+    TitleContains(Template),
+}
+
+impl Action {
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Navigate(_) => "navigate",
+            Action::Click(_) => "click",
+            Action::Fill { .. } => "fill",
+            Action::Select { .. } => "select",
+            Action::Press { .. } => "press",
+            Action::WaitFor { .. } => "wait_for",
+            Action::Assert(_) => "assert",
+            Action::Eval(_) => "eval",
+            Action::Screenshot(_) => "screenshot",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BrowserStep {
+    name: String,
+    action: Action,
+    timeout: Option<Duration>,
+}
+
+/// WebDriver key codes by the names users write (W3C WebDriver §17.4.2).
+const KEYS: &[(&str, &str)] = &[
+    ("Enter", "\u{E007}"),
+    ("Return", "\u{E006}"),
+    ("Tab", "\u{E004}"),
+    ("Escape", "\u{E00C}"),
+    ("Backspace", "\u{E003}"),
+    ("Delete", "\u{E017}"),
+    ("Space", "\u{E00D}"),
+    ("ArrowLeft", "\u{E012}"),
+    ("ArrowUp", "\u{E013}"),
+    ("ArrowRight", "\u{E014}"),
+    ("ArrowDown", "\u{E015}"),
+    ("Home", "\u{E011}"),
+    ("End", "\u{E010}"),
+    ("PageUp", "\u{E00E}"),
+    ("PageDown", "\u{E00F}"),
+];
+
+impl BrowserStep {
+    pub fn compile(spec: &BrowserSpec, name: &str, timeout: Option<Duration>, c: &mut Checker) -> Option<BrowserStep> {
+        let set = [
+            ("navigate", spec.navigate.is_some()),
+            ("click", spec.click.is_some()),
+            ("fill", spec.fill.is_some()),
+            ("select", spec.select.is_some()),
+            ("press", spec.press.is_some()),
+            ("wait_for", spec.wait_for.is_some()),
+            ("assert", spec.check.is_some()),
+            ("eval", spec.eval.is_some()),
+            ("screenshot", spec.screenshot.is_some()),
+        ];
+        let given: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+        if given.len() != 1 {
+            let got = if given.is_empty() { "none".to_string() } else { given.join(", ") };
+            c.error("browser", &format!("expected exactly one action (navigate, click, fill, select, press, wait_for, assert, eval, screenshot), got {got}: use one step per action"));
+            return None;
+        }
+        let nonempty = |c: &mut Checker, field: &str, v: &str| {
+            if v.trim().is_empty() {
+                c.error(field, "expected a non-empty value");
+            }
+        };
+        let action = if let Some(u) = &spec.navigate {
+            nonempty(c, "browser.navigate", u);
+            Action::Navigate(c.template("browser.navigate", u))
+        } else if let Some(s) = &spec.click {
+            nonempty(c, "browser.click", s);
+            Action::Click(c.template("browser.click", s))
+        } else if let Some(f) = &spec.fill {
+            nonempty(c, "browser.fill.selector", &f.selector);
+            Action::Fill { selector: c.template("browser.fill.selector", &f.selector), text: c.template("browser.fill.text", &f.text) }
+        } else if let Some(s) = &spec.select {
+            nonempty(c, "browser.select.selector", &s.selector);
+            if s.value.is_some() == s.label.is_some() {
+                c.error("browser.select", "expected exactly one of `value` (the option's value attribute) or `label` (its visible text)");
+            }
+            Action::Select {
+                selector: c.template("browser.select.selector", &s.selector),
+                value: s.value.as_deref().map(|v| c.template("browser.select.value", v)),
+                label: s.label.as_deref().map(|v| c.template("browser.select.label", v)),
+            }
+        } else if let Some(p) = &spec.press {
+            let key = match KEYS.iter().find(|(n, _)| n.eq_ignore_ascii_case(&p.key)) {
+                Some((_, code)) => *code,
+                None if p.key.chars().count() == 1 => "",
+                None => {
+                    let names: Vec<&str> = KEYS.iter().map(|(n, _)| *n).collect();
+                    c.error("browser.press.key", &format!("unknown key `{}`: expected one of {} or a single character", p.key, names.join(", ")));
+                    ""
+                }
+            };
+            Action::Press { selector: p.selector.as_deref().map(|s| c.template("browser.press.selector", s)), key, name: p.key.clone() }
+        } else if let Some(w) = &spec.wait_for {
+            if w.selector.is_none() && w.text.is_none() {
+                c.error("browser.wait_for", "expected `selector`, `text`, or both");
+            }
+            if w.visible && w.selector.is_none() {
+                c.error("browser.wait_for.visible", "needs a `selector`");
+            }
+            if w.within.0.is_zero() {
+                c.error("browser.wait_for.within", "expected a positive duration");
+            }
+            Action::WaitFor {
+                selector: w.selector.as_deref().map(|s| c.template("browser.wait_for.selector", s)),
+                text: w.text.as_deref().map(|s| c.template("browser.wait_for.text", s)),
+                visible: w.visible,
+                within: w.within.0,
+            }
+        } else if let Some(a) = &spec.check {
+            let kinds = [a.selector.is_some(), a.url_contains.is_some(), a.title_contains.is_some()].iter().filter(|x| **x).count();
+            if kinds != 1 {
+                c.error("browser.assert", "expected exactly one of `selector` (with `text` and/or `visible`), `url_contains` or `title_contains`");
+                return None;
+            }
+            if a.selector.is_none() && (a.text.is_some() || a.visible.is_some()) {
+                c.error("browser.assert", "`text` and `visible` need a `selector`");
+            }
+            Action::Assert(if let Some(s) = &a.selector {
+                Check::Element {
+                    selector: c.template("browser.assert.selector", s),
+                    text: a.text.as_deref().map(|t| c.template("browser.assert.text", t)),
+                    visible: a.visible,
+                }
+            } else if let Some(u) = &a.url_contains {
+                Check::UrlContains(c.template("browser.assert.url_contains", u))
+            } else {
+                Check::TitleContains(c.template("browser.assert.title_contains", a.title_contains.as_deref()?))
+            })
+        } else if let Some(e) = &spec.eval {
+            nonempty(c, "browser.eval", e);
+            Action::Eval(c.template("browser.eval", e))
+        } else {
+            let n = spec.screenshot.as_deref()?;
+            nonempty(c, "browser.screenshot", n);
+            Action::Screenshot(n.to_string())
+        };
+        Some(BrowserStep { name: name.to_string(), action, timeout })
+    }
+
+    /// The step's own deadline (its timeout minus a reserve to save the failure
+    /// screenshot), and the end of that reserve.
+    fn deadlines(&self, ctx: &RunContext) -> (Instant, Instant) {
+        let limit = self.timeout.or_else(|| self.default_timeout()).unwrap_or(ctx.env.default_step_timeout);
+        let reserve = (limit / 5).min(MAX_ARTIFACT_RESERVE);
+        let now = Instant::now();
+        (now + limit.saturating_sub(reserve), now + limit.saturating_sub(reserve / 10))
+    }
+
+    async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
+        let mut obs = Observation::default();
+        obs.attributes.push(KeyValue::new("browser.action", self.action.name()));
+        let (deadline, hard) = self.deadlines(ctx);
+        if ctx.browser.session.is_none() {
+            let mgr = ctx.env.browser.clone();
+            ctx.waiting_for = "a free browser (browser.max_concurrent)";
+            let opened = tokio::time::timeout_at(deadline.into(), mgr.open(&mut obs.phases)).await;
+            let session = match opened {
+                Ok(r) => r.map_err(|e| e.with_observation(&obs))?,
+                Err(_) => {
+                    let e = StepError::new(
+                        ErrorType::Browser,
+                        format!("no browser session within the step's time: all {} browser(s) were busy or Chromium was slow to start (see `browser.max_concurrent`)", mgr.max_concurrent()),
+                    );
+                    return Err(e.with_observation(&obs));
+                }
+            };
+            ctx.browser.session = Some(session);
+        }
+        ctx.waiting_for = "the browser";
+        match self.act(ctx, &mut obs, deadline).await {
+            Ok(()) => Ok(obs),
+            Err(mut e) => {
+                if e.error_type != ErrorType::Config {
+                    if let Some(s) = ctx.browser.session.as_ref() {
+                        let (context, path) = failure_artifacts(ctx, s, &self.name, &e.message, hard).await;
+                        e.message.push_str(&context);
+                        if let Some(p) = path {
+                            obs.attributes.push(KeyValue::new("synthetics.artifact.path", p));
+                        }
+                    }
+                }
+                Err(e.with_observation(&obs))
+            }
+        }
+    }
+
+    async fn act(&self, ctx: &mut RunContext, obs: &mut Observation, deadline: Instant) -> Result<(), StepError> {
+        match &self.action {
+            Action::Navigate(t) => {
+                let url = ctx.render(t)?;
+                let parsed = url::Url::parse(&url).map_err(|e| StepError::new(ErrorType::Config, format!("`{url}` is not an absolute URL: {e}")))?;
+                obs.attributes.push(KeyValue::new("url.full", parsed.to_string()));
+                ctx.waiting_for = "the page to load";
+                let s = session(ctx)?;
+                let nav = ChromeCmd { path: "url", body: json!({ "url": url }) };
+                wd(format!("loading {url}"), deadline, s.client().issue_cmd(nav)).await?;
+                let timing = wd("reading navigation timing", deadline, s.client().execute_async(NAV_TIMING_JS, vec![])).await?;
+                s.after_input = false;
+                let ms = |k: &str| timing.get(k).and_then(Value::as_f64).filter(|v| *v >= 0.0);
+                for (key, phase) in [("ttfb", "ttfb"), ("dcl", "dom_content_loaded"), ("load", "load"), ("fcp", "fcp"), ("lcp", "lcp")] {
+                    if let Some(v) = ms(key) {
+                        obs.phases.push(Phase { name: phase, duration: Duration::from_secs_f64(v / 1000.0) });
+                    }
+                }
+                if let Some(st) = timing.get("status").and_then(Value::as_u64).filter(|s| *s > 0) {
+                    obs.status = Some(st as u16);
+                    obs.attributes.push(KeyValue::new("http.response.status_code", st as i64));
+                }
+                if let Some(title) = timing.get("title").and_then(Value::as_str) {
+                    obs.attributes.push(KeyValue::new("browser.page.title", title.to_string()));
+                }
+            }
+            Action::Click(sel) => {
+                let sel = ctx.render(sel)?;
+                let s = session(ctx)?;
+                let el = find(s, &sel, "to click it", deadline).await?;
+                wd(format!("clicking `{sel}`"), deadline, el.click()).await?;
+                s.after_input = true;
+            }
+            Action::Fill { selector, text } => {
+                let sel = ctx.render(selector)?;
+                let text = ctx.render(text)?;
+                let s = session(ctx)?;
+                let el = find(s, &sel, "to fill it", deadline).await?;
+                wd(format!("clearing `{sel}`"), deadline, el.clear()).await?;
+                wd(format!("typing into `{sel}`"), deadline, el.send_keys(&text)).await?;
+                s.after_input = true;
+            }
+            Action::Select { selector, value, label } => {
+                let sel = ctx.render(selector)?;
+                let value = value.as_ref().map(|t| ctx.render(t)).transpose()?;
+                let label = label.as_ref().map(|t| ctx.render(t)).transpose()?;
+                let s = session(ctx)?;
+                let el = find(s, &sel, "to select an option", deadline).await?;
+                let r = match (&value, &label) {
+                    (Some(v), _) => wd(format!("selecting the option with value `{v}` in `{sel}`"), deadline, el.select_by_value(v)).await,
+                    (None, Some(l)) => wd(format!("selecting the option labelled `{l}` in `{sel}`"), deadline, el.select_by_label(l)).await,
+                    (None, None) => Ok(()),
+                };
+                r?;
+                s.after_input = true;
+            }
+            Action::Press { selector, key, name } => {
+                let sel = selector.as_ref().map(|t| ctx.render(t)).transpose()?;
+                let s = session(ctx)?;
+                let el = match &sel {
+                    Some(sel) => find(s, sel, "to press a key in it", deadline).await?,
+                    None => wd("finding the focused element", deadline, s.client().active_element()).await?,
+                };
+                let keys = if key.is_empty() { name.as_str() } else { key };
+                wd(format!("pressing {name}"), deadline, el.send_keys(keys)).await?;
+                s.after_input = true;
+            }
+            Action::WaitFor { selector, text, visible, within } => {
+                let sel = selector.as_ref().map(|t| ctx.render(t)).transpose()?;
+                let text = text.as_ref().map(|t| ctx.render(t)).transpose()?;
+                ctx.waiting_for = "the element to appear";
+                let s = session(ctx)?;
+                let what = describe_wait(sel.as_deref(), text.as_deref(), *visible);
+                let waited = wait_for(s, sel.as_deref(), text.as_deref(), *visible, *within, deadline, &what).await?;
+                obs.phases.push(Phase { name: if sel.is_some() { "wait_selector" } else { "wait_text" }, duration: waited });
+                if !s.after_input {
+                    // LCP stops at the first input; until then a later paint may still be the largest.
+                    if let Ok(Value::Number(n)) = wd("reading LCP", deadline, s.client().execute(LCP_JS, vec![])).await {
+                        if let Some(v) = n.as_f64().filter(|v| *v >= 0.0) {
+                            obs.phases.push(Phase { name: "lcp", duration: Duration::from_secs_f64(v / 1000.0) });
+                        }
+                    }
+                }
+            }
+            Action::Assert(check) => self.check(ctx, check, deadline).await?,
+            Action::Eval(t) => {
+                let script = ctx.render(t)?;
+                ctx.waiting_for = "the script";
+                let s = session(ctx)?;
+                let v = wd("running the script", deadline, s.client().execute(&script, vec![])).await?;
+                obs.body = bytes::Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+            }
+            Action::Screenshot(name) => {
+                let journey = ctx.journey.clone();
+                let s = session(ctx)?;
+                let png = wd("taking a screenshot", deadline, s.client().screenshot()).await?;
+                let path = s
+                    .manager()
+                    .artifacts
+                    .save(&journey, &self.name, name, &[("png", &png)])
+                    .map_err(|e| StepError::new(ErrorType::Browser, format!("cannot save the screenshot: {e}")))?;
+                obs.attributes.push(KeyValue::new("synthetics.artifact.path", path.display().to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn check(&self, ctx: &mut RunContext, check: &Check, deadline: Instant) -> Result<(), StepError> {
+        let fail = |m: String| Err(StepError::new(ErrorType::Browser, m));
+        match check {
+            Check::UrlContains(t) => {
+                let want = ctx.render(t)?;
+                let url = wd("reading the page URL", deadline, session(ctx)?.client().current_url()).await?;
+                if !url.as_str().contains(&want) {
+                    return fail(format!("expected the page URL to contain `{want}`; it is {url}"));
+                }
+            }
+            Check::TitleContains(t) => {
+                let want = ctx.render(t)?;
+                let title = wd("reading the page title", deadline, session(ctx)?.client().title()).await?;
+                if !title.contains(&want) {
+                    return fail(format!("expected the page title to contain `{want}`; it is `{}`", snippet(&title, 120)));
+                }
+            }
+            Check::Element { selector, text, visible } => {
+                let sel = ctx.render(selector)?;
+                let want = text.as_ref().map(|t| ctx.render(t)).transpose()?;
+                let s = session(ctx)?;
+                let state = wd(format!("inspecting `{sel}`"), deadline, s.client().execute(ELEMENT_JS, vec![json!(sel)])).await?;
+                let count = state.get("count").and_then(Value::as_u64).unwrap_or(0);
+                let shown = state.get("visible").and_then(Value::as_bool).unwrap_or(false);
+                let got = state.get("text").and_then(Value::as_str).unwrap_or_default();
+                if count == 0 && *visible != Some(false) {
+                    return fail(format!("expected an element matching `{sel}`; none exists"));
+                }
+                if let Some(v) = visible {
+                    if *v && !shown {
+                        return fail(format!("expected `{sel}` to be visible; it is hidden"));
+                    }
+                    if !*v && shown {
+                        return fail(format!("expected `{sel}` to be hidden or absent; it is visible"));
+                    }
+                }
+                if let Some(w) = &want {
+                    if !got.contains(w.as_str()) {
+                        return fail(format!("expected `{sel}` to contain the text `{w}`; its text is `{}`", snippet(got, 160)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn session(ctx: &mut RunContext) -> Result<&mut BrowserSession, StepError> {
+    ctx.browser.session.as_mut().ok_or_else(|| StepError::new(ErrorType::Internal, "no browser session"))
+}
+
+/// Finds `sel`, waiting for it to exist until `deadline`.
+async fn find(s: &BrowserSession, sel: &str, purpose: &str, deadline: Instant) -> Result<Element, StepError> {
+    let start = Instant::now();
+    loop {
+        match tokio::time::timeout_at(deadline.into(), s.client().find(Locator::Css(sel))).await {
+            Ok(Ok(el)) => return Ok(el),
+            Ok(Err(e)) if e.is_no_such_element() => {}
+            Ok(Err(e)) if e.is_invalid_selector() => return Err(StepError::new(ErrorType::Browser, format!("`{sel}` is not a valid CSS selector"))),
+            Ok(Err(e)) => return Err(StepError::new(ErrorType::Browser, format!("finding `{sel}`: {}", describe(&e)))),
+            Err(_) => break,
+        }
+        if Instant::now() + POLL >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Err(StepError::new(ErrorType::Browser, format!("expected an element matching `{sel}` {purpose}; none appeared within {}", fmt_dur(start.elapsed()))))
+}
+
+fn describe_wait(sel: Option<&str>, text: Option<&str>, visible: bool) -> String {
+    let vis = if visible { " and be visible" } else { "" };
+    match (sel, text) {
+        (Some(s), Some(t)) => format!("`{s}` to appear with the text `{t}`{vis}"),
+        (Some(s), None) => format!("`{s}` to appear{vis}"),
+        (None, Some(t)) => format!("the text `{t}` to appear on the page"),
+        (None, None) => "something".into(),
+    }
+}
+
+/// Polls the page until the condition holds; returns how long it took.
+async fn wait_for(s: &BrowserSession, sel: Option<&str>, text: Option<&str>, visible: bool, within: Duration, deadline: Instant, what: &str) -> Result<Duration, StepError> {
+    let start = Instant::now();
+    let until = deadline.min(start + within);
+    let mut last_state = String::new();
+    loop {
+        let r = tokio::time::timeout_at(until.into(), s.client().execute(WAIT_JS, vec![json!(sel), json!(text), json!(visible)])).await;
+        match r {
+            Ok(Ok(v)) => {
+                if v.get("ok").and_then(Value::as_bool) == Some(true) {
+                    return Ok(start.elapsed());
+                }
+                last_state = match v.get("count").and_then(Value::as_u64) {
+                    Some(0) => "no element matched".into(),
+                    Some(n) => format!("{n} element{} matched but not as required (first one's text: `{}`)", if n == 1 { "" } else { "s" }, snippet(v.get("text").and_then(Value::as_str).unwrap_or_default(), 80)),
+                    None => "the text is not on the page".into(),
+                };
+            }
+            Ok(Err(e)) if e.is_javascript_error() && e.to_string().contains("is not a valid selector") => {
+                return Err(StepError::new(ErrorType::Browser, format!("`{}` is not a valid CSS selector", sel.unwrap_or_default())));
+            }
+            // The page may be navigating; keep trying, but lost connections end the wait.
+            Ok(Err(e)) if matches!(e, fantoccini::error::CmdError::Lost(_) | fantoccini::error::CmdError::Failed(_) | fantoccini::error::CmdError::FailedC(_)) || e.is_invalid_session_id() => {
+                return Err(StepError::new(ErrorType::Browser, format!("while waiting for {what}: {}", describe(&e))));
+            }
+            Ok(Err(e)) => last_state = describe(&e),
+            Err(_) => break,
+        }
+        if Instant::now() + POLL >= until {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let state = if last_state.is_empty() { String::new() } else { format!(" ({last_state})") };
+    Err(StepError::new(ErrorType::Browser, format!("expected {what} within {}; it did not{state}", fmt_dur(within.min(until.saturating_duration_since(start))))))
+}
+
+/// Screenshot, URL, title and console errors of a failed step. Returns the
+/// text to append to the error message and the screenshot's path.
+async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, message: &str, deadline: Instant) -> (String, Option<String>) {
+    let c = s.client();
+    let url = wd("", deadline, c.current_url()).await.map(|u| u.to_string()).unwrap_or_else(|_| "unknown".into());
+    let title = wd("", deadline, c.title()).await.unwrap_or_default();
+    let console = s.console_errors(deadline).await;
+    let png = wd("", deadline, c.screenshot()).await;
+    let mut context = format!(" (page {}, title `{}`", snippet(&url, 200), snippet(&title, 80));
+    if let Some(first) = console.first() {
+        context.push_str(&format!("; {} console error{}, first: {}", console.len(), if console.len() == 1 { "" } else { "s" }, snippet(first, 160)));
+    }
+    context.push(')');
+    let notes = ctx.redact(&format!(
+        "journey: {}\nstep: {step}\nrun: {}\nurl: {url}\ntitle: {title}\nerror: {message}\n\nconsole errors ({}):\n{}\n",
+        ctx.journey,
+        ctx.run_id,
+        console.len(),
+        console.join("\n")
+    ));
+    let files: Vec<(&str, &[u8])> = match &png {
+        Ok(p) => vec![("png", p.as_slice()), ("txt", notes.as_bytes())],
+        Err(_) => vec![("txt", notes.as_bytes())],
+    };
+    match s.manager().artifacts.save(&ctx.journey, step, "failure", &files) {
+        Ok(path) => {
+            let p = path.display().to_string();
+            let what = if png.is_ok() { "screenshot" } else { "notes (no screenshot: the browser did not answer)" };
+            context.push_str(&format!("; {what}: {p}"));
+            (context, Some(p))
+        }
+        Err(e) => {
+            context.push_str(&format!("; could not save the screenshot: {e}"));
+            (context, None)
+        }
+    }
+}
+
+impl StepKind for BrowserStep {
+    fn kind(&self) -> &'static str {
+        "browser"
+    }
+    fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
+        self.run(ctx).boxed()
+    }
+    fn error_types(&self) -> &'static [ErrorType] {
+        &[ErrorType::Browser, ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config]
+    }
+    fn default_timeout(&self) -> Option<Duration> {
+        match &self.action {
+            Action::WaitFor { within, .. } => Some(*within + Duration::from_secs(10)),
+            Action::Navigate(_) => Some(Duration::from_secs(30)),
+            _ => Some(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// Navigation timing, FCP and LCP so far, in one call (milliseconds since navigation start).
+/// Leaves a buffered LCP observer on the page for later `wait_for` steps.
+const NAV_TIMING_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const v = window.__vantage = window.__vantage || { lcp: null };
+try {
+  new PerformanceObserver(l => { for (const e of l.getEntries()) v.lcp = e.startTime; })
+    .observe({ type: 'largest-contentful-paint', buffered: true });
+} catch (e) {}
+const t0 = performance.now();
+const finish = () => {
+  const n = performance.getEntriesByType('navigation')[0];
+  const p = performance.getEntriesByType('paint').find(e => e.name === 'first-contentful-paint');
+  done({
+    ttfb: n ? n.responseStart : null,
+    dcl: n ? n.domContentLoadedEventEnd : null,
+    load: n ? n.loadEventEnd : null,
+    status: n && n.responseStatus ? n.responseStatus : null,
+    fcp: p ? p.startTime : null,
+    lcp: v.lcp,
+    title: document.title,
+  });
+};
+(function check() {
+  const p = performance.getEntriesByType('paint').find(e => e.name === 'first-contentful-paint');
+  if ((p && v.lcp !== null) || performance.now() - t0 > 500) finish(); else setTimeout(check, 10);
+})();
+"#;
+
+const LCP_JS: &str = "return window.__vantage ? window.__vantage.lcp : null;";
+
+/// `[selector|null, text|null, visible]` → `{ok, count?, text?}`.
+const WAIT_JS: &str = concat!(
+    r#"const [sel, text, visible] = arguments;"#,
+    r#"const vis = e => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length) && getComputedStyle(e).visibility !== 'hidden';"#,
+    r#"if (sel) {
+  const els = document.querySelectorAll(sel);
+  for (const e of els) {
+    if ((text == null || (e.innerText || e.textContent || '').includes(text)) && (!visible || vis(e))) return { ok: true };
+  }
+  return { ok: false, count: els.length, text: els[0] ? (els[0].innerText || els[0].textContent || '').slice(0, 200) : null };
+}
+return { ok: !!document.body && (document.body.innerText || '').includes(text) };"#
+);
+
+/// `[selector]` → `{count, visible, text}` of the first match.
+const ELEMENT_JS: &str = concat!(
+    r#"const vis = e => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length) && getComputedStyle(e).visibility !== 'hidden';"#,
+    r#"const els = document.querySelectorAll(arguments[0]);
+const e = els[0];
+return { count: els.length, visible: !!e && vis(e), text: e ? (e.innerText || e.textContent || '') : null };"#
+);
