@@ -21,6 +21,8 @@ pub const PROBES: &[(&str, &str)] = &[
     ("probes/incident-lifecycle.yaml", include_str!("../../probes/incident-lifecycle.yaml")),
     ("probes/lead-capture.yaml", include_str!("../../probes/lead-capture.yaml")),
     ("probes/demo-host.yaml", include_str!("../../probes/demo-host.yaml")),
+    ("probes/timeline-render.yaml", include_str!("../../probes/timeline-render.yaml")),
+    ("probes/lead-form.yaml", include_str!("../../probes/lead-form.yaml")),
 ];
 
 /// Runs in the demo at most this often, so results show up quickly.
@@ -124,7 +126,12 @@ fn step_summary(r: &RunResult) -> String {
 /// `vantage demo`.
 pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u64>) -> anyhow::Result<i32> {
     let env = start_demo_env().await?;
-    let journeys = demo_journeys()?;
+    let mut journeys = demo_journeys()?;
+    let browser_ready = std::path::Path::new("/usr/bin/chromedriver").exists() && std::path::Path::new("/usr/bin/chromium").exists();
+    if !browser_ready {
+        journeys.retain(|j| !j.steps.iter().any(|s| s.kind.kind() == "browser"));
+        println!("browser journeys skipped: Chromium or chromedriver is missing; install them with: sudo apt-get install chromium chromium-driver");
+    }
     let mut agent = AgentConfig { id: "demo".into(), location: "demo".into(), credentials_dir: Some(env.credentials_dir.clone()), ..AgentConfig::default() };
     agent.admin.listen = String::new();
     agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
