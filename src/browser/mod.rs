@@ -267,6 +267,8 @@ impl BrowserManager {
         self.profiles.lock().unwrap_or_else(|e| e.into_inner()).insert(profile.clone());
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        // Browser traffic is marked as synthetic too, so analytics can filter it out.
+        args.push(format!("--user-agent={}", crate::user_agent()));
         // Start on a blank page: Debian's Chromium otherwise opens its new-tab page, which
         // loads a search engine's start page, and the first command waits for that navigation.
         args.push("about:blank".into());
