@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -329,9 +329,4 @@ pub fn log_result(r: &RunResult) {
     if let Some(c) = &r.cleanup_error {
         tracing::warn!(journey = %r.journey, run_id = %r.run_id, "{c}");
     }
-}
-
-/// Measures how long ago `t` was, for `/status` ages.
-pub fn age(t: Instant) -> Duration {
-    t.elapsed()
 }

@@ -20,7 +20,6 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     pub telemetry: Arc<Telemetry>,
     pub reload: mpsc::Sender<super::ReloadRequest>,
-    pub callbacks: Option<Arc<crate::steps::callback::CallbackHub>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {

@@ -118,7 +118,6 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         stats: sched.stats(),
         telemetry: telemetry.clone(),
         reload: reload_tx,
-        callbacks: None,
     });
     if !agent.admin.listen.is_empty() {
         let addr: std::net::SocketAddr = agent.admin.listen.parse().context("admin.listen")?;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -140,7 +140,6 @@ impl TlsStep {
         };
         let config = ctx.env.tls.pick(self.verify, ca.as_deref())?;
         let mut obs = Observation::default();
-        let started = Instant::now();
         let (tcp, peer) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
         let (_stream, facts) = handshake(ctx, tcp, &server_name, config, &mut obs.phases).await.map_err(|e| e.with_observation(&obs))?;
         obs.cert_not_after = facts.not_after;
@@ -154,7 +153,6 @@ impl TlsStep {
             KeyValue::new("tls.server.issuer", facts.issuer),
         ];
         obs.body = bytes::Bytes::from(facts.subject);
-        let _ = started;
         if let (Some(min), Some(na)) = (self.min_days_remaining, facts.not_after) {
             let days = remaining_secs(na) / 86_400.0;
             if days < min {

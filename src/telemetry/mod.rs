@@ -20,7 +20,7 @@ use opentelemetry_sdk::Resource;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, Journey};
-use crate::runner::result::{ErrorType, Outcome, RunResult};
+use crate::runner::result::{ErrorType, RunResult};
 use metrics::{Extra, Inst, Metrics, Transport};
 
 pub const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -300,9 +300,4 @@ async fn export_metrics(metrics: &Metrics, exporter: &tokio::sync::Mutex<Transpo
         }
     }
     Ok(())
-}
-
-/// Whether a run counts as good for SLOs.
-pub fn is_good(o: Outcome) -> bool {
-    o != Outcome::Failure
 }
