@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::tempdir;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -334,12 +336,6 @@ fn first_runs_spread_deterministically_over_the_interval() {
         slices[(o.as_secs() / 6) as usize] += 1;
     }
     assert!(slices.iter().all(|&n| n > 20 && n < 180), "{slices:?}");
-}
-
-pub fn tempdir() -> PathBuf {
-    let p = std::env::temp_dir().join(format!("vantage-test-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::free_port;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -231,10 +233,6 @@ async fn vantage_demo_runs_every_shipped_journey() {
         assert!(stdout.lines().any(|l| l.starts_with(j) && l.contains(" success ")), "{j} did not succeed in:\n{stdout}");
     }
     assert!(stdout.contains(", 0 failed"), "{stdout}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{free_port, tempdir};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,12 +17,6 @@ use common::target::Target;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vantage");
 const WAIT: Duration = Duration::from_secs(15);
-
-fn tempdir() -> PathBuf {
-    let p = std::env::temp_dir().join(format!("vantage-tel-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -234,10 +230,6 @@ journeys:
         assert!(!log.contains(c), "canary {c} reached the collector");
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn status(admin: &str) -> serde_json::Value {

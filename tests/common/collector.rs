@@ -10,10 +10,12 @@
 //! panics and says how to install it.
 #![allow(dead_code)]
 
+use super::free_port;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -489,13 +491,6 @@ fn make_temp_dir() -> PathBuf {
     // Touch the log so raw_log() works even before the first spawn.
     let _ = File::create(dir.join("collector.log"));
     dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
 }
 
 fn port_open(port: u16) -> bool {
