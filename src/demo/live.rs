@@ -127,14 +127,14 @@ fn step_summary(r: &RunResult) -> String {
 pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u64>) -> anyhow::Result<i32> {
     let env = start_demo_env().await?;
     let mut journeys = demo_journeys()?;
-    let browser_ready = std::path::Path::new("/usr/bin/chromedriver").exists() && std::path::Path::new("/usr/bin/chromium").exists();
-    if !browser_ready {
-        journeys.retain(|j| !j.steps.iter().any(|s| s.kind.kind() == "browser"));
-        println!("browser journeys skipped: Chromium or chromedriver is missing; install them with: sudo apt-get install chromium chromium-driver");
-    }
     let mut agent = AgentConfig { id: "demo".into(), location: "demo".into(), credentials_dir: Some(env.credentials_dir.clone()), ..AgentConfig::default() };
     agent.admin.listen = String::new();
     agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
+    // Without Chromium the other journeys still run; say how to get the browser ones.
+    if let Some(why) = crate::browser::missing_for(&agent.browser, &journeys) {
+        journeys.retain(|j| !j.steps.iter().any(|s| s.kind.kind() == "browser"));
+        println!("browser journeys skipped: {why}");
+    }
     if let Some(ep) = otlp {
         agent.telemetry.otlp.endpoint = Some(ep);
         agent.telemetry.otlp.protocol = Some(protocol);
