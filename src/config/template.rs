@@ -165,16 +165,42 @@ impl Template {
     }
 }
 
-/// Every template string inside a JSON value (keys and string leaves).
-pub fn json_strings(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| json_strings(x, out)),
-        serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| {
-            out.push(k.clone());
-            json_strings(x, out)
-        }),
-        _ => {}
+/// A JSON value whose keys and string leaves are templates, parsed once at load time.
+#[derive(Debug, Clone)]
+pub enum JsonTemplate {
+    Literal(serde_json::Value),
+    String(Template),
+    Array(Vec<JsonTemplate>),
+    Object(Vec<(Template, JsonTemplate)>),
+}
+
+impl JsonTemplate {
+    /// Builds the tree, parsing each string with `parse` (which reports problems).
+    pub fn build(v: &serde_json::Value, parse: &mut impl FnMut(&str) -> Template) -> JsonTemplate {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => JsonTemplate::String(parse(s)),
+            Value::Array(a) => JsonTemplate::Array(a.iter().map(|x| Self::build(x, parse)).collect()),
+            Value::Object(o) => JsonTemplate::Object(o.iter().map(|(k, x)| (parse(k), Self::build(x, parse))).collect()),
+            other => JsonTemplate::Literal(other.clone()),
+        }
+    }
+
+    /// Expands every template with `render`.
+    pub fn render<E>(&self, render: &mut impl FnMut(&Template) -> Result<String, E>) -> Result<serde_json::Value, E> {
+        use serde_json::Value;
+        Ok(match self {
+            JsonTemplate::Literal(v) => v.clone(),
+            JsonTemplate::String(t) => Value::String(render(t)?),
+            JsonTemplate::Array(a) => Value::Array(a.iter().map(|x| x.render(render)).collect::<Result<_, _>>()?),
+            JsonTemplate::Object(o) => {
+                let mut out = serde_json::Map::new();
+                for (k, x) in o {
+                    out.insert(render(k)?, x.render(render)?);
+                }
+                Value::Object(out)
+            }
+        })
     }
 }
 

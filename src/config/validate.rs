@@ -11,7 +11,7 @@ use regex::Regex;
 use serde_saphyr::{Location, Spanned};
 
 use crate::config::model::{JourneySpec, ProbeFile, StepSpec};
-use crate::config::template::{json_strings, Template, VarRef};
+use crate::config::template::{JsonTemplate, Template, VarRef};
 use crate::steps::assertions::{Assertions, JsonSelector};
 use crate::steps::extract::Extraction;
 use crate::steps::{browser, callback, dns, eventually, http, tcp, tls, websocket, StepKind};
@@ -124,13 +124,9 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Templates for every string inside a JSON value.
-    pub fn json_templates(&mut self, field: &str, v: &serde_json::Value) {
-        let mut strings = Vec::new();
-        json_strings(v, &mut strings);
-        for s in strings {
-            self.template(field, &s);
-        }
+    /// A JSON value whose keys and string leaves are templates.
+    pub fn json_template(&mut self, field: &str, v: &serde_json::Value) -> JsonTemplate {
+        JsonTemplate::build(v, &mut |s| self.template(field, s))
     }
 
     pub fn regex(&mut self, field: &str, text: &str) -> Option<Regex> {

@@ -20,7 +20,7 @@ use reqwest::cookie::CookieStore;
 use url::Url;
 
 use crate::config::model::HttpSpec;
-use crate::config::template::Template;
+use crate::config::template::{JsonTemplate, Template};
 use crate::config::validate::Checker;
 use crate::runner::context::RunContext;
 use crate::runner::result::{ErrorType, Phase};
@@ -43,7 +43,7 @@ pub struct ConnectionCache {
 enum Body {
     None,
     Raw(Template),
-    Json(serde_json::Value),
+    Json(JsonTemplate),
     Form(Vec<(String, Template)>),
 }
 
@@ -86,8 +86,7 @@ impl HttpStep {
         let body = if let Some(b) = &spec.body {
             Body::Raw(c.template("http.body", b))
         } else if let Some(j) = &spec.json {
-            c.json_templates("http.json", j);
-            Body::Json(j.clone())
+            Body::Json(c.json_template("http.json", j))
         } else if let Some(f) = &spec.form {
             Body::Form(f.iter().map(|(k, v)| (k.clone(), c.template(&format!("http.form.{k}"), v))).collect())
         } else {
@@ -175,7 +174,7 @@ impl HttpStep {
             Body::None => (Bytes::new(), None),
             Body::Raw(t) => (Bytes::from(ctx.render(t)?), None),
             Body::Json(v) => {
-                let rendered = render_json(ctx, v)?;
+                let rendered = v.render(&mut |t| ctx.render(t))?;
                 (Bytes::from(serde_json::to_vec(&rendered).expect("JSON value serializes")), Some("application/json"))
             }
             Body::Form(fields) => {
@@ -187,29 +186,6 @@ impl HttpStep {
             }
         })
     }
-}
-
-fn render_json(ctx: &mut RunContext, v: &serde_json::Value) -> Result<serde_json::Value, StepError> {
-    use serde_json::Value;
-    Ok(match v {
-        Value::String(s) => match crate::config::template::Template::parse(s) {
-            Ok(t) => Value::String(ctx.render(&t)?),
-            Err(_) => v.clone(),
-        },
-        Value::Array(a) => Value::Array(a.iter().map(|x| render_json(ctx, x)).collect::<Result<_, _>>()?),
-        Value::Object(o) => {
-            let mut out = serde_json::Map::new();
-            for (k, x) in o {
-                let key = match crate::config::template::Template::parse(k) {
-                    Ok(t) => ctx.render(&t)?,
-                    Err(_) => k.clone(),
-                };
-                out.insert(key, render_json(ctx, x)?);
-            }
-            Value::Object(out)
-        }
-        _ => v.clone(),
-    })
 }
 
 fn attributes(method: &Method, url: &Url, status: Option<u16>) -> Vec<KeyValue> {
