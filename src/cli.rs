@@ -73,6 +73,7 @@ pub enum Command {
         otlp_endpoint: Option<String>,
     },
     /// Start the built-in demo service on loopback and run the shipped journeys against it, live.
+    #[cfg(feature = "demo")]
     #[command(after_help = "Example:\n  vantage demo --otlp-endpoint http://127.0.0.1:4317")]
     Demo {
         /// Also export OTLP metrics and traces here.
@@ -158,6 +159,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
             once(paths, config, journey, format, otlp_endpoint).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo { otlp_endpoint, otlp_protocol, duration } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "error");
             crate::demo::run_demo(otlp_endpoint, otlp_protocol, duration).await
@@ -235,7 +237,7 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         telemetry.register(j);
         let Some(r) = crate::runner::run_journey(j, env.clone(), &stop).await else { continue };
         telemetry.record(j, &r);
-        failed |= r.outcome == crate::runner::result::Outcome::Failure;
+        failed |= r.outcome == crate::vocab::Outcome::Failure;
         match format {
             OutputFormat::Text => print!("{}", crate::output::text(&r)),
             OutputFormat::Json => println!("{}", crate::output::json(&r)),

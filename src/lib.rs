@@ -8,19 +8,22 @@
 //! - [`scheduler`]: when journeys run
 //! - [`telemetry`]: OTLP metrics and traces, and the Prometheus view
 //! - [`daemon`]: signals, systemd notify, reload, admin HTTP
-//! - [`demo`]: the embedded demo target
+//! - `demo` (cargo feature `demo`, on by default): the embedded demo target,
+//!   beside the layers, using only their public surface
 //! - [`cli`]: the command line
 
 pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod output;
 pub mod runner;
 pub mod scheduler;
 pub mod steps;
 pub mod telemetry;
+pub mod vocab;
 
 /// The host name, for `host.name`.
 pub fn hostname() -> String {

@@ -2,8 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::runner::result::{Outcome, RunResult};
-use crate::steps::assertions::fmt_dur;
+use crate::vocab::{fmt_dur, Outcome, RunResult};
 
 fn mark(o: Outcome) -> &'static str {
     match o {

@@ -33,9 +33,7 @@ use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::BrowserConfig;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::assertions::fmt_dur;
-use crate::steps::StepError;
+use crate::vocab::{fmt_dur, ErrorType, Phase, StepError};
 use artifacts::Artifacts;
 
 /// What to tell the operator when Chromium or chromedriver is missing.
@@ -60,34 +58,6 @@ pub const CHROMIUM_ARGS: &[&str] = &[
     "--disable-sync",
     "--disable-extensions",
     "--window-size=1366,768",
-];
-
-/// One `synthetics.browser.*` histogram (seconds), fed by a browser step phase.
-#[derive(Debug)]
-pub struct Metric {
-    pub phase: &'static str,
-    pub name: &'static str,
-    pub description: &'static str,
-    /// Metric-specific attribute.
-    pub attribute: Option<(&'static str, &'static str)>,
-}
-
-const fn metric(phase: &'static str, name: &'static str, description: &'static str, attribute: Option<(&'static str, &'static str)>) -> Metric {
-    Metric { phase, name, description, attribute }
-}
-
-/// Browser step phases exported as histograms (several phases may share one metric).
-pub const METRICS: &[Metric] = &[
-    metric("session_start", "synthetics.browser.session.start", "Time to start a fresh Chromium session", None),
-    metric("queue", "synthetics.browser.session.queue", "Time waiting for a free browser (browser.max_concurrent)", None),
-    metric("driver_start", "synthetics.browser.driver.start", "Time to start chromedriver", None),
-    metric("ttfb", "synthetics.browser.navigation.ttfb", "Navigation time to first byte", None),
-    metric("dom_content_loaded", "synthetics.browser.navigation.dom_content_loaded", "Navigation time to DOMContentLoaded end", None),
-    metric("load", "synthetics.browser.navigation.load", "Navigation time to the load event end", None),
-    metric("fcp", "synthetics.browser.paint.first_contentful", "First contentful paint after navigation", None),
-    metric("lcp", "synthetics.browser.paint.largest_contentful", "Largest contentful paint before any input", None),
-    metric("wait_selector", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "selector"))),
-    metric("wait_text", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "text"))),
 ];
 
 const DRIVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -452,10 +422,10 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// For `check`/`once`: the install message when a journey uses browser steps and the binaries are missing.
-pub fn missing_for(cfg: &BrowserConfig, journeys: &[crate::config::Journey]) -> Option<String> {
+pub fn missing_for(cfg: &BrowserConfig, journeys: &[crate::steps::compile::Journey]) -> Option<String> {
     let users: Vec<&str> = journeys
         .iter()
-        .filter(|j| j.steps.iter().chain(&j.finally).any(|s| s.kind.kind() == "browser"))
+        .filter(|j| j.needs().browser)
         .map(|j| j.name.as_str())
         .collect();
     if users.is_empty() {
@@ -534,18 +504,20 @@ async fn close_inner(i: Inner) {
     drop(permit);
 }
 
-/// The run's browser session slot ([`crate::runner::context::RunContext::browser`]).
+/// The run's browser session: per-run state of the `browser` kind, closed at the end of the run.
 #[derive(Default)]
 pub struct RunBrowser {
     pub session: Option<BrowserSession>,
 }
 
-impl RunBrowser {
+impl crate::steps::context::RunStateSlot for RunBrowser {
     /// Closes the run's session, if it opened one.
-    pub async fn close(&mut self) {
-        if let Some(s) = self.session.take() {
-            s.close().await;
-        }
+    fn close(&mut self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async {
+            if let Some(s) = self.session.take() {
+                s.close().await;
+            }
+        })
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use model::Dur;
-pub use validate::{Diagnostic, Journey, Step};
+pub use crate::vocab::Diagnostic;
+pub use validate::{Journey, Step};
 
 /// The agent's own configuration (`/etc/vantage/agent.yaml`).
 #[derive(Debug, Clone, Deserialize)]

@@ -1,7 +1,9 @@
-//! The probe-file model exactly as users write it. Every struct denies unknown
-//! keys so a typo is an error with a location, never a silently ignored field.
-//! Semantic checks (one step kind per step, variables defined before use, …)
-//! live in `validate.rs`.
+//! The config value types every layer above shares, exactly as users write
+//! them: durations, sizes, status sets, and the `assert` / `extract` blocks
+//! every step has. Every struct denies unknown keys so a typo is an error with
+//! a location, never a silently ignored field. Each step kind's own config
+//! struct lives in its file under `src/steps/`; the journey and step structs
+//! that hold them are generated/defined above (`steps/mod.rs`, `validate.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,232 +11,6 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use serde_saphyr::Spanned;
-
-/// A probe file: one or more journeys.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbeFile {
-    pub journeys: Vec<Spanned<JourneySpec>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JourneySpec {
-    pub name: String,
-    pub interval: Dur,
-    /// Whole-run timeout. Defaults to the interval, capped at 60 s.
-    pub timeout: Option<Dur>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Histogram bounds (seconds) for the journey duration, e.g. SLO thresholds.
-    pub buckets: Option<Vec<f64>>,
-    /// Regions this journey runs in; absent means every region.
-    pub locations: Option<Vec<String>>,
-    /// Journey-level variables, templated once at the start of each run.
-    #[serde(default)]
-    pub vars: BTreeMap<String, String>,
-    pub steps: Vec<Spanned<StepSpec>>,
-    /// Cleanup steps that always run, whatever happened before.
-    #[serde(default)]
-    pub finally: Vec<Spanned<StepSpec>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepSpec {
-    pub name: String,
-    pub timeout: Option<Dur>,
-    pub http: Option<HttpSpec>,
-    pub dns: Option<DnsSpec>,
-    pub tcp: Option<TcpSpec>,
-    pub tls: Option<TlsSpec>,
-    pub websocket: Option<WebSocketSpec>,
-    pub eventually: Option<Box<EventuallySpec>>,
-    pub callback: Option<CallbackSpec>,
-    pub browser: Option<BrowserSpec>,
-    #[serde(default, rename = "assert")]
-    pub assertions: AssertSpec,
-    #[serde(default)]
-    pub extract: BTreeMap<String, ExtractSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSpec {
-    #[serde(default = "default_method")]
-    pub method: String,
-    pub url: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub body: Option<String>,
-    pub json: Option<serde_json::Value>,
-    pub form: Option<BTreeMap<String, String>>,
-    #[serde(default = "default_true")]
-    pub follow_redirects: bool,
-    #[serde(default = "default_true")]
-    pub tls_verify: bool,
-    /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
-    pub ca_file: Option<String>,
-    /// Bodies larger than this are cut and the step fails with `body_too_large`.
-    pub max_body: Option<ByteSize>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnsSpec {
-    pub name: String,
-    #[serde(default = "default_record_type")]
-    pub record_type: String,
-    /// `ip:port` of the resolver; default: the system's (/etc/resolv.conf).
-    pub resolver: Option<String>,
-    /// Every listed answer must be present (order-free).
-    #[serde(default)]
-    pub expect_answers: Vec<String>,
-    /// Expected response code, e.g. NOERROR or NXDOMAIN. Default NOERROR.
-    pub expect_rcode: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TcpSpec {
-    /// `host:port`
-    pub address: String,
-    pub send: Option<String>,
-    /// Read until this substring arrives (or the step times out).
-    pub expect: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSpec {
-    /// `host:port`
-    pub address: String,
-    /// SNI and the name to verify; default: the host part of `address`.
-    pub server_name: Option<String>,
-    #[serde(default = "default_true")]
-    pub verify: bool,
-    /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
-    pub ca_file: Option<String>,
-    pub min_days_remaining: Option<f64>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebSocketSpec {
-    /// Name of the connection; later steps address it by this name.
-    #[serde(default = "default_connection")]
-    pub connection: String,
-    pub connect: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub subprotocol: Option<String>,
-    /// Send the run's cookies (from earlier HTTP steps) on the handshake.
-    #[serde(default = "default_true")]
-    pub use_cookies: bool,
-    pub send: Option<String>,
-    /// Wait up to this long for a message that satisfies the step's `assert`.
-    pub receive: Option<Dur>,
-    /// Report the receive time since this earlier step started (e.g. time to notification).
-    pub since_step: Option<String>,
-    #[serde(default)]
-    pub close: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventuallySpec {
-    /// Give up after this long.
-    pub within: Dur,
-    #[serde(default = "default_backoff_initial")]
-    pub backoff: Dur,
-    #[serde(default = "default_backoff_max")]
-    pub max_backoff: Dur,
-    pub step: Spanned<StepSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CallbackSpec {
-    /// Wait at most this long for the inbound request.
-    pub within: Dur,
-    /// Token the inbound request must carry (header `X-Synthetic-Run`,
-    /// query `token`, or anywhere in the body). Default: the run id.
-    pub token: Option<String>,
-    /// Report the time since this earlier step started.
-    pub since_step: Option<String>,
-}
-
-/// One headless-browser action; exactly one field is set.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrowserSpec {
-    /// Load this absolute URL and wait for its `load` event.
-    pub navigate: Option<String>,
-    /// CSS selector of the element to click.
-    pub click: Option<String>,
-    pub fill: Option<BrowserFill>,
-    pub select: Option<BrowserSelect>,
-    pub press: Option<BrowserPress>,
-    pub wait_for: Option<BrowserWaitFor>,
-    #[serde(rename = "assert")]
-    pub check: Option<BrowserAssert>,
-    /// JavaScript function body; its `return` value becomes the step's body, as JSON.
-    pub eval: Option<String>,
-    /// Save a PNG of the viewport into the artifacts directory under this name.
-    pub screenshot: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrowserFill {
-    pub selector: String,
-    pub text: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrowserSelect {
-    pub selector: String,
-    /// The `value` attribute of the option to pick.
-    pub value: Option<String>,
-    /// The visible text of the option to pick.
-    pub label: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrowserPress {
-    /// Element to send the key to; default: the focused element.
-    pub selector: Option<String>,
-    /// `Enter`, `Tab`, `Escape`, `Backspace`, `ArrowDown`, … or a single character.
-    pub key: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrowserWaitFor {
-    pub selector: Option<String>,
-    /// Text the element (or, without `selector`, the page) must contain.
-    pub text: Option<String>,
-    /// Also require the element to be visible.
-    #[serde(default)]
-    pub visible: bool,
-    #[serde(default = "default_wait_within")]
-    pub within: Dur,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrowserAssert {
-    pub selector: Option<String>,
-    /// The element's text must contain this.
-    pub text: Option<String>,
-    /// The element must be visible (`true`) or absent/hidden (`false`).
-    pub visible: Option<bool>,
-    pub url_contains: Option<String>,
-    pub title_contains: Option<String>,
-}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,26 +61,9 @@ pub struct ExtractSpec {
     pub secret: bool,
 }
 
-fn default_method() -> String {
-    "GET".into()
-}
-fn default_true() -> bool {
+/// For `#[serde(default = ...)]` of flags that are on unless turned off.
+pub fn default_true() -> bool {
     true
-}
-fn default_record_type() -> String {
-    "A".into()
-}
-fn default_connection() -> String {
-    "default".into()
-}
-fn default_wait_within() -> Dur {
-    Dur(Duration::from_secs(10))
-}
-fn default_backoff_initial() -> Dur {
-    Dur(Duration::from_millis(250))
-}
-fn default_backoff_max() -> Dur {
-    Dur(Duration::from_secs(5))
 }
 
 /// A duration written the human way: `500ms`, `10s`, `1m 30s`.
@@ -314,9 +73,7 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("expected a duration like `500ms`, `10s` or `1m`, got `{s}` ({e})")))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| de::Error::custom(format!("expected a duration like `500ms`, `10s` or `1m`, got `{s}` ({e})")))
     }
 }
 
@@ -339,9 +96,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
-                parse_byte_size(s).map(ByteSize).ok_or_else(|| {
-                    E::custom(format!("expected a size like 65536, `64KiB` or `1MiB`, got `{s}`"))
-                })
+                parse_byte_size(s).map(ByteSize).ok_or_else(|| E::custom(format!("expected a size like 65536, `64KiB` or `1MiB`, got `{s}`")))
             }
         }
         d.deserialize_any(V)
@@ -417,9 +172,7 @@ impl<'de> Deserialize<'de> for StatusSet {
                 self.visit_str(&v.to_string())
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<StatusSet, E> {
-                parse_status_range(s)
-                    .map(|r| StatusSet(vec![r]))
-                    .ok_or_else(|| E::custom(format!("expected {EXPECTED}, got `{s}`")))
+                parse_status_range(s).map(|r| StatusSet(vec![r])).ok_or_else(|| E::custom(format!("expected {EXPECTED}, got `{s}`")))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StatusSet, A::Error> {
                 let mut out = Vec::new();

@@ -9,8 +9,7 @@ use std::time::Duration;
 use crate::config::validate::compile_files;
 use crate::config::{AgentConfig, Journey};
 use crate::daemon::{self, RunOptions};
-use crate::runner::result::{Outcome, RunResult};
-use crate::steps::assertions::fmt_dur;
+use crate::vocab::{fmt_dur, Outcome, RunResult};
 
 use super::{DemoOptions, DemoServer};
 
@@ -132,7 +131,7 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
     agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
     // Without Chromium the other journeys still run; say how to get the browser ones.
     if let Some(why) = crate::browser::missing_for(&agent.browser, &journeys) {
-        journeys.retain(|j| !j.steps.iter().any(|s| s.kind.kind() == "browser"));
+        journeys.retain(|j| !j.needs().browser);
         println!("browser journeys skipped: {why}");
     }
     if let Some(ep) = otlp {

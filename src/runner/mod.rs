@@ -13,24 +13,10 @@ use opentelemetry::{Context as OtelContext, KeyValue, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Journey, Step};
-use crate::steps::assertions::{fmt_dur, Verdict};
-use crate::steps::{Observation, StepError};
+use crate::steps::attempt;
+use crate::vocab::{fmt_dur, StepError, Verdict};
 use context::{RunContext, RunEnv};
 use result::{ErrorType, Outcome, RunResult, StepResult};
-
-/// Runs one attempt of a step: the action, then assertions, then extractions.
-/// `eventually` calls this repeatedly for its inner step.
-pub async fn attempt(ctx: &mut RunContext, step: &Step) -> Result<(Observation, Verdict), StepError> {
-    let t = Instant::now();
-    let obs = step.kind.execute(ctx).await?;
-    step.assertions.check_content(ctx, &obs).map_err(|e| e.with_observation(&obs))?;
-    let elapsed = obs.reported_duration.unwrap_or_else(|| t.elapsed());
-    let verdict = step.assertions.check_timing(elapsed).map_err(|e| e.with_observation(&obs))?;
-    for x in &step.extract {
-        x.apply(ctx, &obs).map_err(|e| e.with_observation(&obs))?;
-    }
-    Ok((obs, verdict))
-}
 
 /// Why the main steps stopped early.
 enum Interrupted {
@@ -61,7 +47,7 @@ pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &Cancellat
     let trace_id = root_cx.span().span_context().trace_id().to_string();
 
     // Register the run's token before any step, so an early webhook is kept.
-    let callback_hub = env.callbacks.clone().filter(|_| journey.steps.iter().any(|s| s.kind.kind() == "callback"));
+    let callback_hub = env.callbacks.clone().filter(|_| journey.needs().callback_listener);
     if let Some(h) = &callback_hub {
         h.register(&ctx.run_id);
     }
@@ -125,8 +111,7 @@ pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &Cancellat
         }
         steps.push(r);
     }
-    ctx.websockets.close_all().await;
-    ctx.browser.close().await;
+    ctx.state.close_all().await;
     if let Some(h) = &callback_hub {
         h.unregister(&ctx.run_id);
     }
@@ -187,6 +172,7 @@ fn finish_interrupted_step(ctx: &mut RunContext, journey: &Journey, done: &[Step
     Some(StepResult {
         name: step.name.clone(),
         kind: step.kind.kind(),
+        phase_recording: step.kind.info().phases,
         outcome: Outcome::Failure,
         duration: start.elapsed(),
         error_type: Some(ErrorType::Timeout),
@@ -206,7 +192,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let span = env
         .tracer
         .span_builder(format!("step {}", step.name))
-        .with_kind(if step.kind.kind() == "http" { SpanKind::Client } else { SpanKind::Internal })
+        .with_kind(step.kind.info().span_kind.clone())
         .with_attributes(vec![
             KeyValue::new("step.name", step.name.clone()),
             KeyValue::new("step.kind", step.kind.kind()),
@@ -253,7 +239,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
             (Outcome::Failure, Some(e.error_type), Some(msg), partial.phases, partial.cert_not_after, partial.attempts, partial.attributes, None)
         }
     };
-    let cert_remaining_secs = cert.map(crate::steps::tls::remaining_secs);
+    let cert_remaining_secs = cert.map(crate::vocab::remaining_secs);
 
     let span = ctx.trace_cx.span();
     for kv in attrs {
@@ -279,6 +265,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     StepResult {
         name: step.name.clone(),
         kind: step.kind.kind(),
+        phase_recording: step.kind.info().phases,
         outcome,
         duration: reported.unwrap_or(duration),
         error_type,

@@ -6,10 +6,9 @@ use regex::Regex;
 
 use crate::config::model::{AssertSpec, StatusSet};
 use crate::config::template::Template;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::ErrorType;
-use crate::steps::{snippet, Observation, StepError};
+use crate::steps::compile::Checker;
+use crate::steps::context::RunContext;
+use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, StepError, Verdict};
 
 /// A compiled JSONPath (`$.a`) or JSON pointer (`/a`).
 #[derive(Debug, Clone)]
@@ -71,21 +70,15 @@ pub struct Assertions {
     pub degraded_after: Option<Duration>,
 }
 
-/// How a step that passed its assertions went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    /// Slower than `degraded_after`.
-    Degraded,
-}
-
 impl Assertions {
     /// `default_status` applies when the step asserts no status (HTTP: 200-399, like a browser user would accept).
     pub fn compile(spec: &AssertSpec, default_status: Option<StatusSet>, c: &mut Checker) -> Assertions {
         let mut json = Vec::new();
         for (i, j) in spec.json.iter().enumerate() {
             let field = format!("assert.json[{i}]");
-            let Some(selector) = c.json_path(&format!("{field}.path"), &j.path) else { continue };
+            let Some(selector) = c.json_path(&format!("{field}.path"), &j.path) else {
+                continue;
+            };
             let mut checks = Vec::new();
             if let Some(v) = &j.equals {
                 let t = v.as_str().map(|s| c.template(&format!("{field}.equals"), s));
@@ -141,22 +134,14 @@ impl Assertions {
 
     /// True when something other than timing is asserted (e.g. a WebSocket receive filter).
     pub fn has_content_checks(&self) -> bool {
-        self.status.is_some()
-            || !self.body_contains.is_empty()
-            || !self.body_not_contains.is_empty()
-            || self.body_regex.is_some()
-            || !self.json.is_empty()
-            || !self.headers.is_empty()
+        self.status.is_some() || !self.body_contains.is_empty() || !self.body_not_contains.is_empty() || self.body_regex.is_some() || !self.json.is_empty() || !self.headers.is_empty()
     }
 
     /// Content checks only: status, body, JSON and headers.
     pub fn check_content(&self, ctx: &mut RunContext, obs: &Observation) -> Result<(), StepError> {
         if let (Some(set), Some(code)) = (&self.status, obs.status) {
             if !set.contains(code) {
-                return Err(StepError::new(
-                    ErrorType::HttpStatus,
-                    format!("expected status {set}, got {code} (body: {})", snippet(&obs.body_text(), 200)),
-                ));
+                return Err(StepError::new(ErrorType::HttpStatus, format!("expected status {set}, got {code} (body: {})", snippet(&obs.body_text(), 200))));
             }
         }
         let fail = |msg: String| Err(StepError::new(ErrorType::Assertion, msg));
@@ -179,9 +164,8 @@ impl Assertions {
             }
         }
         if !self.json.is_empty() {
-            let doc: serde_json::Value = serde_json::from_slice(&obs.body).map_err(|e| {
-                StepError::new(ErrorType::Assertion, format!("expected a JSON body, got invalid JSON ({e}): {}", snippet(&body, 200)))
-            })?;
+            let doc: serde_json::Value =
+                serde_json::from_slice(&obs.body).map_err(|e| StepError::new(ErrorType::Assertion, format!("expected a JSON body, got invalid JSON ({e}): {}", snippet(&body, 200))))?;
             for a in &self.json {
                 a.check(ctx, &doc)?;
             }
@@ -199,10 +183,7 @@ impl Assertions {
     pub fn check_timing(&self, elapsed: Duration) -> Result<Verdict, StepError> {
         if let Some(max) = self.max_duration {
             if elapsed > max {
-                return Err(StepError::new(
-                    ErrorType::Assertion,
-                    format!("expected to finish within {}, took {}", fmt_dur(max), fmt_dur(elapsed)),
-                ));
+                return Err(StepError::new(ErrorType::Assertion, format!("expected to finish within {}, took {}", fmt_dur(max), fmt_dur(elapsed))));
             }
         }
         match self.degraded_after {
@@ -218,12 +199,8 @@ impl JsonAssertion {
         let fail = |msg: String| Err(StepError::new(ErrorType::Assertion, msg));
         for chk in &self.checks {
             match chk {
-                JsonCheck::Exists(true) if found.is_empty() => {
-                    return fail(format!("expected JSON path `{}` to exist, it matched nothing in {}", self.path_text, snippet(&doc.to_string(), 200)))
-                }
-                JsonCheck::Exists(false) if !found.is_empty() => {
-                    return fail(format!("expected JSON path `{}` to be absent, found {}", self.path_text, snippet(&found[0].to_string(), 100)))
-                }
+                JsonCheck::Exists(true) if found.is_empty() => return fail(format!("expected JSON path `{}` to exist, it matched nothing in {}", self.path_text, snippet(&doc.to_string(), 200))),
+                JsonCheck::Exists(false) if !found.is_empty() => return fail(format!("expected JSON path `{}` to be absent, found {}", self.path_text, snippet(&found[0].to_string(), 100))),
                 JsonCheck::Exists(_) => {}
                 JsonCheck::Equals(v, t) => {
                     let want = match t {
@@ -272,22 +249,26 @@ fn check_header(ctx: &mut RunContext, name: &str, got: Option<&str>, chk: &Heade
         (_, None) => fail(format!("expected header `{name}`, it is missing")),
         (HeaderCheck::Equals(t), Some(v)) => {
             let want = ctx.render(t)?;
-            if v == want { Ok(()) } else { fail(format!("expected header `{name}` to equal `{want}`, got `{}`", snippet(v, 100))) }
+            if v == want {
+                Ok(())
+            } else {
+                fail(format!("expected header `{name}` to equal `{want}`, got `{}`", snippet(v, 100)))
+            }
         }
         (HeaderCheck::Contains(t), Some(v)) => {
             let want = ctx.render(t)?;
-            if v.contains(&want) { Ok(()) } else { fail(format!("expected header `{name}` to contain `{want}`, got `{}`", snippet(v, 100))) }
+            if v.contains(&want) {
+                Ok(())
+            } else {
+                fail(format!("expected header `{name}` to contain `{want}`, got `{}`", snippet(v, 100)))
+            }
         }
         (HeaderCheck::Matches(r), Some(v)) => {
-            if r.is_match(v) { Ok(()) } else { fail(format!("expected header `{name}` to match /{r}/, got `{}`", snippet(v, 100))) }
+            if r.is_match(v) {
+                Ok(())
+            } else {
+                fail(format!("expected header `{name}` to match /{r}/, got `{}`", snippet(v, 100)))
+            }
         }
-    }
-}
-
-pub fn fmt_dur(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.2}s", d.as_secs_f64())
     }
 }

@@ -14,14 +14,89 @@ use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
-use crate::browser::{describe, wd, BrowserSession, ChromeCmd};
-use crate::config::model::BrowserSpec;
+use crate::browser::{describe, wd, BrowserSession, ChromeCmd, RunBrowser};
+use crate::config::model::Dur;
 use crate::config::template::Template;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::assertions::fmt_dur;
-use crate::steps::{snippet, Observation, StepError, StepKind};
+use crate::steps::compile::{Checker, StepCx};
+use crate::steps::context::RunContext;
+use crate::steps::{KindInfo, Needs, StepKind};
+use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, PhaseMetric, StepError};
+use serde::Deserialize;
+
+/// One headless-browser action; exactly one field is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserSpec {
+    /// Load this absolute URL and wait for its `load` event.
+    pub navigate: Option<String>,
+    /// CSS selector of the element to click.
+    pub click: Option<String>,
+    pub fill: Option<BrowserFill>,
+    pub select: Option<BrowserSelect>,
+    pub press: Option<BrowserPress>,
+    pub wait_for: Option<BrowserWaitFor>,
+    #[serde(rename = "assert")]
+    pub check: Option<BrowserAssert>,
+    /// JavaScript function body; its `return` value becomes the step's body, as JSON.
+    pub eval: Option<String>,
+    /// Save a PNG of the viewport into the artifacts directory under this name.
+    pub screenshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserFill {
+    pub selector: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserSelect {
+    pub selector: String,
+    /// The `value` attribute of the option to pick.
+    pub value: Option<String>,
+    /// The visible text of the option to pick.
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserPress {
+    /// Element to send the key to; default: the focused element.
+    pub selector: Option<String>,
+    /// `Enter`, `Tab`, `Escape`, `Backspace`, `ArrowDown`, … or a single character.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserWaitFor {
+    pub selector: Option<String>,
+    /// Text the element (or, without `selector`, the page) must contain.
+    pub text: Option<String>,
+    /// Also require the element to be visible.
+    #[serde(default)]
+    pub visible: bool,
+    #[serde(default = "default_wait_within")]
+    pub within: Dur,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserAssert {
+    pub selector: Option<String>,
+    /// The element's text must contain this.
+    pub text: Option<String>,
+    /// The element must be visible (`true`) or absent/hidden (`false`).
+    pub visible: Option<bool>,
+    pub url_contains: Option<String>,
+    pub title_contains: Option<String>,
+}
+
+fn default_wait_within() -> Dur {
+    Dur(Duration::from_secs(10))
+}
 
 const POLL: Duration = Duration::from_millis(50);
 /// Time kept back from the step's timeout to save the failure screenshot.
@@ -61,6 +136,34 @@ impl Action {
             Action::Screenshot(_) => "screenshot",
         }
     }
+}
+
+/// Browser step phases exported as histograms (several phases may share one metric).
+pub const METRICS: &[PhaseMetric] = &[
+    PhaseMetric::new("session_start", "synthetics.browser.session.start", "Time to start a fresh Chromium session", None),
+    PhaseMetric::new("queue", "synthetics.browser.session.queue", "Time waiting for a free browser (browser.max_concurrent)", None),
+    PhaseMetric::new("driver_start", "synthetics.browser.driver.start", "Time to start chromedriver", None),
+    PhaseMetric::new("ttfb", "synthetics.browser.navigation.ttfb", "Navigation time to first byte", None),
+    PhaseMetric::new("dom_content_loaded", "synthetics.browser.navigation.dom_content_loaded", "Navigation time to DOMContentLoaded end", None),
+    PhaseMetric::new("load", "synthetics.browser.navigation.load", "Navigation time to the load event end", None),
+    PhaseMetric::new("fcp", "synthetics.browser.paint.first_contentful", "First contentful paint after navigation", None),
+    PhaseMetric::new("lcp", "synthetics.browser.paint.largest_contentful", "Largest contentful paint before any input", None),
+    PhaseMetric::new("wait_selector", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "selector"))),
+    PhaseMetric::new("wait_text", "synthetics.browser.wait", "Time until a waited-for element or text appeared", Some(("browser.wait.for", "text"))),
+];
+
+/// What `browser` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo = KindInfo {
+    name: "browser",
+    span_kind: opentelemetry::trace::SpanKind::Internal,
+    needs: Needs { callback_listener: false, browser: true },
+    phases: crate::vocab::PhaseRecording::Own(METRICS),
+    default_status: None,
+};
+
+/// Builds a `browser` step from its config (the registry calls this).
+pub fn compile(spec: &BrowserSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    BrowserStep::compile(spec, step.name, step.timeout, c).map(|k| Box::new(k) as _)
 }
 
 #[derive(Debug)]
@@ -169,11 +272,7 @@ impl BrowserStep {
                 c.error("browser.assert", "`text` and `visible` need a `selector`");
             }
             Action::Assert(if let Some(s) = &a.selector {
-                Check::Element {
-                    selector: c.template("browser.assert.selector", s),
-                    text: a.text.as_deref().map(|t| c.template("browser.assert.text", t)),
-                    visible: a.visible,
-                }
+                Check::Element { selector: c.template("browser.assert.selector", s), text: a.text.as_deref().map(|t| c.template("browser.assert.text", t)), visible: a.visible }
             } else if let Some(u) = &a.url_contains {
                 Check::UrlContains(c.template("browser.assert.url_contains", u))
             } else {
@@ -203,7 +302,7 @@ impl BrowserStep {
         let mut obs = Observation::default();
         obs.attributes.push(KeyValue::new("browser.action", self.action.name()));
         let (deadline, hard) = self.deadlines(ctx);
-        if ctx.browser.session.is_none() {
+        if ctx.state.get_mut::<RunBrowser>().session.is_none() {
             let mgr = ctx.env.browser.clone();
             ctx.waiting_for = "a free browser (browser.max_concurrent)";
             let opened = tokio::time::timeout_at(deadline.into(), mgr.open(&mut obs.phases)).await;
@@ -217,14 +316,14 @@ impl BrowserStep {
                     return Err(e.with_observation(&obs));
                 }
             };
-            ctx.browser.session = Some(session);
+            ctx.state.get_mut::<RunBrowser>().session = Some(session);
         }
         ctx.waiting_for = "the browser";
         match self.act(ctx, &mut obs, deadline).await {
             Ok(()) => Ok(obs),
             Err(mut e) => {
                 if e.error_type != ErrorType::Config {
-                    if let Some(s) = ctx.browser.session.as_ref() {
+                    if let Some(s) = ctx.state.get::<RunBrowser>().and_then(|b| b.session.as_ref()) {
                         let (context, path) = failure_artifacts(ctx, s, &self.name, &e.message, hard).await;
                         e.message.push_str(&context);
                         if let Some(p) = path {
@@ -333,11 +432,7 @@ impl BrowserStep {
                 let journey = ctx.journey.clone();
                 let s = session(ctx)?;
                 let png = wd("taking a screenshot", deadline, s.client().screenshot()).await?;
-                let path = s
-                    .manager()
-                    .artifacts
-                    .save(&journey, &self.name, name, &[("png", &png)])
-                    .map_err(|e| StepError::new(ErrorType::Browser, format!("cannot save the screenshot: {e}")))?;
+                let path = s.manager().artifacts.save(&journey, &self.name, name, &[("png", &png)]).map_err(|e| StepError::new(ErrorType::Browser, format!("cannot save the screenshot: {e}")))?;
                 obs.attributes.push(KeyValue::new("synthetics.artifact.path", path.display().to_string()));
             }
         }
@@ -392,7 +487,7 @@ impl BrowserStep {
 }
 
 fn session(ctx: &mut RunContext) -> Result<&mut BrowserSession, StepError> {
-    ctx.browser.session.as_mut().ok_or_else(|| StepError::new(ErrorType::Internal, "no browser session"))
+    ctx.state.get_mut::<RunBrowser>().session.as_mut().ok_or_else(|| StepError::new(ErrorType::Internal, "no browser session"))
 }
 
 /// Finds `sel`, waiting for it to exist until `deadline`.
@@ -438,7 +533,11 @@ async fn wait_for(s: &BrowserSession, sel: Option<&str>, text: Option<&str>, vis
                 }
                 last_state = match v.get("count").and_then(Value::as_u64) {
                     Some(0) => "no element matched".into(),
-                    Some(n) => format!("{n} element{} matched but not as required (first one's text: `{}`)", if n == 1 { "" } else { "s" }, snippet(v.get("text").and_then(Value::as_str).unwrap_or_default(), 80)),
+                    Some(n) => format!(
+                        "{n} element{} matched but not as required (first one's text: `{}`)",
+                        if n == 1 { "" } else { "s" },
+                        snippet(v.get("text").and_then(Value::as_str).unwrap_or_default(), 80)
+                    ),
                     None => "the text is not on the page".into(),
                 };
             }
@@ -500,8 +599,8 @@ async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, mes
 }
 
 impl StepKind for BrowserStep {
-    fn kind(&self) -> &'static str {
-        "browser"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()

@@ -20,13 +20,25 @@ use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use tokio::sync::Notify;
 
-use crate::config::model::CallbackSpec;
+use crate::config::model::Dur;
 use crate::config::template::Template;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::assertions::fmt_dur;
-use crate::steps::{Observation, StepError, StepKind};
+use crate::steps::compile::{Checker, StepCx};
+use crate::steps::context::RunContext;
+use crate::steps::{KindInfo, Needs, StepKind};
+use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSpec {
+    /// Wait at most this long for the inbound request.
+    pub within: Dur,
+    /// Token the inbound request must carry (header `X-Synthetic-Run`,
+    /// query `token`, or anywhere in the body). Default: the run id.
+    pub token: Option<String>,
+    /// Report the time since this earlier step started.
+    pub since_step: Option<String>,
+}
 
 const MAX_BODY: usize = 256 * 1024;
 /// Tokens awaited at once, at most; beyond that the oldest registration is dropped.
@@ -73,17 +85,8 @@ impl CallbackHub {
     /// Binds `addr` and serves until `shutdown` fires.
     pub async fn start(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken, on_request: Option<OnRequest>) -> std::io::Result<Arc<CallbackHub>> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let hub = Arc::new(CallbackHub {
-            on_request,
-            slots: Mutex::new(HashMap::new()),
-            notify: Notify::new(),
-            counters: CallbackCounters::default(),
-            addr: listener.local_addr()?,
-        });
-        let app = axum::Router::new()
-            .fallback(receive)
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-            .with_state(hub.clone());
+        let hub = Arc::new(CallbackHub { on_request, slots: Mutex::new(HashMap::new()), notify: Notify::new(), counters: CallbackCounters::default(), addr: listener.local_addr()? });
+        let app = axum::Router::new().fallback(receive).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(hub.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
         });
@@ -194,6 +197,21 @@ async fn receive(
     }
 }
 
+/// What `callback` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo = KindInfo {
+    name: "callback",
+    span_kind: opentelemetry::trace::SpanKind::Internal,
+    needs: Needs { callback_listener: true, browser: false },
+    phases: crate::vocab::PhaseRecording::None,
+    default_status: None,
+};
+
+/// Builds a `callback` step from its config (the registry calls this).
+pub fn compile(spec: &CallbackSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    let _ = step;
+    CallbackStep::compile(spec, c).map(|k| Box::new(k) as _)
+}
+
 #[derive(Debug)]
 pub struct CallbackStep {
     within: Duration,
@@ -204,17 +222,15 @@ pub struct CallbackStep {
 impl CallbackStep {
     pub fn compile(spec: &CallbackSpec, c: &mut Checker) -> Option<CallbackStep> {
         c.check_wait("callback.within", spec.within.0);
-        Some(CallbackStep {
-            within: spec.within.0,
-            token: spec.token.as_deref().map(|t| c.template("callback.token", t)),
-            since_step: spec.since_step.clone(),
-        })
+        Some(CallbackStep { within: spec.within.0, token: spec.token.as_deref().map(|t| c.template("callback.token", t)), since_step: spec.since_step.clone() })
     }
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
-        let hub = ctx.env.callbacks.clone().ok_or_else(|| {
-            StepError::new(ErrorType::Config, "this journey has a `callback` step but the agent has no callback listener (set `callback.listen` in the agent config)")
-        })?;
+        let hub = ctx
+            .env
+            .callbacks
+            .clone()
+            .ok_or_else(|| StepError::new(ErrorType::Config, "this journey has a `callback` step but the agent has no callback listener (set `callback.listen` in the agent config)"))?;
         let token = match &self.token {
             Some(t) => ctx.render(t)?,
             None => ctx.run_id.clone(),
@@ -222,18 +238,13 @@ impl CallbackStep {
         hub.register(&token);
         let started = Instant::now();
         let since = match &self.since_step {
-            Some(name) => *ctx.step_starts.get(name).ok_or_else(|| {
-                StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run"))
-            })?,
+            Some(name) => *ctx.step_starts.get(name).ok_or_else(|| StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run")))?,
             None => started,
         };
         ctx.waiting_for = "the inbound callback";
         let got = hub.wait(&token, self.within).await;
         let Some(inbound) = got else {
-            return Err(StepError::new(
-                ErrorType::Callback,
-                format!("expected an inbound request carrying the run token on {} within {}, none arrived", hub.addr, fmt_dur(self.within)),
-            ));
+            return Err(StepError::new(ErrorType::Callback, format!("expected an inbound request carrying the run token on {} within {}, none arrived", hub.addr, fmt_dur(self.within))));
         };
         let waited = inbound.at.saturating_duration_since(since);
         Ok(Observation {
@@ -249,8 +260,8 @@ impl CallbackStep {
 }
 
 impl StepKind for CallbackStep {
-    fn kind(&self) -> &'static str {
-        "callback"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()

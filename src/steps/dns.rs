@@ -1,8 +1,8 @@
 //! `dns` step: one query, its answers and response code, with hickory.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -16,12 +16,40 @@ use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::TokioResolver;
 use opentelemetry::KeyValue;
 
-use crate::config::model::DnsSpec;
 use crate::config::template::Template;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::{Observation, StepError, StepKind};
+use crate::steps::compile::{Checker, StepCx};
+use crate::steps::context::RunContext;
+use crate::steps::{KindInfo, Needs, StepKind};
+use crate::vocab::{ErrorType, Observation, Phase, StepError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    pub name: String,
+    #[serde(default = "default_record_type")]
+    pub record_type: String,
+    /// `ip:port` of the resolver; default: the system's (/etc/resolv.conf).
+    pub resolver: Option<String>,
+    /// Every listed answer must be present (order-free).
+    #[serde(default)]
+    pub expect_answers: Vec<String>,
+    /// Expected response code, e.g. NOERROR or NXDOMAIN. Default NOERROR.
+    pub expect_rcode: Option<String>,
+}
+
+fn default_record_type() -> String {
+    "A".into()
+}
+
+/// What `dns` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo = KindInfo { name: "dns", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+
+/// Builds a `dns` step from its config (the registry calls this).
+pub fn compile(spec: &DnsSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    let _ = step;
+    DnsStep::compile(spec, c).map(|k| Box::new(k) as _)
+}
 
 #[derive(Debug)]
 pub struct DnsStep {
@@ -44,8 +72,7 @@ pub fn uncached_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, St
             let mut tcp = ConnectionConfig::tcp();
             tcp.port = sa.port();
             let ns = NameServerConfig::new(sa.ip(), true, vec![udp, tcp]);
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
-                .with_options(ResolverOpts::default())
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default()).with_options(ResolverOpts::default())
         }
     };
     let opts = builder.options_mut();
@@ -141,11 +168,7 @@ impl DnsStep {
         obs.body = bytes::Bytes::from(answers.join("\n"));
         if rcode != self.expect_rcode {
             let detail = if answers.is_empty() { String::new() } else { format!(" with answers [{}]", answers.join(", ")) };
-            return Err(StepError::new(
-                ErrorType::Dns,
-                format!("expected {} for {} {name}, got {}{detail}", rcode_name(self.expect_rcode), self.record_type, rcode_name(rcode)),
-            )
-            .with_observation(&obs));
+            return Err(StepError::new(ErrorType::Dns, format!("expected {} for {} {name}, got {}{detail}", rcode_name(self.expect_rcode), self.record_type, rcode_name(rcode))).with_observation(&obs));
         }
         if rcode == ResponseCode::NoError && answers.is_empty() && self.expect_answers.is_empty() {
             return Err(StepError::new(ErrorType::Dns, format!("expected at least one {} record for {name}, got none", self.record_type)).with_observation(&obs));
@@ -154,11 +177,7 @@ impl DnsStep {
             let want = ctx.render(t)?;
             let norm = |s: &str| s.trim_end_matches('.').trim_matches('"').to_ascii_lowercase();
             if !answers.iter().any(|a| norm(a) == norm(&want)) {
-                return Err(StepError::new(
-                    ErrorType::Assertion,
-                    format!("expected {} {name} to answer `{want}`, got [{}]", self.record_type, answers.join(", ")),
-                )
-                .with_observation(&obs));
+                return Err(StepError::new(ErrorType::Assertion, format!("expected {} {name} to answer `{want}`, got [{}]", self.record_type, answers.join(", "))).with_observation(&obs));
             }
         }
         Ok(obs)
@@ -166,13 +185,52 @@ impl DnsStep {
 }
 
 impl StepKind for DnsStep {
-    fn kind(&self) -> &'static str {
-        "dns"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()
     }
     fn error_types(&self) -> &'static [ErrorType] {
         &[ErrorType::Dns, ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::steps::attempt;
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+
+    /// Answers every A query with 192.0.2.7, once per query, `count` queries.
+    async fn responder(count: usize) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            for _ in 0..count {
+                let (n, peer) = sock.recv_from(&mut buf).await.unwrap();
+                let q = &buf[..n];
+                // Header: same id, QR + RD + RA, NOERROR; one question, one answer.
+                let mut r = vec![q[0], q[1], 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+                let qend = 12 + q[12..].iter().position(|&b| b == 0).unwrap() + 1 + 4;
+                r.extend_from_slice(&q[12..qend]);
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
+                sock.send_to(&r, peer).await.unwrap();
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn resolves_against_the_configured_resolver_and_checks_answers() {
+        let (addr, _task) = responder(2).await;
+        let step = test_step(&format!("name: a\ndns: {{name: www.example.test, resolver: \"{addr}\", expect_answers: [192.0.2.7]}}\n"));
+        let mut ctx = RunContext::new_test();
+        let (obs, _) = attempt(&mut ctx, &step).await.expect("answer matches");
+        assert!(obs.body_text().contains("192.0.2.7"), "{}", obs.body_text());
+        let wrong = test_step(&format!("name: b\ndns: {{name: www.example.test, resolver: \"{addr}\", expect_answers: [192.0.2.8]}}\n"));
+        let e = attempt(&mut ctx, &wrong).await.expect_err("answer differs");
+        assert!(e.message.contains("192.0.2.8"), "{}", e.message);
     }
 }

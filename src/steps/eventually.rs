@@ -7,14 +7,42 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::config::model::EventuallySpec;
-use crate::config::validate::{compile_step, Checker};
-use crate::config::Step;
-use crate::runner::attempt;
-use crate::runner::context::RunContext;
-use crate::runner::result::ErrorType;
-use crate::steps::assertions::fmt_dur;
-use crate::steps::{Observation, StepError, StepKind};
+use crate::config::model::Dur;
+use crate::steps::compile::{compile_step, Checker, Step, StepCx};
+use crate::steps::context::RunContext;
+use crate::steps::StepSpec;
+use crate::steps::{attempt, KindInfo, Needs, StepKind};
+use crate::vocab::{fmt_dur, ErrorType, Observation, StepError};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventuallySpec {
+    /// Give up after this long.
+    pub within: Dur,
+    #[serde(default = "default_backoff_initial")]
+    pub backoff: Dur,
+    #[serde(default = "default_backoff_max")]
+    pub max_backoff: Dur,
+    pub step: Spanned<StepSpec>,
+}
+
+fn default_backoff_initial() -> Dur {
+    Dur(Duration::from_millis(250))
+}
+
+fn default_backoff_max() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// What `eventually` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo = KindInfo { name: "eventually", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+
+/// Builds a `eventually` step from its config (the registry calls this).
+pub fn compile(spec: &EventuallySpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    EventuallyStep::compile(spec, step.journey, c).map(|k| Box::new(k) as _)
+}
 
 #[derive(Debug)]
 pub struct EventuallyStep {
@@ -57,13 +85,7 @@ impl EventuallyStep {
             if now + backoff >= deadline {
                 let mut e = StepError::new(
                     last.error_type,
-                    format!(
-                        "gave up after {} and {attempts} attempt{} of `{}`; last attempt: {}",
-                        fmt_dur(started.elapsed()),
-                        if attempts == 1 { "" } else { "s" },
-                        self.inner.name,
-                        last.message
-                    ),
+                    format!("gave up after {} and {attempts} attempt{} of `{}`; last attempt: {}", fmt_dur(started.elapsed()), if attempts == 1 { "" } else { "s" }, self.inner.name, last.message),
                 );
                 let mut partial = last.observation.map(|b| *b).unwrap_or_default();
                 partial.attempts = Some(attempts);
@@ -78,8 +100,11 @@ impl EventuallyStep {
 }
 
 impl StepKind for EventuallyStep {
-    fn kind(&self) -> &'static str {
-        "eventually"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
+    }
+    fn nested(&self) -> Vec<&Step> {
+        vec![&self.inner]
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()
@@ -89,5 +114,27 @@ impl StepKind for EventuallyStep {
     }
     fn default_timeout(&self) -> Option<Duration> {
         Some(self.within + Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::steps::attempt;
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+    use crate::vocab::ErrorType;
+
+    #[tokio::test]
+    async fn retries_until_within_then_reports_the_last_error_and_attempts() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let step = test_step(&format!("name: wait\neventually:\n  within: 400ms\n  backoff: 50ms\n  step:\n    name: inner\n    tcp: {{address: \"127.0.0.1:{port}\"}}\n"));
+        assert_eq!(step.kind.nested().len(), 1);
+        let e = attempt(&mut RunContext::new_test(), &step).await.expect_err("nothing listens");
+        assert_eq!(e.error_type, ErrorType::Connect, "{}", e.message);
+        let attempts = e.observation.as_ref().and_then(|o| o.attempts).unwrap_or(0);
+        assert!(attempts >= 2, "attempts {attempts}: {}", e.message);
     }
 }

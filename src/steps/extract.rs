@@ -3,11 +3,10 @@
 use regex::Regex;
 
 use crate::config::model::ExtractSpec;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::ErrorType;
 use crate::steps::assertions::JsonSelector;
-use crate::steps::{snippet, Observation, StepError};
+use crate::steps::compile::Checker;
+use crate::steps::context::RunContext;
+use crate::vocab::{snippet, ErrorType, Observation, StepError};
 
 #[derive(Debug)]
 enum Source {
@@ -56,13 +55,9 @@ impl Extraction {
         let missing = |what: String| StepError::new(ErrorType::Assertion, format!("could not extract `{}`: {what}", self.name));
         let value = match &self.source {
             Source::Json(text, sel) => {
-                let doc: serde_json::Value = serde_json::from_slice(&obs.body).map_err(|e| {
-                    missing(format!("the body is not JSON ({e}): {}", snippet(&obs.body_text(), 120)))
-                })?;
+                let doc: serde_json::Value = serde_json::from_slice(&obs.body).map_err(|e| missing(format!("the body is not JSON ({e}): {}", snippet(&obs.body_text(), 120))))?;
                 let found = sel.select(&doc);
-                let v = found.first().ok_or_else(|| {
-                    missing(format!("JSON path `{text}` matched nothing in {}", snippet(&doc.to_string(), 200)))
-                })?;
+                let v = found.first().ok_or_else(|| missing(format!("JSON path `{text}` matched nothing in {}", snippet(&doc.to_string(), 200))))?;
                 v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
             }
             Source::Header(h) => obs.header(h).map(str::to_string).ok_or_else(|| missing(format!("no `{h}` header in the response")))?,

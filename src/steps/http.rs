@@ -3,7 +3,7 @@
 //! transfer, like blackbox_exporter reports. Connections are reused within a
 //! run (like a browser session) and never across runs (each run is a new user).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -19,14 +19,39 @@ use opentelemetry::KeyValue;
 use reqwest::cookie::CookieStore;
 use url::Url;
 
-use crate::config::model::HttpSpec;
+use crate::config::model::ByteSize;
 use crate::config::template::{JsonTemplate, Template};
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::assertions::fmt_dur;
+use crate::steps::compile::{Checker, StepCx};
+use crate::steps::context::{RunContext, RunStateSlot};
 use crate::steps::net::{connect_tcp, handshake};
-use crate::steps::{Observation, StepError, StepKind};
+use crate::steps::{KindInfo, Needs, StepKind};
+use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub json: Option<serde_json::Value>,
+    pub form: Option<BTreeMap<String, String>>,
+    #[serde(default = "crate::config::model::default_true")]
+    pub follow_redirects: bool,
+    #[serde(default = "crate::config::model::default_true")]
+    pub tls_verify: bool,
+    /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
+    pub ca_file: Option<String>,
+    /// Bodies larger than this are cut and the step fails with `body_too_large`.
+    pub max_body: Option<ByteSize>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
 
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 const MAX_REDIRECTS: usize = 10;
@@ -39,12 +64,25 @@ pub struct ConnectionCache {
     visited: Vec<Url>,
 }
 
+/// Dropped with the run: closing a connection is dropping its sender.
+impl RunStateSlot for ConnectionCache {}
+
 #[derive(Debug)]
 enum Body {
     None,
     Raw(Template),
     Json(JsonTemplate),
     Form(Vec<(String, Template)>),
+}
+
+/// What `http` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo =
+    KindInfo { name: "http", span_kind: opentelemetry::trace::SpanKind::Client, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::PhaseHistogram, default_status: Some((200, 399)) };
+
+/// Builds a `http` step from its config (the registry calls this).
+pub fn compile(spec: &HttpSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    let _ = step;
+    HttpStep::compile(spec, c).map(|k| Box::new(k) as _)
 }
 
 #[derive(Debug)]
@@ -61,9 +99,8 @@ pub struct HttpStep {
 
 impl HttpStep {
     pub fn compile(spec: &HttpSpec, c: &mut Checker) -> Option<HttpStep> {
-        let method = Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| c.error("http.method", &format!("expected an HTTP method like GET or POST, got `{}`", spec.method)))
-            .ok()?;
+        let method =
+            Method::from_bytes(spec.method.to_ascii_uppercase().as_bytes()).map_err(|_| c.error("http.method", &format!("expected an HTTP method like GET or POST, got `{}`", spec.method))).ok()?;
         let url = c.template("http.url", &spec.url);
         if url.is_literal() {
             let text = url.render(|_| Err::<String, ()>(())).unwrap_or_default();
@@ -106,8 +143,7 @@ impl HttpStep {
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let url_text = ctx.render(&self.url)?;
-        let mut url = Url::parse(&url_text)
-            .map_err(|e| StepError::new(ErrorType::Config, format!("`{url_text}` is not a valid URL: {e}")))?;
+        let mut url = Url::parse(&url_text).map_err(|e| StepError::new(ErrorType::Config, format!("`{url_text}` is not a valid URL: {e}")))?;
         let mut headers = Vec::with_capacity(self.headers.len());
         for (k, t) in &self.headers {
             headers.push((k.clone(), ctx.render(t)?));
@@ -241,9 +277,9 @@ async fn send_once(
     let key = format!("{}://{host}:{port}#{}#{}", url.scheme(), tls.verify, tls.ca_file.as_deref().unwrap_or(""));
     let mut cert = None;
 
-    let reusable = ctx.http.conns.get(&key).is_some_and(|s| !s.is_closed() && s.is_ready());
+    let reusable = ctx.state.get_mut::<ConnectionCache>().conns.get(&key).is_some_and(|s| !s.is_closed() && s.is_ready());
     let mut sender = if reusable {
-        ctx.http.conns.remove(&key).expect("checked above")
+        ctx.state.get_mut::<ConnectionCache>().conns.remove(&key).expect("checked above")
     } else {
         let mut phases = Vec::new();
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
@@ -286,9 +322,7 @@ async fn send_once(
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
         hdrs.insert(name, header_value(v)?);
     }
-    let req = req
-        .body(Full::new(body.clone()))
-        .map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the request: {e}")))?;
+    let req = req.body(Full::new(body.clone())).map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the request: {e}")))?;
 
     ctx.waiting_for = "the response headers (time to first byte)";
     let t = Instant::now();
@@ -299,18 +333,14 @@ async fn send_once(
     add_phase(totals, "ttfb", t.elapsed());
 
     let status = resp.status().as_u16();
-    let resp_headers: Vec<(String, String)> = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let resp_headers: Vec<(String, String)> = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let set_cookies: Vec<HeaderValue> = resp.headers().get_all(http::header::SET_COOKIE).iter().cloned().collect();
     if !set_cookies.is_empty() {
         ctx.cookies.set_cookies(&mut set_cookies.iter(), url);
     }
     let origin = Url::parse(&url.origin().ascii_serialization()).expect("origin of a valid URL");
-    if !ctx.http.visited.contains(&origin) {
-        ctx.http.visited.push(origin);
+    if !ctx.state.get_mut::<ConnectionCache>().visited.contains(&origin) {
+        ctx.state.get_mut::<ConnectionCache>().visited.push(origin);
     }
     let keep_alive = !resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
 
@@ -320,9 +350,7 @@ async fn send_once(
     let mut buf = BytesMut::new();
     let mut truncated = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            StepError::new(ErrorType::Protocol, format!("the body broke off after {} bytes and {}: {e}", buf.len(), fmt_dur(t.elapsed())))
-        })?;
+        let frame = frame.map_err(|e| StepError::new(ErrorType::Protocol, format!("the body broke off after {} bytes and {}: {e}", buf.len(), fmt_dur(t.elapsed()))))?;
         if let Ok(data) = frame.into_data() {
             let room = (max_body as usize).saturating_sub(buf.len());
             if data.len() > room {
@@ -335,7 +363,7 @@ async fn send_once(
     }
     add_phase(totals, "transfer", t.elapsed());
     if keep_alive && !truncated {
-        ctx.http.conns.insert(key, sender);
+        ctx.state.get_mut::<ConnectionCache>().conns.insert(key, sender);
     }
     Ok((status, resp_headers, buf.freeze(), truncated, cert))
 }
@@ -344,9 +372,7 @@ async fn start_http1<T>(io: T) -> Result<SendRequest<Full<Bytes>>, StepError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| StepError::new(ErrorType::Protocol, format!("HTTP/1.1 handshake failed: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| StepError::new(ErrorType::Protocol, format!("HTTP/1.1 handshake failed: {e}")))?;
     // Ends when the run drops its sender or the peer closes.
     tokio::spawn(async move {
         let _ = conn.await;
@@ -367,26 +393,66 @@ fn header_value(v: &str) -> Result<HeaderValue, StepError> {
 
 /// A cookie's value from the run's jar, for any URL the run has visited.
 pub fn jar_cookie(ctx: &RunContext, name: &str) -> Option<String> {
-    ctx.http.visited.iter().find_map(|url| {
+    ctx.state.get::<ConnectionCache>().into_iter().flat_map(|c| c.visited.iter()).find_map(|url| {
         let header = ctx.cookies.cookies(url)?;
-        header
-            .to_str()
-            .ok()?
-            .split(';')
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
+        header.to_str().ok()?.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
     })
 }
 
 impl StepKind for HttpStep {
-    fn kind(&self) -> &'static str {
-        "http"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()
     }
     fn error_types(&self) -> &'static [ErrorType] {
         &[ErrorType::Dns, ErrorType::Connect, ErrorType::Tls, ErrorType::Timeout, ErrorType::HttpStatus, ErrorType::Assertion, ErrorType::BodyTooLarge, ErrorType::Protocol, ErrorType::Config]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionCache;
+    use crate::steps::attempt;
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+    use crate::vocab::ErrorType;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `responses` in order on one keep-alive connection.
+    async fn server(responses: Vec<&'static str>) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            for resp in responses {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "client closed early");
+                    req.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn gets_checks_and_reuses_the_connection() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let port = server(vec![ok, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"]).await;
+        let step = test_step(&format!("name: get\nhttp: {{url: \"http://127.0.0.1:{port}/\"}}\nassert: {{body_contains: hello}}\n"));
+        let mut ctx = RunContext::new_test();
+        let (obs, _) = attempt(&mut ctx, &step).await.expect("200 with hello");
+        assert_eq!(obs.status, Some(200));
+        let phases: Vec<&str> = obs.phases.iter().map(|p| p.name).collect();
+        assert!(phases.contains(&"connect") && phases.contains(&"ttfb"), "{phases:?}");
+        assert_eq!(ctx.state.get::<ConnectionCache>().map(|c| c.conns.len()), Some(1), "kept alive for the next step");
+        // Second request on the same connection (the server accepts only one): 503 fails the default status check.
+        let e = attempt(&mut ctx, &step).await.expect_err("503");
+        assert_eq!(e.error_type, ErrorType::HttpStatus, "{}", e.message);
     }
 }

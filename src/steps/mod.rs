@@ -1,32 +1,138 @@
-//! Step kinds. Each kind lives in its own module and implements [`StepKind`]:
-//! it performs its action and returns an [`Observation`]; the shared
-//! assertions and extractions then run on that observation.
+//! Step kinds. **To add a kind**: write `src/steps/<kind>.rs` holding its
+//! config struct (serde, `deny_unknown_fields`, doc comments), its `INFO`
+//! declarations ([`KindInfo`]), `pub fn compile(&Spec, &StepCx, &mut Checker)`
+//! and its [`StepKind`] runtime; then add one line to `step_kinds!` below
+//! (it declares the module too).
+//! The list generates the probe-file [`StepSpec`], the "exactly one kind"
+//! check and its message, and the dispatch to each kind's `compile`.
+//!
+//! Nothing outside this directory names a kind: the runner, telemetry and
+//! the daemon read what kinds declare ([`KindInfo`], [`StepKind::nested`]).
+//! Shared pieces: [`context`] (the run context), [`compile`] (checker,
+//! runnable steps), [`assertions`], [`extract`], [`net`].
 
 pub mod assertions;
-pub mod browser;
-pub mod callback;
-pub mod dns;
-pub mod eventually;
+pub mod compile;
+pub mod context;
 pub mod extract;
-pub mod http;
 pub mod net;
-pub mod tcp;
-pub mod tls;
-pub mod websocket;
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use serde::Deserialize;
 
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
+use crate::config::model::{AssertSpec, Dur, ExtractSpec};
+use crate::vocab::{ErrorType, Observation, PhaseMetric, PhaseRecording, StepError, Verdict};
+use compile::{Checker, Step, StepCx};
+use context::RunContext;
+
+/// The registry: one line per kind, `key => its config type`. The key is the
+/// module (declared here), the probe-file field and the `step.kind` attribute. The order
+/// is the order of fields in error messages.
+macro_rules! step_kinds {
+    ($($key:ident => $spec:ty),* $(,)?) => {
+        $(pub mod $key;)*
+
+        /// One step as written in a probe file: a name, an optional timeout,
+        /// exactly one kind, and the shared `assert` and `extract`.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct StepSpec {
+            pub name: String,
+            pub timeout: Option<Dur>,
+            $(pub $key: Option<$spec>,)*
+            #[serde(default, rename = "assert")]
+            pub assertions: AssertSpec,
+            #[serde(default)]
+            pub extract: BTreeMap<String, ExtractSpec>,
+        }
+
+        /// Every kind's name, in registration order.
+        pub const KIND_NAMES: &[&str] = &[$(stringify!($key)),*];
+
+        /// Every kind's declarations, in registration order.
+        pub const KINDS: &[&KindInfo] = &[$(&$key::INFO),*];
+
+        impl StepSpec {
+            /// The kinds this step sets (exactly one when valid).
+            pub fn kinds_set(&self) -> Vec<&'static KindInfo> {
+                let mut set = Vec::new();
+                $(if self.$key.is_some() {
+                    set.push(&$key::INFO);
+                })*
+                set
+            }
+        }
+
+        /// Compiles the step's kind with that kind's `compile`.
+        pub(crate) fn compile_kind(spec: &StepSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+            $(if let Some(k) = &spec.$key {
+                return $key::compile(k, step, c);
+            })*
+            None
+        }
+    };
+}
+
+step_kinds! {
+    http => http::HttpSpec,
+    dns => dns::DnsSpec,
+    tcp => tcp::TcpSpec,
+    tls => tls::TlsSpec,
+    websocket => websocket::WebSocketSpec,
+    eventually => Box<eventually::EventuallySpec>,
+    callback => callback::CallbackSpec,
+    browser => browser::BrowserSpec,
+}
+
+/// What a kind declares about itself, so no other module matches on its name.
+#[derive(Debug)]
+pub struct KindInfo {
+    /// `http`, `dns`, …: the probe-file key and the `step.kind` attribute.
+    pub name: &'static str,
+    /// Kind of the step's span (`Client` when the step is one outbound request).
+    pub span_kind: SpanKind,
+    /// What the agent must provide for the kind to run.
+    pub needs: Needs,
+    /// Where the kind's phases go as metrics.
+    pub phases: PhaseRecording,
+    /// Status codes accepted when the step asserts none (HTTP: 200-399).
+    pub default_status: Option<(u16, u16)>,
+}
+
+/// What a step (or a journey, summed over its steps) needs from the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The inbound callback listener (`callback.listen`), with the run registered before its first step.
+    pub callback_listener: bool,
+    /// Chromium and chromedriver.
+    pub browser: bool,
+}
+
+impl Needs {
+    pub const NONE: Needs = Needs { callback_listener: false, browser: false };
+
+    pub fn or(self, other: Needs) -> Needs {
+        Needs { callback_listener: self.callback_listener || other.callback_listener, browser: self.browser || other.browser }
+    }
+}
+
+/// Every phase histogram some kind declares, for creating the instruments up front.
+pub fn phase_metrics() -> impl Iterator<Item = &'static PhaseMetric> {
+    KINDS.iter().flat_map(|k| match k.phases {
+        PhaseRecording::Own(ms) => ms,
+        _ => &[],
+    })
+}
 
 /// The one interface every step kind implements.
 pub trait StepKind: Send + Sync + fmt::Debug {
-    /// `http`, `dns`, …: the `step.kind` attribute.
-    fn kind(&self) -> &'static str;
+    /// The kind's declarations (its module's `INFO`).
+    fn info(&self) -> &'static KindInfo;
     /// Performs the step once. Timeouts are applied by the caller.
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>>;
     /// Error types this step can end with, so their series exist from startup.
@@ -35,78 +141,27 @@ pub trait StepKind: Send + Sync + fmt::Debug {
     fn default_timeout(&self) -> Option<Duration> {
         None
     }
-}
-
-/// What a step saw. Assertions and extractions read it.
-#[derive(Debug, Default)]
-pub struct Observation {
-    pub status: Option<u16>,
-    pub headers: Vec<(String, String)>,
-    pub body: bytes::Bytes,
-    pub phases: Vec<Phase>,
-    /// Span attributes specific to the kind (`http.request.method`, …).
-    pub attributes: Vec<KeyValue>,
-    pub cert_not_after: Option<SystemTime>,
-    pub attempts: Option<u32>,
-    /// Duration to report instead of the wall time (e.g. callback: since an earlier step).
-    pub reported_duration: Option<Duration>,
-}
-
-impl Observation {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    /// Steps nested in this one (`eventually`'s inner step), so whatever walks
+    /// a journey (needs, validation) sees them too.
+    fn nested(&self) -> Vec<&Step> {
+        Vec::new()
     }
-
-    pub fn body_text(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.body)
+    /// `http`, `dns`, …
+    fn kind(&self) -> &'static str {
+        self.info().name
     }
 }
 
-/// A step failure: its category and a message written for the operator.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct StepError {
-    pub error_type: ErrorType,
-    pub message: String,
-    /// The observation made before the failure, when there was one (for phases and spans).
-    pub observation: Option<Box<PartialObservation>>,
-    /// Set when the step needed a variable an earlier (failed or skipped) step never set.
-    pub unset_variable: Option<String>,
-}
-
-/// Parts of an observation worth keeping when the step fails.
-#[derive(Debug, Clone, Default)]
-pub struct PartialObservation {
-    pub phases: Vec<Phase>,
-    pub attributes: Vec<KeyValue>,
-    pub cert_not_after: Option<SystemTime>,
-    pub attempts: Option<u32>,
-}
-
-impl StepError {
-    pub fn new(error_type: ErrorType, message: impl Into<String>) -> StepError {
-        StepError { error_type, message: message.into(), observation: None, unset_variable: None }
+/// Runs one attempt of a step: the action, then assertions, then extractions.
+/// The runner calls it once per step; `eventually` repeatedly for its inner step.
+pub async fn attempt(ctx: &mut RunContext, step: &Step) -> Result<(Observation, Verdict), StepError> {
+    let t = Instant::now();
+    let obs = step.kind.execute(ctx).await?;
+    step.assertions.check_content(ctx, &obs).map_err(|e| e.with_observation(&obs))?;
+    let elapsed = obs.reported_duration.unwrap_or_else(|| t.elapsed());
+    let verdict = step.assertions.check_timing(elapsed).map_err(|e| e.with_observation(&obs))?;
+    for x in &step.extract {
+        x.apply(ctx, &obs).map_err(|e| e.with_observation(&obs))?;
     }
-
-    pub fn with_observation(mut self, obs: &Observation) -> StepError {
-        self.observation = Some(Box::new(PartialObservation {
-            phases: obs.phases.clone(),
-            attributes: obs.attributes.clone(),
-            cert_not_after: obs.cert_not_after,
-            attempts: obs.attempts,
-        }));
-        self
-    }
-}
-
-/// Shortens text for messages: first `max` characters, and a note of what was cut.
-pub fn snippet(text: &str, max: usize) -> String {
-    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let count = flat.chars().count();
-    if count <= max {
-        flat
-    } else {
-        let cut: String = flat.chars().take(max).collect();
-        format!("{cut}… ({count} chars)")
-    }
+    Ok((obs, verdict))
 }

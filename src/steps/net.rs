@@ -10,9 +10,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::ClientConfig;
 
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::StepError;
+use crate::steps::context::RunContext;
+use crate::vocab::{ErrorType, Phase, StepError};
 
 /// Splits `host:port` (or `[v6]:port`) into its parts.
 pub fn split_host_port(addr: &str) -> Result<(String, u16), StepError> {
@@ -72,21 +71,11 @@ pub struct TlsFacts {
     pub issuer: String,
 }
 
-pub async fn handshake(
-    ctx: &mut RunContext,
-    tcp: TcpStream,
-    server_name: &str,
-    config: Arc<ClientConfig>,
-    phases: &mut Vec<Phase>,
-) -> Result<(TlsStream<TcpStream>, TlsFacts), StepError> {
-    let name = ServerName::try_from(server_name.to_string())
-        .map_err(|e| StepError::new(ErrorType::Config, format!("`{server_name}` is not a valid TLS server name: {e}")))?;
+pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, config: Arc<ClientConfig>, phases: &mut Vec<Phase>) -> Result<(TlsStream<TcpStream>, TlsFacts), StepError> {
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| StepError::new(ErrorType::Config, format!("`{server_name}` is not a valid TLS server name: {e}")))?;
     ctx.waiting_for = "the TLS handshake";
     let t = Instant::now();
-    let stream = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| StepError::new(ErrorType::Tls, format!("TLS handshake with `{server_name}` failed: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| StepError::new(ErrorType::Tls, format!("TLS handshake with `{server_name}` failed: {e}")))?;
     phases.push(Phase { name: "tls", duration: t.elapsed() });
     let (_, conn) = stream.get_ref();
     let mut facts = TlsFacts {

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -13,13 +12,27 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
-use crate::config::model::TlsSpec;
 use crate::config::template::Template;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::ErrorType;
+use crate::steps::compile::{Checker, StepCx};
+use crate::steps::context::RunContext;
 use crate::steps::net::{connect_tcp, handshake, split_host_port};
-use crate::steps::{Observation, StepError, StepKind};
+use crate::steps::{KindInfo, Needs, StepKind};
+use crate::vocab::{remaining_secs, ErrorType, Observation, StepError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `host:port`
+    pub address: String,
+    /// SNI and the name to verify; default: the host part of `address`.
+    pub server_name: Option<String>,
+    #[serde(default = "crate::config::model::default_true")]
+    pub verify: bool,
+    /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
+    pub ca_file: Option<String>,
+    pub min_days_remaining: Option<f64>,
+}
 
 /// Client TLS configurations, built once: verifying (system roots), and not.
 pub struct TlsConfigs {
@@ -64,9 +77,8 @@ impl TlsConfigs {
                 if let Some(c) = cache.get(path) {
                     return Ok(c.clone());
                 }
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect::<Result<_, _>>())
-                    .map_err(|e| StepError::new(ErrorType::Config, format!("cannot read CA file `{path}`: {e}")))?;
+                let certs: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<_, _>>()).map_err(|e| StepError::new(ErrorType::Config, format!("cannot read CA file `{path}`: {e}")))?;
                 let cfg = Self::verifying(&self.provider, certs).map_err(|e| StepError::new(ErrorType::Config, format!("CA file `{path}`: {e}")))?;
                 if cache.len() > 64 {
                     cache.clear();
@@ -100,6 +112,15 @@ impl ServerCertVerifier for AcceptAny {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// What `tls` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo = KindInfo { name: "tls", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+
+/// Builds a `tls` step from its config (the registry calls this).
+pub fn compile(spec: &TlsSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    let _ = step;
+    TlsStep::compile(spec, c).map(|k| Box::new(k) as _)
 }
 
 #[derive(Debug)]
@@ -158,7 +179,10 @@ impl TlsStep {
             if days < min {
                 return Err(StepError::new(
                     ErrorType::Tls,
-                    format!("expected the certificate chain of `{server_name}` to be valid for at least {min} more days, the earliest expiry is in {days:.1} days ({})", humantime::format_rfc3339_seconds(na)),
+                    format!(
+                        "expected the certificate chain of `{server_name}` to be valid for at least {min} more days, the earliest expiry is in {days:.1} days ({})",
+                        humantime::format_rfc3339_seconds(na)
+                    ),
                 )
                 .with_observation(&obs));
             }
@@ -167,17 +191,9 @@ impl TlsStep {
     }
 }
 
-/// Seconds from now until `t` (negative when past).
-pub fn remaining_secs(t: SystemTime) -> f64 {
-    match t.duration_since(SystemTime::now()) {
-        Ok(d) => d.as_secs_f64(),
-        Err(e) => -e.duration().as_secs_f64(),
-    }
-}
-
 impl StepKind for TlsStep {
-    fn kind(&self) -> &'static str {
-        "tls"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()

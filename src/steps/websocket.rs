@@ -2,7 +2,7 @@
 //! step's `assert`. A connection stays open across the run's later steps, so
 //! a journey can subscribe, act over HTTP, then await the resulting event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,41 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::config::model::WebSocketSpec;
+use crate::config::model::Dur;
 use crate::config::template::Template;
-use crate::config::validate::Checker;
-use crate::runner::context::RunContext;
-use crate::runner::result::{ErrorType, Phase};
-use crate::steps::assertions::{fmt_dur, Assertions};
+use crate::steps::assertions::Assertions;
+use crate::steps::compile::{Checker, StepCx};
+use crate::steps::context::{RunContext, RunStateSlot};
 use crate::steps::net::{connect_tcp, handshake};
-use crate::steps::{snippet, Observation, StepError, StepKind};
+use crate::steps::{KindInfo, Needs, StepKind};
+use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, StepError};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSpec {
+    /// Name of the connection; later steps address it by this name.
+    #[serde(default = "default_connection")]
+    pub connection: String,
+    pub connect: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub subprotocol: Option<String>,
+    /// Send the run's cookies (from earlier HTTP steps) on the handshake.
+    #[serde(default = "crate::config::model::default_true")]
+    pub use_cookies: bool,
+    pub send: Option<String>,
+    /// Wait up to this long for a message that satisfies the step's `assert`.
+    pub receive: Option<Dur>,
+    /// Report the receive time since this earlier step started (e.g. time to notification).
+    pub since_step: Option<String>,
+    #[serde(default)]
+    pub close: bool,
+}
+
+fn default_connection() -> String {
+    "default".into()
+}
 
 /// Messages buffered per connection between receive steps; older ones are dropped.
 const INBOX: usize = 256;
@@ -57,13 +84,23 @@ pub struct Connections {
     conns: HashMap<String, Conn>,
 }
 
-impl Connections {
-    pub async fn close_all(&mut self) {
-        for (_, mut c) in self.conns.drain() {
-            let _ = tokio::time::timeout(Duration::from_millis(500), c.sink.close()).await;
-            c.reader.abort();
-        }
+impl RunStateSlot for Connections {
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            for (_, mut c) in self.conns.drain() {
+                let _ = tokio::time::timeout(Duration::from_millis(500), c.sink.close()).await;
+                c.reader.abort();
+            }
+        })
     }
+}
+
+/// What `websocket` declares to the runner, telemetry and daemon.
+pub const INFO: KindInfo = KindInfo { name: "websocket", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+
+/// Builds a `websocket` step from its config (the registry calls this).
+pub fn compile(spec: &WebSocketSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
+    WebSocketStep::compile(spec, step.assertions.clone(), c).map(|k| Box::new(k) as _)
 }
 
 #[derive(Debug)]
@@ -112,7 +149,7 @@ impl WebSocketStep {
         if let Some(t) = &self.connect {
             let url = ctx.render(t)?;
             let conn = self.open(ctx, &url, &mut obs).await.map_err(|e| e.with_observation(&obs))?;
-            if let Some(old) = ctx.websockets.conns.insert(self.connection.clone(), conn) {
+            if let Some(old) = ctx.state.get_mut::<Connections>().conns.insert(self.connection.clone(), conn) {
                 old.reader.abort();
             }
         }
@@ -124,9 +161,7 @@ impl WebSocketStep {
         if let Some(within) = self.receive {
             let (arrived, text) = self.receive(ctx, within).await.map_err(|e| e.with_observation(&obs))?;
             let since = match &self.since_step {
-                Some(name) => *ctx.step_starts.get(name).ok_or_else(|| {
-                    StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run"))
-                })?,
+                Some(name) => *ctx.step_starts.get(name).ok_or_else(|| StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run")))?,
                 None => started,
             };
             let waited = arrived.saturating_duration_since(since);
@@ -135,7 +170,7 @@ impl WebSocketStep {
             obs.body = bytes::Bytes::from(text);
         }
         if self.close {
-            if let Some(mut c) = ctx.websockets.conns.remove(&self.connection) {
+            if let Some(mut c) = ctx.state.get_mut::<Connections>().conns.remove(&self.connection) {
                 let _ = tokio::time::timeout(Duration::from_secs(1), c.sink.close()).await;
                 c.reader.abort();
             }
@@ -144,9 +179,11 @@ impl WebSocketStep {
     }
 
     fn conn<'c>(&self, ctx: &'c mut RunContext) -> Result<&'c mut Conn, StepError> {
-        ctx.websockets.conns.get_mut(&self.connection).ok_or_else(|| {
-            StepError::new(ErrorType::Websocket, format!("no open WebSocket connection named `{}`: connect it in an earlier step", self.connection))
-        })
+        ctx.state
+            .get_mut::<Connections>()
+            .conns
+            .get_mut(&self.connection)
+            .ok_or_else(|| StepError::new(ErrorType::Websocket, format!("no open WebSocket connection named `{}`: connect it in an earlier step", self.connection)))
     }
 
     async fn open(&self, ctx: &mut RunContext, url_text: &str, obs: &mut Observation) -> Result<Conn, StepError> {
@@ -158,9 +195,7 @@ impl WebSocketStep {
         };
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = url.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
-        let mut req = url_text
-            .into_client_request()
-            .map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the WebSocket request: {e}")))?;
+        let mut req = url_text.into_client_request().map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the WebSocket request: {e}")))?;
         let h = req.headers_mut();
         let hv = |v: &str| HeaderValue::from_str(v).map_err(|_| StepError::new(ErrorType::Config, "a header value contains characters not allowed in HTTP headers"));
         h.insert("user-agent", hv(&ctx.env.user_agent)?);
@@ -181,8 +216,7 @@ impl WebSocketStep {
         }
         for (k, t) in &self.headers {
             let v = ctx.render(t)?;
-            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
+            let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
             req.headers_mut().insert(name, hv(&v)?);
         }
         let (tcp, _) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
@@ -194,12 +228,9 @@ impl WebSocketStep {
         };
         ctx.waiting_for = "the WebSocket handshake";
         let t = Instant::now();
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
-        let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(config)).await.map_err(|e| {
-            StepError::new(ErrorType::Websocket, format!("WebSocket handshake with {url_text} failed: {e}"))
-        })?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
+        let (ws, resp) =
+            tokio_tungstenite::client_async_with_config(req, io, Some(config)).await.map_err(|e| StepError::new(ErrorType::Websocket, format!("WebSocket handshake with {url_text} failed: {e}")))?;
         obs.phases.push(Phase { name: "handshake", duration: t.elapsed() });
         obs.attributes.push(KeyValue::new("http.response.status_code", resp.status().as_u16() as i64));
         obs.attributes.push(KeyValue::new("url.full", url.to_string()));
@@ -285,8 +316,8 @@ async fn ctx_wait(sink: &mut Sink, text: String) -> Result<(), StepError> {
 }
 
 impl StepKind for WebSocketStep {
-    fn kind(&self) -> &'static str {
-        "websocket"
+    fn info(&self) -> &'static KindInfo {
+        &INFO
     }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()

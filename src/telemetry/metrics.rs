@@ -34,7 +34,7 @@ pub enum Inst {
     SchedulerLateness,
     ConfigReloads,
     CallbackRequests,
-    /// A `synthetics.browser.*` histogram, by metric name.
+    /// A histogram a kind declares for one of its phases (`synthetics.browser.*`), by metric name.
     Browser(&'static str),
 }
 
@@ -47,7 +47,7 @@ enum Kind {
 impl Inst {
     fn all() -> Vec<Inst> {
         let mut v = Self::FIXED.to_vec();
-        for m in crate::browser::METRICS {
+        for m in crate::steps::phase_metrics() {
             if !v.contains(&Inst::Browser(m.name)) {
                 v.push(Inst::Browser(m.name));
             }
@@ -81,7 +81,7 @@ impl Inst {
             Inst::ConfigReloads => ("synthetics.agent.config.reloads", "", "Config reloads by result", Kind::Counter),
             Inst::CallbackRequests => ("synthetics.callback.requests", "", "Inbound callback requests by result", Kind::Counter),
             Inst::Browser(name) => {
-                let d = crate::browser::METRICS.iter().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
+                let d = crate::steps::phase_metrics().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
                 (name, "s", d, Kind::Histogram)
             }
         }

@@ -20,7 +20,7 @@ use opentelemetry_sdk::Resource;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, Journey};
-use crate::runner::result::{ErrorType, RunResult};
+use crate::vocab::{ErrorType, PhaseRecording, RunResult};
 use metrics::{Extra, Inst, Metrics, Transport};
 
 pub const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -231,19 +231,22 @@ impl Telemetry {
                 vec![step(), ("step.kind", s.kind.into()), ("outcome", s.outcome.as_str().into())],
                 s.duration.as_secs_f64(),
             );
-            if s.kind == "http" {
-                for p in &s.phases {
-                    self.metrics.record(name, Inst::PhaseDuration, vec![step(), ("phase", p.name.into())], p.duration.as_secs_f64());
+            match s.phase_recording {
+                PhaseRecording::None => {}
+                PhaseRecording::PhaseHistogram => {
+                    for p in &s.phases {
+                        self.metrics.record(name, Inst::PhaseDuration, vec![step(), ("phase", p.name.into())], p.duration.as_secs_f64());
+                    }
                 }
-            }
-            if s.kind == "browser" {
-                for p in &s.phases {
-                    for m in crate::browser::METRICS.iter().filter(|m| m.phase == p.name) {
-                        let mut extra = vec![step()];
-                        if let Some((k, v)) = m.attribute {
-                            extra.push((k, v.into()));
+                PhaseRecording::Own(metrics) => {
+                    for p in &s.phases {
+                        for m in metrics.iter().filter(|m| m.phase == p.name) {
+                            let mut extra = vec![step()];
+                            if let Some((k, v)) = m.attribute {
+                                extra.push((k, v.into()));
+                            }
+                            self.metrics.record(name, Inst::Browser(m.name), extra, p.duration.as_secs_f64());
                         }
-                        self.metrics.record(name, Inst::Browser(m.name), extra, p.duration.as_secs_f64());
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::time::UNIX_EPOCH;
 
 use crate::config::Journey;
-use crate::runner::result::{ErrorType, Outcome, RunResult};
+use crate::vocab::{ErrorType, Outcome, PhaseRecording, RunResult};
 
 #[derive(Default)]
 struct JourneyState {
@@ -62,7 +62,7 @@ impl Registry {
         let mut phases = BTreeMap::new();
         let mut expiry: Option<f64> = None;
         for s in &r.steps {
-            if s.kind == "http" {
+            if matches!(s.phase_recording, PhaseRecording::PhaseHistogram) {
                 for p in &s.phases {
                     *phases.entry(p.name).or_insert(0.0) += p.duration.as_secs_f64();
                 }

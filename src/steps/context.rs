@@ -1,0 +1,266 @@
+//! The per-run context shared by a run's steps (variables, cookies, and the
+//! kinds' own per-run state) and the agent-wide environment every run borrows.
+//! It sits below the runner, so step kinds never import the runner.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use opentelemetry::Context as OtelContext;
+
+use crate::config::template::{Template, VarRef};
+use crate::vocab::{ErrorType, StepError};
+
+/// Agent-wide things a run needs; built once, shared by every run.
+pub struct RunEnv {
+    pub agent_id: String,
+    pub location: String,
+    pub credentials_dir: Option<PathBuf>,
+    pub resolver: hickory_resolver::TokioResolver,
+    pub tls: crate::steps::tls::TlsConfigs,
+    pub tracer: opentelemetry_sdk::trace::Tracer,
+    pub user_agent: String,
+    pub default_step_timeout: Duration,
+    pub callbacks: Option<Arc<crate::steps::callback::CallbackHub>>,
+    /// Values for `${env.NAME}` that take precedence over the process environment (the demo sets its URLs here).
+    pub env_overrides: HashMap<String, String>,
+    /// Runs chromedriver for browser steps (started lazily by the first one).
+    pub browser: Arc<crate::browser::BrowserManager>,
+}
+
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Per-run state a step kind keeps from one of its steps to the next
+/// (open connections, a browser session). One value per type and run.
+pub trait RunStateSlot: Any + Send + Sync {
+    /// Releases what the state holds; called once when the run ends, after `finally`.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The kinds' per-run states, keyed by type, created on first use.
+#[derive(Default)]
+pub struct RunState {
+    slots: Vec<(TypeId, Box<dyn RunStateSlot>)>,
+}
+
+impl RunState {
+    /// The run's `T`, created empty on first use.
+    pub fn get_mut<T: RunStateSlot + Default>(&mut self) -> &mut T {
+        let id = TypeId::of::<T>();
+        let i = match self.slots.iter().position(|(t, _)| *t == id) {
+            Some(i) => i,
+            None => {
+                self.slots.push((id, Box::new(T::default())));
+                self.slots.len() - 1
+            }
+        };
+        let slot: &mut dyn Any = self.slots[i].1.as_mut();
+        slot.downcast_mut::<T>().expect("slots are keyed by their type")
+    }
+
+    /// The run's `T`, if a step created it.
+    pub fn get<T: RunStateSlot>(&self) -> Option<&T> {
+        let (_, slot) = self.slots.iter().find(|(t, _)| *t == TypeId::of::<T>())?;
+        let slot: &dyn Any = slot.as_ref();
+        slot.downcast_ref::<T>()
+    }
+
+    /// Closes every state, in the order they were created.
+    pub async fn close_all(&mut self) {
+        for (_, s) in &mut self.slots {
+            s.close().await;
+        }
+        self.slots.clear();
+    }
+}
+
+/// State carried from step to step within one run.
+pub struct RunContext {
+    pub env: Arc<RunEnv>,
+    pub run_id: String,
+    pub journey: String,
+    vars: HashMap<String, String>,
+    secret_values: Vec<String>,
+    pub cookies: Arc<reqwest::cookie::Jar>,
+    /// Each stateful kind's per-run state (connections, a browser session), closed at the end of the run.
+    pub state: RunState,
+    /// Context of the step span in progress, for `traceparent` propagation.
+    pub trace_cx: OtelContext,
+    /// Start of each step by name, for "time since step X".
+    pub step_starts: HashMap<String, Instant>,
+    /// What the step in progress is waiting for; named in timeout messages.
+    pub waiting_for: &'static str,
+    /// When the step in progress will be cut off (step timeout or the run's deadline),
+    /// so waiting steps can give up just before with a full message.
+    pub step_deadline: Option<Instant>,
+    pub started: SystemTime,
+}
+
+impl RunEnv {
+    /// An environment for unit tests: no callback listener, a resolver that
+    /// asks 127.0.0.1:53 (tests replace it with their own), spans to nowhere.
+    pub fn new_test() -> RunEnv {
+        use opentelemetry::trace::TracerProvider;
+        RunEnv {
+            agent_id: "test".into(),
+            location: "test".into(),
+            credentials_dir: None,
+            resolver: crate::steps::dns::uncached_resolver(Some(([127, 0, 0, 1], 53).into())).expect("loopback resolver"),
+            tls: crate::steps::tls::TlsConfigs::new().expect("TLS setup"),
+            tracer: opentelemetry_sdk::trace::SdkTracerProvider::builder().build().tracer("test"),
+            user_agent: crate::user_agent(),
+            default_step_timeout: Duration::from_secs(10),
+            callbacks: None,
+            env_overrides: HashMap::new(),
+            browser: crate::browser::BrowserManager::new(&Default::default(), None),
+        }
+    }
+}
+
+impl RunContext {
+    /// A fresh run of journey `test` in [`RunEnv::new_test`].
+    pub fn new_test() -> RunContext {
+        RunContext::new(Arc::new(RunEnv::new_test()), "test")
+    }
+
+    pub fn new(env: Arc<RunEnv>, journey: &str) -> RunContext {
+        RunContext {
+            env,
+            run_id: uuid::Uuid::new_v4().simple().to_string(),
+            journey: journey.to_string(),
+            vars: HashMap::new(),
+            secret_values: Vec::new(),
+            cookies: Arc::new(reqwest::cookie::Jar::default()),
+            state: RunState::default(),
+            trace_cx: OtelContext::new(),
+            step_starts: HashMap::new(),
+            waiting_for: "",
+            step_deadline: None,
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn set_var(&mut self, name: &str, value: String, secret: bool) {
+        if secret {
+            self.add_secret(&value);
+        }
+        self.vars.insert(name.to_string(), value);
+    }
+
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    fn add_secret(&mut self, value: &str) {
+        // Very short values would redact innocent text everywhere; they are still never logged on purpose.
+        if value.len() >= 4 && !self.secret_values.iter().any(|s| s == value) {
+            self.secret_values.push(value.to_string());
+            self.secret_values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// Replaces every secret this run has touched with `[REDACTED]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secret_values {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Expands a template against this run.
+    pub fn render(&mut self, t: &Template) -> Result<String, StepError> {
+        if t.is_literal() {
+            return t.render(|_| -> Result<String, StepError> { unreachable!() });
+        }
+        let mut secrets = Vec::new();
+        let out = t.render(|r| self.resolve(r, &mut secrets))?;
+        for s in secrets {
+            self.add_secret(&s);
+        }
+        Ok(out)
+    }
+
+    fn resolve(&self, r: &VarRef, secrets: &mut Vec<String>) -> Result<String, StepError> {
+        Ok(match r {
+            VarRef::RunId => self.run_id.clone(),
+            VarRef::Uuid => uuid::Uuid::new_v4().to_string(),
+            VarRef::Now => humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            VarRef::NowUnix => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs().to_string(),
+            VarRef::Env(n) => self
+                .env
+                .env_overrides
+                .get(n)
+                .cloned()
+                .map(Ok)
+                .unwrap_or_else(|| std::env::var(n))
+                .map_err(|_| StepError::new(ErrorType::Config, format!("environment variable `{n}` is not set in the agent's environment")))?,
+            VarRef::Secret(n) => {
+                let v = read_secret(self.env.credentials_dir.as_deref(), n)?;
+                secrets.push(v.clone());
+                v
+            }
+            VarRef::Var(n) => self.vars.get(n).cloned().ok_or_else(|| {
+                // Validation rejects undefined names, so this means an earlier step failed or was skipped.
+                let mut e = StepError::new(ErrorType::Config, format!("variable `{n}` has no value in this run"));
+                e.unset_variable = Some(n.clone());
+                e
+            })?,
+        })
+    }
+}
+
+fn read_secret(dir: Option<&std::path::Path>, name: &str) -> Result<String, StepError> {
+    let dir = dir
+        .ok_or_else(|| StepError::new(ErrorType::Config, format!("secret `{name}` is used but no credentials directory is set (set `credentials_dir`, or run under systemd with LoadCredential=)")))?;
+    let path = dir.join(name);
+    let raw = std::fs::read_to_string(&path).map_err(|e| StepError::new(ErrorType::Config, format!("cannot read secret `{name}` from {}: {e}", path.display())))?;
+    Ok(raw.trim_end_matches(['\n', '\r']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static CLOSED: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Default)]
+    struct Counter(u32);
+    impl RunStateSlot for Counter {
+        fn close(&mut self) -> BoxFuture<'_, ()> {
+            Box::pin(async {
+                CLOSED.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn per_run_state_is_created_on_use_and_closed_once() {
+        let mut ctx = RunContext::new_test();
+        assert!(ctx.state.get::<Counter>().is_none());
+        ctx.state.get_mut::<Counter>().0 += 1;
+        ctx.state.get_mut::<Counter>().0 += 1;
+        assert_eq!(ctx.state.get::<Counter>().map(|c| c.0), Some(2));
+        let before = CLOSED.load(Ordering::SeqCst);
+        ctx.state.close_all().await;
+        assert_eq!(CLOSED.load(Ordering::SeqCst), before + 1);
+        assert!(ctx.state.get::<Counter>().is_none());
+    }
+
+    #[tokio::test]
+    async fn secrets_are_redacted_and_short_values_are_not() {
+        let mut ctx = RunContext::new_test();
+        ctx.set_var("token", "s3cr3t-value".into(), true);
+        ctx.set_var("pin", "12".into(), true);
+        assert_eq!(ctx.var("token"), Some("s3cr3t-value"));
+        assert_eq!(ctx.redact("got s3cr3t-value and 12"), format!("got {REDACTED} and 12"));
+    }
+}

@@ -1,0 +1,295 @@
+//! The shared vocabulary: what steps and runs produce (outcomes, error
+//! types, phases, observations, results), step errors, config diagnostics
+//! and the small formatting helpers every layer uses. A leaf: it imports
+//! nothing from the crate, and everything else imports it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::KeyValue;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Degraded,
+    Failure,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Success, Outcome::Degraded, Outcome::Failure];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Degraded => "degraded",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+/// Low-cardinality failure category, exported as `error.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    Dns,
+    Connect,
+    Tls,
+    Timeout,
+    HttpStatus,
+    Assertion,
+    BodyTooLarge,
+    /// The peer broke the protocol (malformed HTTP, closed mid-response, …).
+    Protocol,
+    /// A run-time configuration problem: missing secret or environment variable.
+    Config,
+    Websocket,
+    Callback,
+    Browser,
+    Internal,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Dns => "dns",
+            ErrorType::Connect => "connect",
+            ErrorType::Tls => "tls",
+            ErrorType::Timeout => "timeout",
+            ErrorType::HttpStatus => "http_status",
+            ErrorType::Assertion => "assertion",
+            ErrorType::BodyTooLarge => "body_too_large",
+            ErrorType::Protocol => "protocol",
+            ErrorType::Config => "config",
+            ErrorType::Websocket => "websocket",
+            ErrorType::Callback => "callback",
+            ErrorType::Browser => "browser",
+            ErrorType::Internal => "internal",
+        }
+    }
+}
+
+/// One timed phase of a step, e.g. HTTP `connect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    #[serde(rename = "duration_ms", serialize_with = "ser_ms")]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub name: String,
+    pub kind: &'static str,
+    /// Where the step's phases go as metrics (declared by its kind).
+    #[serde(skip)]
+    pub phase_recording: PhaseRecording,
+    pub outcome: Outcome,
+    #[serde(rename = "duration_ms", serialize_with = "ser_ms")]
+    pub duration: Duration,
+    pub error_type: Option<ErrorType>,
+    pub error: Option<String>,
+    pub phases: Vec<Phase>,
+    /// Seconds until the earliest certificate in the chain expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_remaining_secs: Option<f64>,
+    /// Attempts made by an `eventually` step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// True for `finally:` cleanup steps.
+    pub cleanup: bool,
+    /// A cleanup step skipped because what it cleans up was never created.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    #[serde(skip)]
+    pub started: SystemTime,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub journey: String,
+    pub run_id: String,
+    pub outcome: Outcome,
+    #[serde(rename = "duration_ms", serialize_with = "ser_ms")]
+    pub duration: Duration,
+    pub error_type: Option<ErrorType>,
+    pub message: Option<String>,
+    pub steps: Vec<StepResult>,
+    /// Set when a cleanup step failed; never changes `outcome`.
+    pub cleanup_error: Option<String>,
+    pub trace_id: String,
+    #[serde(skip)]
+    pub started: SystemTime,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)
+}
+
+/// What a step saw. Assertions and extractions read it.
+#[derive(Debug, Default)]
+pub struct Observation {
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    pub phases: Vec<Phase>,
+    /// Span attributes specific to the kind (`http.request.method`, …).
+    pub attributes: Vec<KeyValue>,
+    pub cert_not_after: Option<SystemTime>,
+    pub attempts: Option<u32>,
+    /// Duration to report instead of the wall time (e.g. callback: since an earlier step).
+    pub reported_duration: Option<Duration>,
+}
+
+impl Observation {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+}
+
+/// A step failure: its category and a message written for the operator.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub error_type: ErrorType,
+    pub message: String,
+    /// The observation made before the failure, when there was one (for phases and spans).
+    pub observation: Option<Box<PartialObservation>>,
+    /// Set when the step needed a variable an earlier (failed or skipped) step never set.
+    pub unset_variable: Option<String>,
+}
+
+/// Parts of an observation worth keeping when the step fails.
+#[derive(Debug, Clone, Default)]
+pub struct PartialObservation {
+    pub phases: Vec<Phase>,
+    pub attributes: Vec<KeyValue>,
+    pub cert_not_after: Option<SystemTime>,
+    pub attempts: Option<u32>,
+}
+
+impl StepError {
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> StepError {
+        StepError { error_type, message: message.into(), observation: None, unset_variable: None }
+    }
+
+    pub fn with_observation(mut self, obs: &Observation) -> StepError {
+        self.observation = Some(Box::new(PartialObservation { phases: obs.phases.clone(), attributes: obs.attributes.clone(), cert_not_after: obs.cert_not_after, attempts: obs.attempts }));
+        self
+    }
+}
+
+/// Shortens text for messages: first `max` characters, and a note of what was cut.
+pub fn snippet(text: &str, max: usize) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let count = flat.chars().count();
+    if count <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}… ({count} chars)")
+    }
+}
+
+/// How a step that passed its assertions went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Slower than `degraded_after`.
+    Degraded,
+}
+
+pub fn fmt_dur(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+/// Seconds from now until `t` (negative when past).
+pub fn remaining_secs(t: SystemTime) -> f64 {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// One problem found in a config or probe file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            // Not about a position in the file (e.g. it cannot be read).
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        }
+    }
+}
+
+/// One histogram (seconds) fed by a step phase.
+#[derive(Debug)]
+pub struct PhaseMetric {
+    pub phase: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Metric-specific attribute.
+    pub attribute: Option<(&'static str, &'static str)>,
+}
+
+impl PhaseMetric {
+    pub const fn new(phase: &'static str, name: &'static str, description: &'static str, attribute: Option<(&'static str, &'static str)>) -> PhaseMetric {
+        PhaseMetric { phase, name, description, attribute }
+    }
+}
+
+/// Where a kind's phases go as metrics (spans always carry them).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum PhaseRecording {
+    /// Span attributes only.
+    #[default]
+    None,
+    /// Every phase into the shared `synthetics.http.phase.duration{phase}`
+    /// (Prometheus: `probe_http_duration_seconds`).
+    PhaseHistogram,
+    /// Each listed phase into its own histogram.
+    Own(&'static [PhaseMetric]),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_ms_below_a_second() {
+        assert_eq!(fmt_dur(Duration::from_millis(250)), "250ms");
+        assert_eq!(fmt_dur(Duration::from_millis(1500)), "1.50s");
+    }
+
+    #[test]
+    fn snippets_flatten_control_characters_and_say_what_was_cut() {
+        assert_eq!(snippet("a\nb", 10), "a b");
+        assert_eq!(snippet("abcdef", 3), "abc… (6 chars)");
+    }
+
+    #[test]
+    fn diagnostics_name_file_line_and_column() {
+        let d = Diagnostic { file: "p.yaml".into(), line: 3, column: 5, message: "bad".into() };
+        assert_eq!(d.to_string(), "p.yaml:3:5: bad");
+        let d = Diagnostic { line: 0, ..d };
+        assert_eq!(d.to_string(), "p.yaml: bad");
+    }
+}
