@@ -32,7 +32,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::BrowserConfig;
+use crate::config::agent::BrowserConfig;
 use crate::vocab::{fmt_dur, ErrorType, Phase, StepError};
 use artifacts::Artifacts;
 

@@ -172,3 +172,26 @@ fn compile_steps(c: &mut Checker, journey: &str, specs: &[Spanned<StepSpec>]) ->
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::compile_files;
+
+    #[test]
+    fn needs_are_found_in_finally_and_inside_eventually() {
+        let yaml = "journeys:\n  - name: j\n    interval: 30s\n    steps:\n      - name: a\n        tcp: {address: \"127.0.0.1:1\"}\n    finally:\n      - name: wait\n        eventually:\n          within: 5s\n          step:\n            name: hook\n            callback: {within: 1s}\n      - name: shot\n        browser: {screenshot: end}\n";
+        let js = compile_files(&[("p.yaml".into(), yaml.into())]).expect("valid");
+        let needs = js[0].needs();
+        assert!(needs.callback_listener && needs.browser, "{needs:?}");
+        let names: Vec<&str> = js[0].all_steps().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "wait", "hook", "shot"]);
+    }
+
+    #[test]
+    fn unknown_keys_in_a_kind_are_located() {
+        let yaml = "journeys:\n  - name: j\n    interval: 30s\n    steps:\n      - name: a\n        tcp: {address: \"127.0.0.1:1\", sned: x}\n";
+        let d = compile_files(&[("p.yaml".into(), yaml.into())]).expect_err("typo");
+        assert_eq!((d[0].line, d[0].file.display().to_string()), (6, "p.yaml".to_string()));
+        assert!(d[0].message.contains("sned"), "{}", d[0].message);
+    }
+}

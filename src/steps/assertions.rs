@@ -272,3 +272,25 @@ fn check_header(ctx: &mut RunContext, name: &str, got: Option<&str>, chk: &Heade
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+    use crate::vocab::{ErrorType, Observation};
+
+    #[test]
+    fn status_body_and_json_checks_fail_with_what_came() {
+        let step = test_step("name: s\nhttp: {url: \"http://127.0.0.1:1/\"}\nassert:\n  body_contains: ready\n  json: [{path: $.state, equals: up}]\n");
+        let mut ctx = RunContext::new_test();
+        let ok = Observation { status: Some(200), body: bytes::Bytes::from_static(br#"{"state": "up", "msg": "ready"}"#), ..Default::default() };
+        step.assertions.check_content(&mut ctx, &ok).expect("passes");
+        // HTTP steps default to 200-399.
+        let e = step.assertions.check_content(&mut ctx, &Observation { status: Some(500), ..ok }).expect_err("500");
+        assert_eq!(e.error_type, ErrorType::HttpStatus);
+        let down = Observation { status: Some(200), body: bytes::Bytes::from_static(br#"{"state": "down", "msg": "ready"}"#), ..Default::default() };
+        let e = step.assertions.check_content(&mut ctx, &down).expect_err("state down");
+        assert_eq!(e.error_type, ErrorType::Assertion);
+        assert!(e.message.contains("down"), "{}", e.message);
+    }
+}

@@ -669,3 +669,17 @@ const ELEMENT_JS: &str = concat!(
 const e = els[0];
 return { count: els.length, visible: !!e && vis(e), text: e ? (e.innerText || e.textContent || '') : null };"#
 );
+
+#[cfg(test)]
+mod tests {
+    use crate::steps::compile::{test_step, test_step_errors};
+
+    #[test]
+    fn one_action_per_step_and_the_kind_needs_a_browser() {
+        let errs = test_step_errors("name: b\nbrowser: {navigate: \"http://127.0.0.1:1/\", click: \"#go\"}\n");
+        assert!(errs.iter().any(|e| e.contains("expected exactly one action") && e.contains("got navigate, click")), "{errs:?}");
+        let step = test_step("name: b\nbrowser: {click: \"#go\"}\n");
+        assert!(step.kind.info().needs.browser);
+        assert!(super::METRICS.iter().all(|m| m.name.starts_with("synthetics.browser.")));
+    }
+}

@@ -273,3 +273,40 @@ impl StepKind for CallbackStep {
         Some(self.within + Duration::from_secs(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::CallbackHub;
+    use crate::steps::attempt;
+    use crate::steps::compile::test_step;
+    use crate::steps::context::{RunContext, RunEnv};
+    use crate::vocab::ErrorType;
+
+    #[tokio::test]
+    async fn receives_the_request_carrying_the_token() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let hub = CallbackHub::start(([127, 0, 0, 1], 0).into(), stop.clone(), None).await.unwrap();
+        // Registered first, like the runner does before the first step, so the early request is kept.
+        hub.register("tok-1");
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let resp = client.post(format!("http://{}/hook", hub.addr)).header("X-Synthetic-Run", "tok-1").body("lead created").send().await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let env = RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() };
+        let mut ctx = RunContext::new(Arc::new(env), "test");
+        let step = test_step("name: hook\ncallback: {within: 2s, token: tok-1}\nassert: {body_contains: lead}\n");
+        let (obs, _) = attempt(&mut ctx, &step).await.expect("callback arrived");
+        assert_eq!(obs.phases[0].name, "callback");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn without_a_listener_the_step_says_how_to_enable_it() {
+        let step = test_step("name: hook\ncallback: {within: 1s}\n");
+        assert!(step.kind.info().needs.callback_listener);
+        let e = attempt(&mut RunContext::new_test(), &step).await.expect_err("no listener");
+        assert_eq!(e.error_type, ErrorType::Config);
+        assert!(e.message.contains("callback.listen"), "{}", e.message);
+    }
+}

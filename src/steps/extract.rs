@@ -85,3 +85,23 @@ fn cookie_value(ctx: &RunContext, obs: &Observation, name: &str) -> Option<Strin
         .map(|(_, v)| v.trim().to_string());
     from_response.or_else(|| crate::steps::http::jar_cookie(ctx, name))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+    use crate::vocab::Observation;
+
+    #[test]
+    fn extractions_set_variables_and_secrets_are_redacted() {
+        let step = test_step("name: s\ntcp: {address: \"127.0.0.1:1\"}\nextract:\n  id: {json: $.id}\n  token: {regex: \"token=(\\\\w+)\", secret: true}\n");
+        let obs = Observation { body: bytes::Bytes::from_static(br#"{"id": 42, "note": "token=abc123xyz"}"#), ..Default::default() };
+        let mut ctx = RunContext::new_test();
+        for x in &step.extract {
+            x.apply(&mut ctx, &obs).expect("extracts");
+        }
+        assert_eq!(ctx.var("id"), Some("42"));
+        assert_eq!(ctx.var("token"), Some("abc123xyz"));
+        assert_eq!(ctx.redact("sent abc123xyz"), "sent [REDACTED]");
+    }
+}

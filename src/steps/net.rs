@@ -98,3 +98,28 @@ pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, 
     }
     Ok((stream, facts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{connect_tcp, split_host_port};
+    use crate::steps::context::RunContext;
+    use crate::vocab::ErrorType;
+
+    #[test]
+    fn host_port_pairs_split_including_ipv6() {
+        assert_eq!(split_host_port("example.test:443").unwrap(), ("example.test".to_string(), 443));
+        assert_eq!(split_host_port("[::1]:8080").unwrap(), ("::1".to_string(), 8080));
+        assert_eq!(split_host_port("no-port").unwrap_err().error_type, ErrorType::Config);
+    }
+
+    #[tokio::test]
+    async fn connecting_to_an_ip_records_only_the_connect_phase() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut phases = Vec::new();
+        let (_s, peer) = connect_tcp(&mut RunContext::new_test(), "127.0.0.1", port, &mut phases).await.expect("listening");
+        assert_eq!(peer.port(), port);
+        let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["connect"]);
+    }
+}

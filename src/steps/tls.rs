@@ -202,3 +202,63 @@ impl StepKind for TlsStep {
         &[ErrorType::Dns, ErrorType::Connect, ErrorType::Tls, ErrorType::Timeout, ErrorType::Config]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+
+    use crate::steps::attempt;
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+    use crate::vocab::ErrorType;
+
+    /// A loopback TLS listener with a fresh self-signed certificate for `localhost`
+    /// (valid 10 days), completing `count` handshakes. Returns its port and the PEM.
+    async fn tls_server(count: usize) -> (u16, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::days(10);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                let (s, _) = l.accept().await.unwrap();
+                let _ = acceptor.accept(s).await;
+            }
+        });
+        (port, cert.pem())
+    }
+
+    #[tokio::test]
+    async fn checks_the_chain_against_the_ca_file_and_the_days_left() {
+        let (port, pem) = tls_server(3).await;
+        let ca = std::env::temp_dir().join(format!("vantage-tls-unit-{}.pem", std::process::id()));
+        std::fs::write(&ca, pem).unwrap();
+        let ca = ca.display().to_string();
+        let mut ctx = RunContext::new_test();
+        let ok = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\", server_name: localhost, ca_file: \"{ca}\", min_days_remaining: 5}}\n"));
+        let (obs, _) = attempt(&mut ctx, &ok).await.expect("trusted through the CA file");
+        assert!(obs.cert_not_after.is_some());
+        let soon = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\", server_name: localhost, ca_file: \"{ca}\", min_days_remaining: 30}}\n"));
+        let e = attempt(&mut ctx, &soon).await.expect_err("expires in 10 days");
+        assert_eq!(e.error_type, ErrorType::Tls, "{}", e.message);
+        let untrusted = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\", server_name: localhost}}\n"));
+        let e = attempt(&mut ctx, &untrusted).await.expect_err("self-signed, no CA file");
+        assert_eq!(e.error_type, ErrorType::Tls, "{}", e.message);
+        let _ = std::fs::remove_file(&ca);
+    }
+}

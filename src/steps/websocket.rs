@@ -329,3 +329,43 @@ impl StepKind for WebSocketStep {
         self.receive.map(|d| d + Duration::from_secs(10))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+
+    use super::Connections;
+    use crate::steps::attempt;
+    use crate::steps::compile::test_step;
+    use crate::steps::context::RunContext;
+
+    /// Echoes text messages on one connection.
+    async fn echo_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn connects_sends_receives_and_the_run_closes_the_connection() {
+        let port = echo_server().await;
+        let mut ctx = RunContext::new_test();
+        let open = test_step(&format!("name: open\nwebsocket: {{connect: \"ws://127.0.0.1:{port}/\"}}\n"));
+        attempt(&mut ctx, &open).await.expect("handshake");
+        let echo = test_step("name: echo\nwebsocket: {send: hello, receive: 2s}\nassert: {body_contains: hello}\n");
+        let (obs, _) = attempt(&mut ctx, &echo).await.expect("echoed");
+        assert!(obs.body_text().contains("hello"));
+        assert_eq!(ctx.state.get::<Connections>().map(|c| c.conns.len()), Some(1));
+        ctx.state.close_all().await;
+        assert!(ctx.state.get::<Connections>().is_none());
+    }
+}

@@ -1,0 +1,176 @@
+//! The agent's own configuration (`agent.yaml`) as users write it: a model
+//! layer type, so the browser and the steps can read their settings without
+//! importing the loader above them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::model::{self, Dur};
+
+/// The agent's own configuration (`/etc/vantage/agent.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Unique agent id; default: the host name.
+    #[serde(default)]
+    pub id: String,
+    /// Region name: becomes `cloud.region` and `synthetics.location`.
+    #[serde(default = "default_location")]
+    pub location: String,
+    /// `i/n`: run only shard i of n of the journeys (stable hash of the name).
+    pub shard: Option<String>,
+    /// Probe files or directories of `*.yaml` / `*.yml`; relative to this file.
+    #[serde(default)]
+    pub probes: Vec<PathBuf>,
+    /// Where `${secret.NAME}` files live; default: `$CREDENTIALS_DIRECTORY`.
+    pub credentials_dir: Option<PathBuf>,
+    /// Journeys running at once, at most.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Per-step timeout when a step sets none.
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout: Dur,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub callback: CallbackConfig,
+    pub artifacts_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub browser: BrowserConfig,
+}
+
+/// Headless-browser steps: the chromedriver the agent runs and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserConfig {
+    #[serde(default = "default_chromedriver")]
+    pub chromedriver: PathBuf,
+    #[serde(default = "default_chromium")]
+    pub chromium: PathBuf,
+    /// Browser sessions at once, at most (runs wait for a free one within their timeout).
+    #[serde(default = "default_browser_max")]
+    pub max_concurrent: usize,
+    /// Start a fresh chromedriver after this many sessions.
+    #[serde(default = "default_restart_after")]
+    pub restart_after_sessions: u32,
+    /// Failure screenshots kept in `artifacts_dir`, at most (oldest removed first).
+    #[serde(default = "default_artifacts_max_files")]
+    pub artifacts_max_files: usize,
+    /// Total size of the kept artifacts, at most.
+    #[serde(default = "default_artifacts_max_size")]
+    pub artifacts_max_size: model::ByteSize,
+}
+
+impl Default for BrowserConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("empty browser config is valid")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/healthz`, `/ready`, `/status`, `/metrics`, `POST /-/reload`. Empty string disables it.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: default_admin_listen() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Address for inbound webhooks awaited by `callback` steps.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Default: `OTEL_EXPORTER_OTLP_ENDPOINT`; export is off when neither is set.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
+    pub protocol: Option<String>,
+    pub export_interval: Option<Dur>,
+    /// Extra headers/metadata, e.g. an auth token; default: `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+fn default_location() -> String {
+    "local".into()
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_step_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_chromedriver() -> PathBuf {
+    "/usr/bin/chromedriver".into()
+}
+fn default_chromium() -> PathBuf {
+    "/usr/bin/chromium".into()
+}
+fn default_browser_max() -> usize {
+    1
+}
+fn default_restart_after() -> u32 {
+    50
+}
+fn default_artifacts_max_files() -> usize {
+    200
+}
+fn default_artifacts_max_size() -> model::ByteSize {
+    model::ByteSize(100 * 1024 * 1024)
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("empty agent config is valid")
+    }
+}
+
+impl AgentConfig {
+    pub fn agent_id(&self) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "vantage".into())
+    }
+
+    /// Parsed `shard: i/n`, 1-based.
+    pub fn shard(&self) -> Option<(u64, u64)> {
+        let (i, n) = self.shard.as_deref()?.split_once('/')?;
+        let (i, n) = (i.trim().parse().ok()?, n.trim().parse().ok()?);
+        (n >= 1 && (1..=n).contains(&i)).then_some((i, n))
+    }
+
+    pub fn credentials_dir(&self) -> Option<PathBuf> {
+        self.credentials_dir.clone().filter(|p| !p.as_os_str().is_empty()).or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+    }
+}
