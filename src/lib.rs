@@ -1,10 +1,14 @@
 //! Vantage: a synthetic black-box probe agent.
 //!
 //! Data flows one way: config → scheduled run → steps → result → telemetry.
-//! - [`config`]: the agent config and probe model (parse, validate, template)
-//! - [`runner`]: runs a journey's steps with its context of variables
-//! - [`steps`]: one module per step kind, behind [`steps::StepKind`]
+//! Imports point one way too, each layer only down (README "Layout"):
+//! - [`vocab`]: the shared vocabulary (outcomes, errors, phases, results); a leaf
+//! - [`config`]: `agent`/`model`/`template` are the model layer; `validate`
+//!   and `load` compile probe files into journeys through the step registry
+//! - [`steps`]: one file per step kind, registered in one list in `steps/mod.rs`;
+//!   also the run context and step compilation
 //! - [`browser`]: the chromedriver the browser steps share, and their sessions
+//! - [`runner`]: runs a journey's steps and `finally` steps, spans, results
 //! - [`scheduler`]: when journeys run
 //! - [`telemetry`]: OTLP metrics and traces, and the Prometheus view
 //! - [`daemon`]: signals, systemd notify, reload, admin HTTP
