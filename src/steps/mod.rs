@@ -87,6 +87,7 @@ step_kinds! {
     eventually => Box<eventually::EventuallySpec>,
     callback => callback::CallbackSpec,
     browser => browser::BrowserSpec,
+    grpc => grpc::GrpcSpec,
 }
 
 /// What a kind declares about itself, so no other module matches on its name.
