@@ -35,6 +35,8 @@ pub enum LogFormat {
 pub enum OutputFormat {
     Text,
     Json,
+    /// JUnit XML on stdout, for CI systems: one test suite per journey, one test case per step.
+    Junit,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,7 +58,7 @@ pub enum Command {
         paths: Vec<PathBuf>,
     },
     /// Run each journey once, print per-step results and timings. Exit 1 if any run failed.
-    #[command(after_help = "Examples:\n  vantage once probes/login.yaml\n  vantage once probes/ --journey login --format json")]
+    #[command(after_help = "Examples:\n  vantage once probes/login.yaml\n  vantage once probes/ --journey login --format json\n  vantage once probes/ --list\n  vantage once probes/login.yaml --env VANTAGE_TARGET=http://127.0.0.1:8080 --credentials-dir ./creds\n  vantage once probes/ --env-file staging.env --format junit > junit.xml")]
     Once {
         /// Probe files or directories.
         paths: Vec<PathBuf>,
@@ -71,6 +73,21 @@ pub enum Command {
         /// Also export OTLP to this endpoint (default: OTEL_EXPORTER_OTLP_ENDPOINT, else off).
         #[arg(long)]
         otlp_endpoint: Option<String>,
+        /// Set `${env.KEY}` for this run (repeatable; wins over --env-file and the process environment).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+        env: Vec<(String, String)>,
+        /// Read `KEY=VALUE` lines for `${env.KEY}` from FILE (`#` comments and blank lines are ignored).
+        #[arg(long, value_name = "FILE")]
+        env_file: Vec<PathBuf>,
+        /// Directory of secret files for `${secret.NAME}` (overrides the agent config's).
+        #[arg(long, value_name = "DIR")]
+        credentials_dir: Option<PathBuf>,
+        /// Listen here for `callback` steps' webhooks, e.g. 127.0.0.1:9466 (overrides the agent config's).
+        #[arg(long, value_name = "ADDR")]
+        callback_listen: Option<std::net::SocketAddr>,
+        /// List the journeys (name, interval, steps, file) and exit without running them.
+        #[arg(long)]
+        list: bool,
     },
     /// Start the built-in demo service on loopback and run the shipped journeys against it, live.
     #[cfg(feature = "demo")]
@@ -155,9 +172,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             init_logging(cli.log_format, "info");
             daemon::run(daemon::RunOptions { config: Some(config), ..Default::default() }).await
         }
-        Command::Once { paths, config, journey, format, otlp_endpoint } => {
+        Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
-            once(paths, config, journey, format, otlp_endpoint).await
+            let overrides = OnceOverrides { env, env_file, credentials_dir, callback_listen };
+            once(paths, config, journey, format, otlp_endpoint, overrides, list).await
         }
         #[cfg(feature = "demo")]
         Command::Demo { otlp_endpoint, otlp_protocol, duration } => {
@@ -167,7 +185,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Manpage { out } => {
             std::fs::create_dir_all(&out)?;
             let cmd = Cli::command();
-            clap_mangen::generate_to(cmd, &out)?;
+            clap_mangen::generate_to(cmd.clone(), &out)?;
+            // The main page also documents what flags cannot: files, environment, signals, exit codes.
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            page.extend_from_slice(MAN_SECTIONS.as_bytes());
+            std::fs::write(out.join("vantage.1"), page)?;
             Ok(0)
         }
         Command::Completions { out } => {
@@ -180,6 +203,69 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
     }
 }
+
+/// Extra sections of vantage(1), in roff.
+const MAN_SECTIONS: &str = r#".SH "PROBE FILES"
+A probe file is YAML with a list of \fBjourneys\fR. Each journey has a \fBname\fR, an \fBinterval\fR,
+an optional \fBtimeout\fR, \fBlabels\fR, \fBvars\fR, \fBsteps\fR and \fBfinally\fR steps. Each step has a
+\fBname\fR, an optional \fBtimeout\fR, exactly one kind (\fBhttp\fR, \fBdns\fR, \fBtcp\fR, \fBtls\fR,
+\fBwebsocket\fR, \fBeventually\fR, \fBcallback\fR, \fBbrowser\fR, \fBgrpc\fR), and optional \fBassert\fR
+and \fBextract\fR blocks. Values may use templates: \fB${var}\fR, \fB${env.NAME}\fR, \fB${secret.NAME}\fR,
+\fB${run.id}\fR, \fB${uuid}\fR, \fB${now}\fR. Unknown keys are errors; \fBvantage check\fR reports every
+problem as \fIfile:line:column\fR. The README's "Probe files" section is the full reference.
+.SH FILES
+.TP
+\fI/etc/vantage/agent.yaml\fR
+The agent config read by \fBvantage run\fR (location, id, probes, admin and callback listeners, telemetry).
+.TP
+\fI/etc/vantage/probes.d/*.yaml\fR
+Probe files (the default \fBprobes\fR of the shipped agent config).
+.TP
+\fI$CREDENTIALS_DIRECTORY\fR, or \fBcredentials_dir\fR
+One file per secret, read for \fB${secret.NAME}\fR; under systemd from \fBLoadCredential=\fR.
+.TP
+\fI/var/lib/vantage\fR
+State: browser failure artifacts (\fBartifacts_dir\fR).
+.TP
+\fI/lib/systemd/system/vantage.service\fR
+The hardened systemd unit.
+.SH ENVIRONMENT
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+Set by systemd; used when \fBcredentials_dir\fR is empty.
+.TP
+\fBOTEL_EXPORTER_OTLP_ENDPOINT\fR, \fBOTEL_EXPORTER_OTLP_PROTOCOL\fR, \fBOTEL_EXPORTER_OTLP_HEADERS\fR
+OTLP export settings when the agent config sets none.
+.TP
+\fBVANTAGE_LOG\fR
+Log filter (tracing syntax), e.g. \fBinfo\fR or \fBvantage=debug\fR.
+.TP
+\fBVANTAGE_CHROMEDRIVER_LOG\fR
+Write chromedriver's verbose log to this file (debugging browser steps).
+.TP
+\fBJOURNAL_STREAM\fR, \fBNOTIFY_SOCKET\fR, \fBWATCHDOG_USEC\fR
+Set by systemd: log to journald natively, report readiness, feed the watchdog.
+.TP
+Any \fBNAME\fR
+Readable by probe files as \fB${env.NAME}\fR (\fBvantage once --env\fR and \fB--env-file\fR set them too).
+.SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Reload the agent config and probe files; an invalid config is rejected and the running one kept.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop: no new runs, runs in progress get \fBshutdown_grace\fR, \fBfinally\fR steps run, telemetry is flushed.
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+Success: \fBcheck\fR found no problem, every \fBonce\fR run passed, \fBrun\fR stopped cleanly.
+.TP
+\fB1\fR
+\fBcheck\fR found problems, or a \fBonce\fR run failed.
+.TP
+\fB2\fR
+Usage or start-up error (bad flags, unreadable config, a listener that cannot bind).
+"#;
 
 fn check(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
     if config.is_none() && paths.is_empty() {
@@ -202,7 +288,40 @@ fn check(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
     }
 }
 
-async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, format: OutputFormat, otlp_endpoint: Option<String>) -> anyhow::Result<i32> {
+/// What `once` takes from flags instead of an agent config, so a journey runs from a laptop.
+struct OnceOverrides {
+    env: Vec<(String, String)>,
+    env_file: Vec<PathBuf>,
+    credentials_dir: Option<PathBuf>,
+    callback_listen: Option<std::net::SocketAddr>,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+/// `KEY=VALUE` lines; `#` comments, blank lines and an `export ` prefix are allowed.
+fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the env file: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = parse_env_pair(line).map_err(|e| format!("{}:{}:1: {e}", path.display(), i + 1))?;
+        let v = v.trim();
+        let unquoted = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\''))).unwrap_or(v);
+        out.push((k, unquoted.to_string()));
+    }
+    Ok(out)
+}
+
+async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, format: OutputFormat, otlp_endpoint: Option<String>, o: OnceOverrides, list: bool) -> anyhow::Result<i32> {
     let loaded = match config::load(config.as_deref(), &paths) {
         Ok(l) => l,
         Err(d) => {
@@ -214,6 +333,23 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
     if otlp_endpoint.is_some() {
         agent.telemetry.otlp.endpoint = otlp_endpoint;
     }
+    if o.credentials_dir.is_some() {
+        agent.credentials_dir = o.credentials_dir;
+    }
+    if o.callback_listen.is_some() {
+        agent.callback.listen = o.callback_listen;
+    }
+    let mut env_overrides = std::collections::HashMap::new();
+    for f in &o.env_file {
+        match read_env_file(f) {
+            Ok(pairs) => env_overrides.extend(pairs),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(2);
+            }
+        }
+    }
+    env_overrides.extend(o.env);
     for name in &only {
         if !loaded.journeys.iter().any(|j| &j.name == name) {
             eprintln!("error: no journey named `{name}`");
@@ -221,6 +357,10 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         }
     }
     let journeys: Vec<_> = loaded.journeys.into_iter().filter(|j| only.is_empty() || only.contains(&j.name)).collect();
+    if list {
+        print!("{}", crate::output::journey_list(&journeys));
+        return Ok(0);
+    }
     if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
         eprintln!("warning: {m}");
     }
@@ -231,8 +371,9 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         Some(addr) => Some(crate::steps::callback::CallbackHub::start(addr, stop.clone(), None).await?),
         None => None,
     };
-    let env = Arc::new(daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, Default::default())?);
+    let env = Arc::new(daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, env_overrides)?);
     let mut failed = false;
+    let mut results = Vec::new();
     for j in &journeys {
         telemetry.register(j);
         let Some(r) = crate::runner::run_journey(j, env.clone(), &stop).await else { continue };
@@ -241,10 +382,39 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         match format {
             OutputFormat::Text => print!("{}", crate::output::text(&r)),
             OutputFormat::Json => println!("{}", crate::output::json(&r)),
+            OutputFormat::Junit => results.push(r),
         }
+    }
+    if format == OutputFormat::Junit {
+        print!("{}", crate::output::junit(&results));
     }
     stop.cancel();
     env.browser.shutdown().await;
     telemetry.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(if failed { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_env_pair, read_env_file};
+
+    #[test]
+    fn env_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(parse_env_pair("URL=http://x/?a=b").unwrap(), ("URL".to_string(), "http://x/?a=b".to_string()));
+        assert_eq!(parse_env_pair("EMPTY=").unwrap(), ("EMPTY".to_string(), String::new()));
+        assert_eq!(parse_env_pair("nothing").unwrap_err(), "expected KEY=VALUE, got `nothing`");
+        assert!(parse_env_pair("=v").is_err());
+    }
+
+    #[test]
+    fn env_files_allow_comments_export_and_quotes_and_point_at_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("vantage-envfile-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).unwrap();
+        let f = dir.join("staging.env");
+        std::fs::write(&f, "# staging\n\nexport VANTAGE_TARGET=\"http://127.0.0.1:8080\"\nTOKEN='a b'\n").unwrap();
+        assert_eq!(read_env_file(&f).unwrap(), vec![("VANTAGE_TARGET".to_string(), "http://127.0.0.1:8080".to_string()), ("TOKEN".to_string(), "a b".to_string())]);
+        std::fs::write(&f, "A=1\noops\n").unwrap();
+        assert_eq!(read_env_file(&f).unwrap_err(), format!("{}:2:1: expected KEY=VALUE, got `oops`", f.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,7 +1,8 @@
-//! Human and JSON renderings of run results (`once`, `demo`).
+//! Human, JSON and JUnit renderings of run results (`once`, `demo`).
 
 use std::fmt::Write;
 
+use crate::steps::compile::Journey;
 use crate::vocab::{fmt_dur, Outcome, RunResult};
 
 fn mark(o: Outcome) -> &'static str {
@@ -64,4 +65,126 @@ pub fn json(r: &RunResult) -> serde_json::Value {
             "phases": s.phases.iter().map(|p| (p.name.to_string(), serde_json::json!(ms(p.duration)))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `once --list`: one line per journey.
+pub fn journey_list(journeys: &[Journey]) -> String {
+    let mut out = String::new();
+    for j in journeys {
+        let _ = writeln!(out, "{}\tevery {}\t{} steps, {} finally\t{}", j.name, fmt_dur(j.interval), j.steps.len(), j.finally.len(), j.source);
+    }
+    out
+}
+
+/// Runs as JUnit XML (the de-facto schema CI systems read): a test suite per
+/// run, a test case per step; a failed step carries its error type and message.
+pub fn junit(runs: &[RunResult]) -> String {
+    let failures = runs.iter().filter(|r| r.outcome == Outcome::Failure).count();
+    let total: f64 = runs.iter().map(|r| r.duration.as_secs_f64()).sum();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(out, "<testsuites name=\"vantage\" tests=\"{}\" failures=\"{failures}\" time=\"{total:.3}\">", runs.len());
+    for r in runs {
+        let failed_steps = r.steps.iter().filter(|s| s.outcome == Outcome::Failure).count();
+        let skipped = r.steps.iter().filter(|s| s.skipped).count();
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failed_steps}\" skipped=\"{skipped}\" time=\"{:.3}\">",
+            xml(&r.journey),
+            r.steps.len().max(1),
+            r.duration.as_secs_f64()
+        );
+        let _ = writeln!(out, "    <properties><property name=\"run_id\" value=\"{}\"/><property name=\"trace_id\" value=\"{}\"/></properties>", xml(&r.run_id), xml(&r.trace_id));
+        if r.steps.is_empty() {
+            // A run that failed before any step (journey variables) is still one failed case.
+            let _ = writeln!(out, "    <testcase classname=\"{0}\" name=\"{0}\" time=\"{1:.3}\">", xml(&r.journey), r.duration.as_secs_f64());
+            if let Some(m) = &r.message {
+                let _ = writeln!(out, "      <failure type=\"{}\" message=\"{}\"/>", r.error_type.map(|t| t.as_str()).unwrap_or(""), xml(m));
+            }
+            out.push_str("    </testcase>\n");
+        }
+        for s in &r.steps {
+            let name = if s.cleanup { format!("{} (finally)", s.name) } else { s.name.clone() };
+            let _ = write!(out, "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"", xml(&r.journey), xml(&name), s.duration.as_secs_f64());
+            if s.outcome == Outcome::Failure {
+                let msg = s.error.as_deref().unwrap_or("failed");
+                let _ = writeln!(out, ">\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>", s.error_type.map(|t| t.as_str()).unwrap_or(""), xml(msg), xml(msg));
+            } else if s.skipped {
+                out.push_str(">\n      <skipped/>\n    </testcase>\n");
+            } else {
+                out.push_str("/>\n");
+            }
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+/// Escapes text for XML attributes and content; drops characters XML 1.0 cannot carry.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::junit;
+    use crate::vocab::{ErrorType, Outcome, PhaseRecording, RunResult, StepResult};
+
+    fn step(name: &str, outcome: Outcome, error: Option<&str>) -> StepResult {
+        StepResult {
+            name: name.into(),
+            kind: "http",
+            phase_recording: PhaseRecording::None,
+            outcome,
+            duration: Duration::from_millis(1500),
+            error_type: error.map(|_| ErrorType::HttpStatus),
+            error: error.map(String::from),
+            phases: Vec::new(),
+            cert_remaining_secs: None,
+            attempts: None,
+            cleanup: false,
+            skipped: false,
+            started: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn junit_has_a_suite_per_run_a_case_per_step_and_escaped_failures() {
+        let run = RunResult {
+            journey: "login <eu>".into(),
+            run_id: "r1".into(),
+            outcome: Outcome::Failure,
+            duration: Duration::from_secs(2),
+            error_type: Some(ErrorType::HttpStatus),
+            message: Some("step `post`: expected status 200, got 500".into()),
+            steps: vec![step("page", Outcome::Success, None), step("post", Outcome::Failure, Some("expected status 200, got 500 & \"oops\"\u{1b}[31m"))],
+            cleanup_error: None,
+            trace_id: "t1".into(),
+            started: SystemTime::now(),
+        };
+        let x = junit(&[run]);
+        assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"vantage\" tests=\"1\" failures=\"1\" time=\"2.000\">"), "{x}");
+        assert!(x.contains("<testsuite name=\"login &lt;eu&gt;\" tests=\"2\" failures=\"1\" skipped=\"0\" time=\"2.000\">"), "{x}");
+        assert!(x.contains("<testcase classname=\"login &lt;eu&gt;\" name=\"page\" time=\"1.500\"/>"), "{x}");
+        // The escape character of a terminal colour code cannot appear in XML 1.0.
+        assert!(x.contains("<failure type=\"http_status\" message=\"expected status 200, got 500 &amp; &quot;oops&quot;[31m\">"), "{x}");
+        assert!(!x.contains('\u{1b}'));
+        assert_eq!(x.matches("<testcase").count(), 2);
+        assert!(x.trim_end().ends_with("</testsuites>"));
+    }
 }
