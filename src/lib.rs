@@ -12,6 +12,7 @@
 //! - [`scheduler`]: when journeys run
 //! - [`telemetry`]: OTLP metrics and traces, and the Prometheus view
 //! - [`daemon`]: signals, systemd notify, reload, admin HTTP
+//! - [`statuspage`]: the status page on the admin endpoint (run history for people)
 //! - `demo` (cargo feature `demo`, on by default): the embedded demo target,
 //!   beside the layers, using only their public surface
 //! - [`cli`]: the command line
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod output;
 pub mod runner;
 pub mod scheduler;
+pub mod statuspage;
 pub mod steps;
 pub mod telemetry;
 pub mod vocab;

@@ -45,6 +45,23 @@ impl Artifacts {
         first.ok_or_else(|| io::Error::other("nothing to save"))
     }
 
+    /// The failure screenshot `step` of `journey` saved in run `run_id`, if it is still kept.
+    /// Matches by the file-name pattern and the `run:` line of the notes beside it.
+    pub fn find_failure(&self, journey: &str, step: &str, run_id: &str) -> Option<PathBuf> {
+        let suffix = format!("-{}-{}-failure.txt", clean(journey), clean(step));
+        let want = format!("\nrun: {run_id}\n");
+        std::fs::read_dir(&self.dir).ok()?.filter_map(|e| e.ok()).find_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            if !name.ends_with(&suffix) || !name.starts_with(|c: char| c.is_ascii_digit()) {
+                return None;
+            }
+            let notes = read_head(&e.path(), 4096)?;
+            let png = e.path().with_extension("png");
+            (notes.contains(&want) && png.is_file()).then_some(png)
+        })
+    }
+
     /// Removes the oldest of our files until both limits hold (never `keep`).
     fn rotate(&self, keep: Option<&Path>) {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return };
@@ -79,6 +96,13 @@ impl Artifacts {
     }
 }
 
+fn read_head(path: &Path, max: u64) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path).ok()?.take(max).read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// A file-name-safe version of a journey or step name.
 fn clean(s: &str) -> String {
     let out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).take(60).collect();
@@ -105,6 +129,23 @@ mod tests {
         let big = a.save("j", "big", "", &[("png", &[0u8; 2000])]).unwrap();
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(left, vec![big]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn failure_screenshots_are_found_by_run_id() {
+        let dir = std::env::temp_dir().join(format!("vantage-artifacts-test-{}", uuid::Uuid::new_v4().simple()));
+        let a = Artifacts::new(dir.clone(), 10, 1 << 20);
+        let notes = |run: &str| format!("journey: shop/checkout\nstep: pay now\nrun: {run}\nurl: x\n");
+        let first = a.save("shop/checkout", "pay now", "failure", &[("png", b"one"), ("txt", notes("aaa").as_bytes())]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = a.save("shop/checkout", "pay now", "failure", &[("png", b"two"), ("txt", notes("bbb").as_bytes())]).unwrap();
+        assert_eq!(a.find_failure("shop/checkout", "pay now", "aaa"), Some(first));
+        assert_eq!(a.find_failure("shop/checkout", "pay now", "bbb"), Some(second));
+        assert_eq!(a.find_failure("shop/checkout", "pay now", "ccc"), None);
+        assert_eq!(a.find_failure("shop/checkout", "other", "aaa"), None);
+        // A prefix of a run id is not that run.
+        assert_eq!(a.find_failure("shop/checkout", "pay now", "aa"), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

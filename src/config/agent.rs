@@ -44,6 +44,41 @@ pub struct AgentConfig {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub browser: BrowserConfig,
+    #[serde(default)]
+    pub status_page: StatusPageConfig,
+}
+
+/// The status page served at `/` on the admin endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusPageConfig {
+    /// Runs kept in memory per journey (oldest dropped first).
+    #[serde(default = "default_status_history")]
+    pub history: usize,
+    /// Journeys are grouped by this label (e.g. `team`); journeys without it form their own group.
+    #[serde(default = "default_status_group_by")]
+    pub group_by: String,
+    /// Link for trace ids, e.g. `https://tempo.example/trace/{trace_id}`.
+    pub trace_url: Option<String>,
+    /// `key=value`: journeys with this label are also shown in the marketing view.
+    #[serde(default = "default_status_marketing_label")]
+    pub marketing_label: String,
+}
+
+impl Default for StatusPageConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("empty status page config is valid")
+    }
+}
+
+fn default_status_history() -> usize {
+    500
+}
+fn default_status_group_by() -> String {
+    "team".into()
+}
+fn default_status_marketing_label() -> String {
+    "view=marketing".into()
 }
 
 /// Headless-browser steps: the chromedriver the agent runs and its limits.

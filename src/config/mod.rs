@@ -11,7 +11,7 @@ pub mod validate;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use agent::{AdminConfig, AgentConfig, BrowserConfig, CallbackConfig, OtlpConfig, TelemetryConfig};
+pub use agent::{AdminConfig, AgentConfig, BrowserConfig, CallbackConfig, OtlpConfig, StatusPageConfig, TelemetryConfig};
 pub use model::Dur;
 pub use crate::vocab::Diagnostic;
 pub use validate::{Journey, Step};
@@ -72,6 +72,16 @@ fn check_agent(path: &Path, a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
     }
     if !a.admin.listen.is_empty() && a.admin.listen.parse::<SocketAddr>().is_err() {
         err(format!("`admin.listen`: expected `ip:port` (or \"\" to disable), got `{}`", a.admin.listen));
+    }
+    let sp = &a.status_page;
+    if !(1..=100_000).contains(&sp.history) {
+        err(format!("`status_page.history`: expected 1 to 100000 runs per journey, got {}", sp.history));
+    }
+    if sp.trace_url.as_deref().is_some_and(|u| !u.contains("{trace_id}") || !(u.starts_with("https://") || u.starts_with("http://"))) {
+        err(format!("`status_page.trace_url`: expected an http(s) URL containing `{{trace_id}}`, got `{}`", sp.trace_url.as_deref().unwrap_or_default()));
+    }
+    if !sp.marketing_label.is_empty() && !sp.marketing_label.contains('=') {
+        err(format!("`status_page.marketing_label`: expected `key=value` (or \"\" for none), got `{}`", sp.marketing_label));
     }
     if let Some(p) = &a.telemetry.otlp.protocol {
         if !matches!(p.as_str(), "grpc" | "http/protobuf") {

@@ -20,6 +20,8 @@ pub struct AdminState {
     pub stats: Arc<Stats>,
     pub telemetry: Arc<Telemetry>,
     pub reload: mpsc::Sender<super::ReloadRequest>,
+    /// The status page served at `/` and `/ui/…`.
+    pub page: Option<Arc<crate::statuspage::StatusPage>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
@@ -34,7 +36,11 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: Cancellat
             s.stats.reset_lateness();
             "ok\n"
         }))
-        .with_state(state);
+        .with_state(state.clone());
+    let app = match &state.page {
+        Some(p) => app.merge(crate::statuspage::router(p.clone(), shutdown.clone())),
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

@@ -102,7 +102,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
         tracing::warn!("{m}");
     }
-    let mut sched = Scheduler::new(env, telemetry.clone(), agent.concurrency, opts.observer.take());
+    let page = crate::statuspage::StatusPage::new(agent.status_page.clone(), agent.agent_id(), agent.location.clone(), Some(browser.clone()));
+    let observer = with_page(page.clone(), opts.observer.take());
+    let mut sched = Scheduler::new(env, telemetry.clone(), agent.concurrency, Some(observer));
+    page.set_journeys(&journeys);
     let (added, _, _) = sched.apply(journeys);
     tracing::info!(
         journeys = added,
@@ -118,6 +121,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         stats: sched.stats(),
         telemetry: telemetry.clone(),
         reload: reload_tx,
+        page: Some(page.clone()),
     });
     if !agent.admin.listen.is_empty() {
         let addr: std::net::SocketAddr = agent.admin.listen.parse().context("admin.listen")?;
@@ -139,8 +143,8 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = shutdown.cancelled() => break,
-            _ = hup.recv() => { let _ = reload(&opts, &agent, &mut sched, &telemetry); }
-            Some(reply) = reload_rx.recv() => { let _ = reply.send(reload(&opts, &agent, &mut sched, &telemetry)); }
+            _ = hup.recv() => { let _ = reload(&opts, &agent, &mut sched, &telemetry, &page); }
+            Some(reply) = reload_rx.recv() => { let _ = reply.send(reload(&opts, &agent, &mut sched, &telemetry, &page)); }
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -153,8 +157,18 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Feeds every finished run to the status page, then to the caller's observer.
+fn with_page(page: Arc<crate::statuspage::StatusPage>, then: Option<RunObserver>) -> RunObserver {
+    Arc::new(move |j, r| {
+        page.record(r);
+        if let Some(o) = &then {
+            o(j, r);
+        }
+    })
+}
+
 /// Re-reads the config and probe files; a broken config changes nothing.
-fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry) -> Result<String, Vec<String>> {
+fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry, page: &crate::statuspage::StatusPage) -> Result<String, Vec<String>> {
     if opts.config.is_none() && opts.extra_probes.is_empty() {
         return Err(vec!["nothing to reload: the journeys are built in".into()]);
     }
@@ -171,6 +185,7 @@ fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telem
                 tracing::warn!("`location` and `id` changes take effect on restart");
             }
             let journeys = scheduler::select(l.journeys, running);
+            page.set_journeys(&journeys);
             let (added, changed, removed) = sched.apply(journeys);
             telemetry.record_reload(true);
             let msg = format!("reloaded: {added} added, {changed} changed, {removed} removed");

@@ -85,6 +85,8 @@ pub fn demo_journeys() -> anyhow::Result<Vec<Journey>> {
 struct Board {
     rows: BTreeMap<String, Row>,
     failures: VecDeque<String>,
+    /// URL of the status page, shown above the table.
+    page: String,
 }
 
 #[derive(Default)]
@@ -98,7 +100,8 @@ struct Row {
 
 fn render(board: &Board) -> String {
     let mut out = String::from("\x1b[H\x1b[2J");
-    out.push_str("Vantage demo: shipped journeys against the built-in demo service (Ctrl-C stops)\n\n");
+    out.push_str("Vantage demo: shipped journeys against the built-in demo service (Ctrl-C stops)\n");
+    out.push_str(&format!("Status page: {}\n\n", board.page));
     out.push_str(&format!("{:<22} {:<9} {:>9} {:>6} {:>6}  {}\n", "JOURNEY", "LAST", "DURATION", "RUNS", "FAILS", "STEPS"));
     for (name, r) in &board.rows {
         let last = r.last.map(|o| o.as_str()).unwrap_or("waiting");
@@ -127,7 +130,9 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
     let env = start_demo_env().await?;
     let mut journeys = demo_journeys()?;
     let mut agent = AgentConfig { id: "demo".into(), location: "demo".into(), credentials_dir: Some(env.credentials_dir.clone()), ..AgentConfig::default() };
-    agent.admin.listen = String::new();
+    // The admin endpoint serves the status page; only loopback, on a free port.
+    let admin_port = free_port()?;
+    agent.admin.listen = format!("127.0.0.1:{admin_port}");
     agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
     // Without Chromium the other journeys still run; say how to get the browser ones.
     if let Some(why) = crate::browser::missing_for(&agent.browser, &journeys) {
@@ -140,11 +145,12 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
         agent.telemetry.otlp.export_interval = Some(crate::config::Dur(Duration::from_secs(5)));
     }
     let tty = std::io::stdout().is_terminal();
-    let board = Arc::new(Mutex::new(Board::default()));
+    let page_url = format!("http://127.0.0.1:{admin_port}/");
+    let board = Arc::new(Mutex::new(Board { page: page_url.clone(), ..Board::default() }));
     for j in &journeys {
         board.lock().expect("board lock").rows.entry(j.name.clone()).or_default();
     }
-    println!("demo service on {} (journeys start within {}s)", env.server.base_url(), DEMO_MAX_INTERVAL.as_secs());
+    println!("demo service on {} (journeys start within {}s); status page on {page_url}", env.server.base_url(), DEMO_MAX_INTERVAL.as_secs());
     let b = board.clone();
     let observer: crate::scheduler::RunObserver = Arc::new(move |_j, r| {
         let mut board = b.lock().expect("board lock");

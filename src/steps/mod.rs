@@ -130,6 +130,25 @@ pub fn phase_metrics() -> impl Iterator<Item = &'static PhaseMetric> {
     })
 }
 
+/// What a step of some kind says about an asynchronous delivery, for the
+/// status page's marketing view (lead-capture style journeys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The step passes once the item arrived where it should (`eventually`).
+    Arrived,
+    /// The step passes once the pipeline's webhook arrived (`callback`).
+    Webhook,
+}
+
+/// The delivery role of the kind named `kind` (as in [`KindInfo::name`] and `step.kind`), if it has one.
+pub fn delivery(kind: &str) -> Option<Delivery> {
+    match kind {
+        "eventually" => Some(Delivery::Arrived),
+        "callback" => Some(Delivery::Webhook),
+        _ => None,
+    }
+}
+
 /// The one interface every step kind implements.
 pub trait StepKind: Send + Sync + fmt::Debug {
     /// The kind's declarations (its module's `INFO`).
