@@ -379,3 +379,134 @@ impl Transport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality, Metric};
+    use prost::Message;
+
+    use super::{Inst, Metrics};
+
+    fn metrics() -> Metrics {
+        let m = Metrics::new(&[("service.name".into(), "vantage".into())], vec![("synthetics.location".into(), "eu".into())], vec![0.5, 2.0], vec![0.1, 1.0], vec![0.01]);
+        m.add_journey("login", vec![("journey.name".into(), "login".into()), ("synthetics.location".into(), "eu".into())]);
+        m
+    }
+
+    /// The request as a collector receives it: encoded to protobuf bytes and decoded again.
+    fn on_the_wire(req: ExportMetricsServiceRequest) -> Vec<Metric> {
+        let bytes = req.encode_to_vec();
+        let back = ExportMetricsServiceRequest::decode(bytes.as_slice()).expect("valid OTLP protobuf");
+        assert_eq!(back, req, "the bytes decode to what was built");
+        let rm = &back.resource_metrics[0];
+        let resource: Vec<(String, String)> = rm.resource.as_ref().unwrap().attributes.iter().map(|a| (a.key.clone(), attr(a))).collect();
+        assert_eq!(resource, [("service.name".to_string(), "vantage".to_string())]);
+        assert_eq!(rm.scope_metrics[0].scope.as_ref().unwrap().name, "vantage");
+        rm.scope_metrics[0].metrics.clone()
+    }
+
+    fn attr(a: &opentelemetry_proto::tonic::common::v1::KeyValue) -> String {
+        match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            other => panic!("expected a string attribute, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_counter_is_a_cumulative_monotonic_sum_with_journey_and_extra_attributes() {
+        let m = metrics();
+        m.add(Some("login"), Inst::Runs, vec![("outcome", "failure".into()), ("error.type", "http_status".into())], 2);
+        m.add(Some("login"), Inst::Runs, vec![("error.type", "http_status".into()), ("outcome", "failure".into())], 1);
+        let ms = on_the_wire(m.request_for(Some(&["login".to_string()])).expect("a series to export"));
+        assert_eq!(ms.len(), 1, "{ms:?}");
+        assert_eq!((ms[0].name.as_str(), ms[0].unit.as_str()), ("synthetics.journey.runs", ""));
+        let Some(metric::Data::Sum(sum)) = &ms[0].data else { panic!("expected a sum, got {:?}", ms[0].data) };
+        assert!(sum.is_monotonic);
+        assert_eq!(sum.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+        // Attribute order does not split a series: both adds land on one point.
+        assert_eq!(sum.data_points.len(), 1);
+        let p = &sum.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsInt(3)));
+        let attrs: Vec<(String, String)> = p.attributes.iter().map(|a| (a.key.clone(), attr(a))).collect();
+        assert_eq!(
+            attrs,
+            [("journey.name", "login"), ("synthetics.location", "eu"), ("error.type", "http_status"), ("outcome", "failure")].map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(p.start_time_unix_nano > 0 && p.time_unix_nano >= p.start_time_unix_nano);
+    }
+
+    #[test]
+    fn a_histogram_carries_its_bounds_counts_sum_min_and_max() {
+        let m = metrics();
+        for v in [0.2, 1.0, 3.0] {
+            m.record(Some("login"), Inst::JourneyDuration, vec![("outcome", "success".into())], v);
+        }
+        let ms = on_the_wire(m.request_for(Some(&["login".to_string()])).unwrap());
+        assert_eq!((ms[0].name.as_str(), ms[0].unit.as_str()), ("synthetics.journey.duration", "s"));
+        let Some(metric::Data::Histogram(h)) = &ms[0].data else { panic!("expected a histogram, got {:?}", ms[0].data) };
+        assert_eq!(h.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+        let p = &h.data_points[0];
+        // The journey's own buckets; a value equal to a bound counts in that bound's bucket (le).
+        assert_eq!(p.explicit_bounds, [0.5, 2.0]);
+        assert_eq!(p.bucket_counts, [1, 1, 1]);
+        assert_eq!((p.count, p.sum, p.min, p.max), (3, Some(4.2), Some(0.2), Some(3.0)));
+    }
+
+    #[test]
+    fn a_counter_created_at_zero_is_exported_as_zero() {
+        let m = metrics();
+        m.add(Some("login"), Inst::Runs, vec![], 0);
+        let ms = on_the_wire(m.request_for(Some(&["login".to_string()])).unwrap());
+        assert_eq!(ms[0].name, "synthetics.journey.runs");
+        // A series created at zero (so it exists from startup) is exported as 0, not skipped.
+        let Some(metric::Data::Sum(sum)) = &ms[0].data else { panic!() };
+        assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsInt(0)));
+    }
+
+    #[test]
+    fn a_removed_journey_stops_being_exported_and_others_stay() {
+        let m = metrics();
+        m.add_journey("search", vec![("journey.name".into(), "search".into())]);
+        m.add(Some("login"), Inst::Runs, vec![], 1);
+        m.add(Some("search"), Inst::Runs, vec![], 1);
+        m.remove_journey("login");
+        assert!(m.request_for(Some(&["login".to_string()])).is_none(), "nothing to export for a removed journey");
+        let ms = on_the_wire(m.request_for(Some(&m.journey_names())).unwrap());
+        let Some(metric::Data::Sum(sum)) = &ms[0].data else { panic!() };
+        assert_eq!(sum.data_points.len(), 1);
+        assert_eq!(attr(&sum.data_points[0].attributes[0]), "search");
+        // Recording for a removed journey is dropped, not resurrected.
+        m.add(Some("login"), Inst::Runs, vec![], 1);
+        assert_eq!(m.journey_names(), ["search"]);
+    }
+
+    #[test]
+    fn changed_labels_restart_a_journeys_series() {
+        let m = metrics();
+        m.add(Some("login"), Inst::Runs, vec![], 5);
+        m.add_journey("login", vec![("journey.name".into(), "login".into()), ("team".into(), "identity".into())]);
+        m.add(Some("login"), Inst::Runs, vec![], 1);
+        let ms = on_the_wire(m.request_for(Some(&["login".to_string()])).unwrap());
+        let Some(metric::Data::Sum(sum)) = &ms[0].data else { panic!() };
+        assert_eq!(sum.data_points.len(), 1);
+        assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsInt(1)));
+        assert_eq!(sum.data_points[0].attributes.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(), ["journey.name", "team"]);
+    }
+
+    #[test]
+    fn a_gauge_keeps_the_last_value_and_agent_series_export_apart() {
+        let m = metrics();
+        m.record(Some("login"), Inst::CertRemaining, vec![("step.name", "tls".into())], 86400.0);
+        m.record(Some("login"), Inst::CertRemaining, vec![("step.name", "tls".into())], 3600.0);
+        m.add(None, Inst::ConfigReloads, vec![("result", "success".into())], 1);
+        let ms = on_the_wire(m.request_for(Some(&["login".to_string()])).unwrap());
+        let Some(metric::Data::Gauge(g)) = &ms[0].data else { panic!("expected a gauge, got {:?}", ms[0].data) };
+        assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(3600.0)));
+        let agent = on_the_wire(m.request_for(None).unwrap());
+        assert_eq!(agent.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["synthetics.agent.config.reloads"]);
+        let Some(metric::Data::Sum(sum)) = &agent[0].data else { panic!() };
+        assert_eq!(attr(&sum.data_points[0].attributes[0]), "eu", "agent series carry the agent's base attributes");
+    }
+}
