@@ -103,6 +103,31 @@ pub enum Command {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Ask the running agent to reload and wait for its answer; exit 1 if it rejected the config.
+    #[command(after_help = "Used by the systemd unit's ExecReload=, so `systemctl reload vantage` fails when the new config is rejected.\n\nExample:\n  vantage reload --config /etc/vantage/agent.yaml")]
+    Reload {
+        /// Agent config file: its `admin.listen` is where the agent is asked.
+        #[arg(long, short, default_value = "/etc/vantage/agent.yaml")]
+        config: PathBuf,
+        /// Admin address to ask instead (`ip:port`).
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Ask the agent's admin endpoint for /healthz (or /ready); exit 0 when it answers 200. For container health checks.
+    #[command(after_help = "Example (Containerfile):\n  HEALTHCHECK CMD [\"/usr/bin/vantage\", \"health\", \"--config\", \"/etc/vantage/agent.yaml\"]")]
+    Health {
+        #[arg(long, short, default_value = "/etc/vantage/agent.yaml")]
+        config: PathBuf,
+        /// Admin address to ask instead (`ip:port`).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Ask /ready instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Publish probe bundles: sign, verify, make a key pair.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Print the version.
     Version,
     /// Write man pages into DIR (for packaging).
@@ -117,6 +142,31 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Write FILE.minisig, a minisign signature of FILE (a .tar.gz of probe files or one YAML file).
+    #[command(after_help = "Example:\n  tar czf probes.tar.gz -C probes . && vantage bundle sign probes.tar.gz --key vantage.key\n\nThe signature is what `minisign -S -m probes.tar.gz` writes, so either tool can sign.")]
+    Sign {
+        file: PathBuf,
+        /// minisign secret key (password-protected keys read MINISIGN_PASSWORD).
+        #[arg(long)]
+        key: PathBuf,
+        /// Trusted comment stored in the signature.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Check FILE against FILE.minisig and a public key, and check the journeys in it.
+    #[command(after_help = "Example:\n  vantage bundle verify probes.tar.gz --public-key vantage.pub")]
+    Verify {
+        file: PathBuf,
+        /// minisign public key file, or the `RW…` key itself (repeatable).
+        #[arg(long = "public-key", required = true)]
+        public_key: Vec<String>,
+    },
+    /// Create an unencrypted key pair NAME.key and NAME.pub for signing bundles in automation.
+    Keygen { name: PathBuf },
 }
 
 fn init_logging(format: Option<LogFormat>, default_level: &str) {
@@ -148,6 +198,11 @@ fn init_logging(format: Option<LogFormat>, default_level: &str) {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if let Command::Run { .. } = cli.command {
+        if let Some(code) = crate::init::run_as_init_if_pid1() {
+            return code;
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(dispatch(cli));
     // Do not wait for lingering connection tasks: telemetry was flushed already.
@@ -168,9 +223,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Check { config, paths } => Ok(check(config, paths)),
+        Command::Reload { config, admin } => reload(config, admin).await,
+        Command::Health { config, admin, ready } => health(config, admin, ready).await,
+        Command::Bundle(b) => bundle(b),
         Command::Run { config } => {
             init_logging(cli.log_format, "info");
-            daemon::run(daemon::RunOptions { config: Some(config), ..Default::default() }).await
+            daemon::run(daemon::RunOptions { config: Some(config), hard_exit: true, ..Default::default() }).await
         }
         Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
@@ -275,15 +333,140 @@ fn check(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
     match config::load(config.as_deref(), &paths) {
         Ok(l) => {
             let steps: usize = l.journeys.iter().map(|j| j.steps.len() + j.finally.len()).sum();
-            println!("ok: {} journeys, {} steps", l.journeys.len(), steps);
+            if l.agent.probes.iter().any(|p| config::is_bundle_url(p)) {
+                println!("ok: {} journeys, {} steps (bundles from URLs are fetched and checked by the agent)", l.journeys.len(), steps);
+            } else {
+                println!("ok: {} journeys, {} steps", l.journeys.len(), steps);
+            }
             if let Some(m) = crate::browser::missing_for(&l.agent.browser, &l.journeys) {
                 eprintln!("warning: {m}");
+            }
+            if config.is_some() {
+                let export = match ExportSettings::resolve(&l.agent) {
+                    Ok(x) => x.is_some(),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return 1;
+                    }
+                };
+                let bundled = l.agent.probes.iter().any(|p| config::is_bundle_url(p));
+                let selected = crate::scheduler::select(l.journeys, &l.agent).len();
+                for w in l.agent.fleet_warnings(if bundled { selected.max(1) } else { selected }, export) {
+                    eprintln!("warning: {w}");
+                }
             }
             0
         }
         Err(diags) => {
             print_diagnostics(&diags);
             1
+        }
+    }
+}
+
+/// The admin address to talk to: `--admin`, else the config's `admin.listen`
+/// (an unspecified listen address such as 0.0.0.0 is asked on loopback).
+fn admin_addr(config: &std::path::Path, admin: Option<String>) -> Result<std::net::SocketAddr, i32> {
+    let addr = match admin {
+        Some(a) => a,
+        None => match config::parse_agent(config) {
+            Ok(a) if a.admin.listen.is_empty() => {
+                eprintln!("error: {}: `admin.listen` is \"\": the admin endpoint is off, so there is no one to ask (for a reload, send SIGHUP; its outcome is only in the log)", config.display());
+                return Err(2);
+            }
+            Ok(a) => a.admin.listen,
+            Err(d) => {
+                print_diagnostics(&d);
+                return Err(1);
+            }
+        },
+    };
+    let mut addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+        eprintln!("error: admin address: expected `ip:port`, got `{addr}`");
+        2
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    Ok(addr)
+}
+
+async fn health(config: PathBuf, admin: Option<String>, ready: bool) -> anyhow::Result<i32> {
+    let addr = match admin_addr(&config, admin) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    let path = if ready { "/ready" } else { "/healthz" };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).no_proxy().build()?;
+    match client.get(format!("http://{addr}{path}")).send().await {
+        Ok(r) if r.status().is_success() => Ok(0),
+        Ok(r) => {
+            eprintln!("error: {addr}{path} answered {}", r.status());
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach {addr}{path}: {e}");
+            Ok(1)
+        }
+    }
+}
+
+async fn reload(config: PathBuf, admin: Option<String>) -> anyhow::Result<i32> {
+    let addr = match admin_addr(&config, admin) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).no_proxy().build()?;
+    let resp = match client.post(format!("http://{addr}/-/reload")).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach the agent's admin endpoint at {addr}: {e}");
+            return Ok(1);
+        }
+    };
+    let ok = resp.status().is_success();
+    let body = resp.text().await.unwrap_or_default();
+    if ok {
+        print!("{body}");
+        Ok(0)
+    } else {
+        eprint!("{body}");
+        Ok(1)
+    }
+}
+
+fn bundle(cmd: BundleCommand) -> anyhow::Result<i32> {
+    match cmd {
+        BundleCommand::Sign { file, key, comment } => {
+            let out = crate::bundle::sign_file(&file, &key, comment.as_deref())?;
+            println!("wrote {}", out.display());
+            Ok(0)
+        }
+        BundleCommand::Verify { file, public_key } => {
+            let keys: Vec<String> = public_key.iter().map(|k| std::fs::read_to_string(k).unwrap_or_else(|_| k.clone())).collect();
+            let files = match crate::bundle::verify_file(&file, &keys) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(1);
+                }
+            };
+            match crate::config::validate::compile_files(&files) {
+                Ok(j) => {
+                    println!("ok: signature good; {} files, {} journeys", files.len(), j.len());
+                    Ok(0)
+                }
+                Err(d) => {
+                    print_diagnostics(&d);
+                    Ok(1)
+                }
+            }
+        }
+        BundleCommand::Keygen { name } => {
+            let (sk, pk, b64) = crate::bundle::keygen(&name)?;
+            println!("wrote {} (secret: keep it out of the fleet) and {}", sk.display(), pk.display());
+            println!("add to agent.yaml:\nbundles:\n  trusted_keys: [\"{b64}\"]");
+            Ok(0)
         }
     }
 }
@@ -364,7 +547,7 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
     if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
         eprintln!("warning: {m}");
     }
-    let export = ExportSettings::resolve(&agent);
+    let export = ExportSettings::resolve(&agent)?;
     let telemetry = Telemetry::init(&agent, export.as_ref(), &journeys)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let callbacks = match agent.callback.listen {

@@ -18,11 +18,13 @@
 //! - [`cli`]: the command line
 
 pub mod browser;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod init;
 pub mod output;
 pub mod runner;
 pub mod scheduler;
@@ -31,12 +33,35 @@ pub mod steps;
 pub mod telemetry;
 pub mod vocab;
 
-/// The host name, for `host.name`.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+/// The host name from the `gethostname` system call (for `host.name` and the
+/// default agent id). Not from `/proc/sys/kernel/hostname`: the shipped unit's
+/// `ProcSubset=pid` hides it, and every agent would then share one name.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; the kernel NUL-terminates within it
+    // (glibc truncates and terminates when the name is longer).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// User-Agent of every request: names the agent so targets can filter synthetic traffic.
 pub fn user_agent() -> String {
     format!("Vantage/{} (synthetic monitoring; +https://github.com/vantage-probe/vantage)", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostname_comes_from_the_syscall() {
+        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: uname fills the struct it is given.
+        assert_eq!(unsafe { libc::uname(&mut uts) }, 0);
+        let node = unsafe { std::ffi::CStr::from_ptr(uts.nodename.as_ptr()) }.to_string_lossy().into_owned();
+        assert_eq!(super::hostname().as_deref(), Some(node.as_str()));
+    }
 }

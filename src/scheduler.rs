@@ -120,6 +120,8 @@ struct Shared {
     status: StatusBoard,
     observer: Option<RunObserver>,
     heartbeat: Arc<AtomicU64>,
+    /// Runs in progress, by journey name (a journey never overlaps itself).
+    running: Mutex<HashMap<String, Arc<Journey>>>,
 }
 
 struct Scheduled {
@@ -148,6 +150,7 @@ impl Scheduler {
                 status: Arc::new(Mutex::new(BTreeMap::new())),
                 observer,
                 heartbeat: Arc::new(AtomicU64::new(0)),
+                running: Mutex::new(HashMap::new()),
             }),
             journeys: HashMap::new(),
             agent_id,
@@ -216,8 +219,10 @@ impl Scheduler {
     }
 
     /// Stops scheduling; lets in-flight runs finish within `grace`, then
-    /// cancels them (their `finally` steps still run) and waits a little more.
-    pub async fn shutdown(self, grace: Duration) -> usize {
+    /// cancels them: their `finally` steps run within `cleanup`. Runs cut
+    /// short are logged and counted in `synthetics.journey.cancelled`,
+    /// including those whose cleanup was still going when `cleanup` ran out.
+    pub async fn shutdown(self, grace: Duration, cleanup: Duration) -> usize {
         for s in self.journeys.values() {
             s.stop.cancel();
         }
@@ -225,9 +230,15 @@ impl Scheduler {
         tracker.close();
         let in_flight = tracker.len();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(in_flight = tracker.len(), "grace period over: cancelling in-flight runs");
+            tracing::warn!(in_flight = tracker.len(), "grace period over: cancelling in-flight runs; their finally steps get {cleanup:?}");
             self.shared.cancel_runs.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+            if tokio::time::timeout(cleanup, tracker.wait()).await.is_err() {
+                let abandoned: Vec<Arc<Journey>> = self.shared.running.lock().expect("running lock").drain().map(|(_, j)| j).collect();
+                for j in abandoned {
+                    self.shared.telemetry.record_cancelled(&j);
+                    tracing::warn!(journey = %j.name, outcome = "cancelled", "run abandoned: its finally steps did not finish within the cleanup budget of {cleanup:?}");
+                }
+            }
         }
         in_flight
     }
@@ -277,10 +288,17 @@ async fn journey_loop(j: Arc<Journey>, sh: Arc<Shared>, stop: CancellationToken,
             sh2.stats.add_lateness(late);
             sh2.telemetry.record_lateness(late);
             sh2.stats.runs_started.fetch_add(1, Ordering::Relaxed);
+            sh2.running.lock().expect("running lock").insert(j.name.clone(), j.clone());
             let result = run_journey(&j, sh2.env.clone(), &sh2.cancel_runs).await;
             sh2.stats.runs_finished.fetch_add(1, Ordering::Relaxed);
-            if let Some(r) = result {
-                finish(&sh2, &j, &r);
+            let mine = sh2.running.lock().expect("running lock").remove(&j.name).is_some();
+            match result {
+                Some(r) => finish(&sh2, &j, &r),
+                None if mine => {
+                    sh2.telemetry.record_cancelled(&j);
+                    tracing::warn!(journey = %j.name, outcome = "cancelled", "run cut short by shutdown; its finally steps ran");
+                }
+                None => {}
             }
             running.store(false, Ordering::Release);
         });

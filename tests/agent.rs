@@ -404,7 +404,7 @@ async fn overlapping_ticks_are_skipped_not_queued() {
     let stats = sched.stats();
     let started = stats.runs_started.load(std::sync::atomic::Ordering::Relaxed);
     assert!(started <= 3, "ticks were queued: {started} runs started in 5 s of 2.5 s runs");
-    let in_flight = sched.shutdown(Duration::from_secs(4)).await;
+    let in_flight = sched.shutdown(Duration::from_secs(4), Duration::from_secs(5)).await;
     assert!(in_flight <= 1);
     assert_eq!(stats.runs_started.load(std::sync::atomic::Ordering::Relaxed), stats.runs_finished.load(std::sync::atomic::Ordering::Relaxed), "every started run finished within the grace");
 }

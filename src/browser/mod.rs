@@ -93,6 +93,12 @@ impl Driver {
         }
     }
 
+    /// Its exit status once it has exited on its own (reaps it); `None` while it runs or after `kill`.
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Kills chromedriver's whole process group and any descendant that left it; reaps chromedriver.
     fn kill(&self) {
         let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,6 +126,24 @@ impl Drop for Driver {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Notices a crashed chromedriver at once (and reaps it), not at the next browser run.
+fn watch(d: std::sync::Weak<Driver>) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            t.tick().await;
+            let Some(d) = d.upgrade() else { return };
+            if let Some(status) = d.exited() {
+                tracing::warn!(pid = d.pid, %status, "chromedriver exited unexpectedly; reaped; the next browser run starts a new one");
+                return;
+            }
+            if d.child.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                return;
+            }
+        }
+    });
 }
 
 /// A plain HTTP/1 request to chromedriver; the JSON answer.
@@ -307,6 +331,7 @@ impl BrowserManager {
         if cur.is_none() {
             let t = Instant::now();
             let d = Arc::new(self.spawn().await?);
+            watch(Arc::downgrade(&d));
             phases.push(Phase { name: "driver_start", duration: t.elapsed() });
             let mut all = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
             all.retain(|w| w.strong_count() > 0);

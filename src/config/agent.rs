@@ -3,12 +3,13 @@
 //! importing the loader above them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::model::{self, Dur};
+use crate::vocab::Diagnostic;
 
 /// The agent's own configuration (`/etc/vantage/agent.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +33,16 @@ pub struct AgentConfig {
     pub concurrency: usize,
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
+    /// After `shutdown_grace`, runs still going are cancelled and get this long
+    /// for their `finally` steps and the last telemetry export; then the process exits.
+    #[serde(default = "default_cleanup_budget")]
+    pub cleanup_budget: Dur,
+    /// Where the last good probe bundle is kept; default `$STATE_DIRECTORY`
+    /// (systemd's `StateDirectory=`), else bundles are not cached.
+    pub state_dir: Option<PathBuf>,
+    /// Probe bundles fetched from `https://` entries in `probes`.
+    #[serde(default)]
+    pub bundles: BundleConfig,
     /// Per-step timeout when a step sets none.
     #[serde(default = "default_step_timeout")]
     pub step_timeout: Dur,
@@ -46,7 +57,11 @@ pub struct AgentConfig {
     pub browser: BrowserConfig,
     #[serde(default)]
     pub status_page: StatusPageConfig,
+    /// Where each key was written, for warnings and errors (not part of the file format).
+    #[serde(skip)]
+    pub spans: Spans,
 }
+
 
 /// The status page served at `/` on the admin endpoint.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +94,82 @@ fn default_status_group_by() -> String {
 }
 fn default_status_marketing_label() -> String {
     "view=marketing".into()
+}
+
+/// Source locations of the agent config's keys (`id`, `telemetry.otlp.headers`, …).
+#[derive(Debug, Clone, Default)]
+pub struct Spans {
+    pub file: PathBuf,
+    pub keys: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl Spans {
+    pub fn read(file: &Path, text: &str) -> Spans {
+        use serde::de::IgnoredAny;
+        use serde_saphyr::Spanned;
+        type Level = std::collections::BTreeMap<String, Spanned<IgnoredAny>>;
+        #[derive(Deserialize, Default)]
+        struct Nested {
+            admin: Option<Level>,
+            bundles: Option<Level>,
+            telemetry: Option<Telemetry>,
+        }
+        #[derive(Deserialize, Default)]
+        struct Telemetry {
+            otlp: Option<Level>,
+        }
+        let mut keys = std::collections::HashMap::new();
+        let mut add = |prefix: &str, level: Option<Level>| {
+            for (k, v) in level.unwrap_or_default() {
+                keys.insert(format!("{prefix}{k}"), (v.referenced.line(), v.referenced.column()));
+            }
+        };
+        add("", serde_saphyr::from_str::<Level>(text).ok());
+        let nested = serde_saphyr::from_str::<Nested>(text).unwrap_or_default();
+        add("admin.", nested.admin);
+        add("bundles.", nested.bundles);
+        add("telemetry.otlp.", nested.telemetry.unwrap_or_default().otlp);
+        Spans { file: file.to_path_buf(), keys }
+    }
+
+    /// A diagnostic at `key` (or its nearest written parent; else the file's start).
+    pub fn at(&self, key: &str, message: String) -> Diagnostic {
+        let mut k = key;
+        let (line, column) = loop {
+            if let Some(p) = self.keys.get(k) {
+                break *p;
+            }
+            match k.rsplit_once('.') {
+                Some((parent, _)) => k = parent,
+                None => break (1, 1),
+            }
+        };
+        Diagnostic { file: self.file.clone(), line: line.max(1), column: column.max(1), message }
+    }
+
+    pub fn written(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+}
+
+/// Signed probe bundles (`https://` entries in `probes`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// minisign public keys (the base64 line of a `.pub` file, `RW…`) a bundle's signature must match one of.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// How often bundles are fetched again (with `If-None-Match`).
+    #[serde(default = "default_bundle_interval")]
+    pub interval: Dur,
+    /// A PEM file of CAs to trust for the bundle server, in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for BundleConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("empty bundles config is valid")
+    }
 }
 
 /// Headless-browser steps: the chromedriver the agent runs and its limits.
@@ -145,9 +236,22 @@ pub struct OtlpConfig {
     /// `grpc` or `http/protobuf`; default: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
     pub protocol: Option<String>,
     pub export_interval: Option<Dur>,
-    /// Extra headers/metadata, e.g. an auth token; default: `OTEL_EXPORTER_OTLP_HEADERS`.
+    /// Extra headers/metadata that are not secret; default: `OTEL_EXPORTER_OTLP_HEADERS`.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Secret headers (API keys): header name → file name in the credentials directory.
+    #[serde(default)]
+    pub header_credentials: std::collections::BTreeMap<String, String>,
+    /// PEM file of CAs for an `https://` collector; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: file names in the credentials directory of the client certificate and key (PEM).
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// `gzip` or `none`; default: `OTEL_EXPORTER_OTLP_COMPRESSION`, else `none`.
+    pub compression: Option<String>,
+    /// Spans kept while the collector is unreachable; beyond it the oldest are
+    /// dropped and counted in `synthetics.agent.telemetry.dropped{signal="traces"}`.
+    pub max_buffered_spans: Option<usize>,
 }
 
 fn default_location() -> String {
@@ -158,6 +262,12 @@ fn default_concurrency() -> usize {
 }
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(10))
+}
+fn default_cleanup_budget() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_bundle_interval() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 fn default_step_timeout() -> Dur {
     Dur(Duration::from_secs(10))
@@ -195,7 +305,7 @@ impl AgentConfig {
         if !self.id.is_empty() {
             return self.id.clone();
         }
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "vantage".into())
+        crate::hostname().unwrap_or_else(|| "vantage".into())
     }
 
     /// Parsed `shard: i/n`, 1-based.
@@ -205,7 +315,18 @@ impl AgentConfig {
         (n >= 1 && (1..=n).contains(&i)).then_some((i, n))
     }
 
+    /// `state_dir`, else systemd's `$STATE_DIRECTORY` (its first entry).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.state_dir.clone().filter(|p| !p.as_os_str().is_empty()).or_else(|| {
+            let v = std::env::var("STATE_DIRECTORY").ok()?;
+            v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from)
+        })
+    }
+
     pub fn credentials_dir(&self) -> Option<PathBuf> {
-        self.credentials_dir.clone().filter(|p| !p.as_os_str().is_empty()).or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+        self.credentials_dir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
     }
 }

@@ -11,7 +11,7 @@ pub mod validate;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use agent::{AdminConfig, AgentConfig, BrowserConfig, CallbackConfig, OtlpConfig, StatusPageConfig, TelemetryConfig};
+pub use agent::{AdminConfig, AgentConfig, BrowserConfig, BundleConfig, CallbackConfig, OtlpConfig, Spans, StatusPageConfig, TelemetryConfig};
 pub use model::Dur;
 pub use crate::vocab::Diagnostic;
 pub use validate::{Journey, Step};
@@ -23,28 +23,53 @@ pub struct Loaded {
     pub journeys: Vec<Journey>,
 }
 
+/// A `probes` entry naming a bundle to fetch rather than a local path.
+pub fn is_bundle_url(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| s.starts_with("https://") || s.starts_with("http://"))
+}
+
+/// Parses the agent config file alone (paths made relative to it, key locations kept).
+pub fn parse_agent(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![io_diag(path, &e)])?;
+    let mut a = serde_saphyr::from_str::<AgentConfig>(&text).map_err(|e| vec![validate::parse_error(path, &e)])?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    a.probes = a.probes.iter().map(|p| if is_bundle_url(p) { p.clone() } else { base.join(p) }).collect();
+    a.telemetry.otlp.ca_file = a.telemetry.otlp.ca_file.take().map(|p| base.join(p));
+    a.bundles.ca_file = a.bundles.ca_file.take().map(|p| base.join(p));
+    a.state_dir = a.state_dir.take().filter(|p| !p.as_os_str().is_empty()).map(|p| base.join(p));
+    a.spans = Spans::read(path, &text);
+    let mut diags = Vec::new();
+    check_agent(&a, &mut diags);
+    if diags.is_empty() {
+        Ok(a)
+    } else {
+        Err(diags)
+    }
+}
+
 /// Reads the agent config (if any) and the probe files it and `extra` name.
 pub fn load(config: Option<&Path>, extra: &[PathBuf]) -> Result<Loaded, Vec<Diagnostic>> {
+    load_with(config, extra, &[])
+}
+
+/// Like [`load`], with probe files already in memory (fetched bundles) added.
+pub fn load_with(config: Option<&Path>, extra: &[PathBuf], fetched: &[(PathBuf, String)]) -> Result<Loaded, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let agent = match config {
         None => AgentConfig::default(),
-        Some(path) => match std::fs::read_to_string(path) {
-            Err(e) => return Err(vec![io_diag(path, &e)]),
-            Ok(text) => match serde_saphyr::from_str::<AgentConfig>(&text) {
-                Ok(mut a) => {
-                    let base = path.parent().unwrap_or(Path::new("."));
-                    a.probes = a.probes.iter().map(|p| base.join(p)).collect();
-                    check_agent(path, &a, &mut diags);
-                    a
-                }
-                Err(e) => return Err(vec![validate::parse_error(path, &e)]),
-            },
+        Some(path) => match parse_agent(path) {
+            Ok(a) => a,
+            Err(d) => {
+                diags.extend(d);
+                AgentConfig::default()
+            }
         },
     };
     let mut files = Vec::new();
-    for p in agent.probes.iter().chain(extra) {
+    for p in agent.probes.iter().chain(extra).filter(|p| !is_bundle_url(p)) {
         collect_probe_files(p, &mut files, &mut diags);
     }
+    files.extend(fetched.iter().cloned());
     let journeys = match validate::compile_files(&files) {
         Ok(j) => j,
         Err(d) => {
@@ -59,34 +84,125 @@ pub fn load(config: Option<&Path>, extra: &[PathBuf]) -> Result<Loaded, Vec<Diag
     }
 }
 
-fn check_agent(path: &Path, a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
-    let mut err = |m: String| diags.push(Diagnostic { file: path.into(), line: 1, column: 1, message: m });
+fn check_agent(a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
+    let sp = &a.spans;
+    let mut err = |key: &str, m: String| diags.push(sp.at(key, m));
     if a.shard.is_some() && a.shard().is_none() {
-        err(format!("`shard`: expected `i/n` with 1 <= i <= n, got `{}`", a.shard.as_deref().unwrap_or_default()));
+        err("shard", format!("`shard`: expected `i/n` with 1 <= i <= n, got `{}`", a.shard.as_deref().unwrap_or_default()));
     }
     if a.concurrency == 0 {
-        err("`concurrency`: expected at least 1".into());
+        err("concurrency", "`concurrency`: expected at least 1".into());
     }
     if a.browser.max_concurrent == 0 || a.browser.restart_after_sessions == 0 || a.browser.artifacts_max_files == 0 {
-        err("`browser`: `max_concurrent`, `restart_after_sessions` and `artifacts_max_files` must be at least 1".into());
+        err("browser", "`browser`: `max_concurrent`, `restart_after_sessions` and `artifacts_max_files` must be at least 1".into());
     }
     if !a.admin.listen.is_empty() && a.admin.listen.parse::<SocketAddr>().is_err() {
-        err(format!("`admin.listen`: expected `ip:port` (or \"\" to disable), got `{}`", a.admin.listen));
+        err("admin.listen", format!("`admin.listen`: expected `ip:port` (or \"\" to disable), got `{}`", a.admin.listen));
     }
-    let sp = &a.status_page;
-    if !(1..=100_000).contains(&sp.history) {
-        err(format!("`status_page.history`: expected 1 to 100000 runs per journey, got {}", sp.history));
+    let page = &a.status_page;
+    if !(1..=100_000).contains(&page.history) {
+        err("status_page.history", format!("`status_page.history`: expected 1 to 100000 runs per journey, got {}", page.history));
     }
-    if sp.trace_url.as_deref().is_some_and(|u| !u.contains("{trace_id}") || !(u.starts_with("https://") || u.starts_with("http://"))) {
-        err(format!("`status_page.trace_url`: expected an http(s) URL containing `{{trace_id}}`, got `{}`", sp.trace_url.as_deref().unwrap_or_default()));
+    if page.trace_url.as_deref().is_some_and(|u| !u.contains("{trace_id}") || !(u.starts_with("https://") || u.starts_with("http://"))) {
+        err("status_page.trace_url", format!("`status_page.trace_url`: expected an http(s) URL containing `{{trace_id}}`, got `{}`", page.trace_url.as_deref().unwrap_or_default()));
     }
-    if !sp.marketing_label.is_empty() && !sp.marketing_label.contains('=') {
-        err(format!("`status_page.marketing_label`: expected `key=value` (or \"\" for none), got `{}`", sp.marketing_label));
+    if !page.marketing_label.is_empty() && !page.marketing_label.contains('=') {
+        err("status_page.marketing_label", format!("`status_page.marketing_label`: expected `key=value` (or \"\" for none), got `{}`", page.marketing_label));
     }
-    if let Some(p) = &a.telemetry.otlp.protocol {
+    let otlp = &a.telemetry.otlp;
+    if let Some(p) = &otlp.protocol {
         if !matches!(p.as_str(), "grpc" | "http/protobuf") {
-            err(format!("`telemetry.otlp.protocol`: expected `grpc` or `http/protobuf`, got `{p}`"));
+            err("telemetry.otlp.protocol", format!("`telemetry.otlp.protocol`: expected `grpc` or `http/protobuf`, got `{p}`"));
         }
+    }
+    if let Some(e) = otlp.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        if let Err(m) = crate::telemetry::check_endpoint(e) {
+            err("telemetry.otlp.endpoint", format!("`telemetry.otlp.endpoint`: {m}"));
+        }
+    }
+    if let Some(c) = &otlp.compression {
+        if !matches!(c.as_str(), "gzip" | "none") {
+            err("telemetry.otlp.compression", format!("`telemetry.otlp.compression`: expected `gzip` or `none`, got `{c}`"));
+        }
+    }
+    for (k, v) in &otlp.headers {
+        if let Err(m) = crate::telemetry::check_header(k, Some(v)) {
+            err("telemetry.otlp.headers", format!("`telemetry.otlp.headers`: {m}"));
+        }
+    }
+    for (k, file) in &otlp.header_credentials {
+        if let Err(m) = crate::telemetry::check_header(k, None) {
+            err("telemetry.otlp.header_credentials", format!("`telemetry.otlp.header_credentials`: {m}"));
+        }
+        if !crate::telemetry::is_plain_file_name(file) {
+            err("telemetry.otlp.header_credentials", format!("`telemetry.otlp.header_credentials`: `{k}`: expected a file name in the credentials directory, got `{file}`"));
+        }
+    }
+    if otlp.max_buffered_spans == Some(0) {
+        err("telemetry.otlp.max_buffered_spans", "`telemetry.otlp.max_buffered_spans`: expected at least 1".into());
+    }
+    if otlp.client_cert.is_some() != otlp.client_key.is_some() {
+        err("telemetry.otlp", "`telemetry.otlp`: mutual TLS needs both `client_cert` and `client_key` (file names in the credentials directory)".into());
+    }
+    for (key, v) in [("client_cert", &otlp.client_cert), ("client_key", &otlp.client_key)] {
+        if let Some(f) = v.as_deref().filter(|f| !crate::telemetry::is_plain_file_name(f)) {
+            err(&format!("telemetry.otlp.{key}"), format!("`telemetry.otlp.{key}`: expected a file name in the credentials directory, got `{f}`"));
+        }
+    }
+    for k in &a.bundles.trusted_keys {
+        if let Err(m) = crate::bundle::parse_public_key(k) {
+            err("bundles.trusted_keys", format!("`bundles.trusted_keys`: {m}"));
+        }
+    }
+    if a.probes.iter().any(|p| is_bundle_url(p)) && a.bundles.trusted_keys.is_empty() {
+        err("probes", "`probes` names a bundle URL, but `bundles.trusted_keys` is empty: expected at least one minisign public key to verify bundles with".into());
+    }
+    for p in a.probes.iter().filter(|p| is_bundle_url(p)) {
+        if !p.to_str().is_some_and(|s| s.starts_with("https://")) {
+            err("probes", format!("`probes`: bundle URLs must be `https://`, got `{}`", p.display()));
+        }
+    }
+}
+
+/// The placeholder `location` the package ships and the agent defaults to.
+pub const PLACEHOLDER_LOCATION: &str = "local";
+
+impl AgentConfig {
+    /// Settings that run but cannot work in a fleet, each at its place in the file.
+    /// `journeys` is what this agent would run (after location and shard); `export_on`
+    /// whether OTLP export is configured (config or environment).
+    pub fn fleet_warnings(&self, journeys: usize, export_on: bool) -> Vec<Diagnostic> {
+        let sp = &self.spans;
+        let mut w = Vec::new();
+        if self.id.is_empty() {
+            let host = crate::hostname();
+            let name = host.clone().unwrap_or_else(|| "vantage".into());
+            let how = if host.is_some() { "its host name" } else { "a fallback: gethostname failed" };
+            w.push(sp.at(
+                "id",
+                format!("`id` is not set, so this agent is `{name}` ({how}): agents with the same id merge into one series and start their journeys at the same moments; give each agent a unique `id` or make sure host names are unique"),
+            ));
+        }
+        if self.location == PLACEHOLDER_LOCATION {
+            w.push(sp.at(
+                "location",
+                format!("`location` is still the placeholder `{PLACEHOLDER_LOCATION}`: name the region or site of this agent (e.g. eu-west-1), since alerts compare locations"),
+            ));
+        }
+        let admin_outside = self.admin.listen.parse::<SocketAddr>().is_ok_and(|a| !a.ip().is_loopback());
+        if !export_on && !admin_outside {
+            let key = if sp.written("telemetry") { "telemetry.otlp.endpoint" } else { "admin.listen" };
+            let admin = if self.admin.listen.is_empty() { "disabled".to_string() } else { format!("on `{}`", self.admin.listen) };
+            w.push(sp.at(
+                key,
+                format!("no result leaves this host: OTLP export is off (no `telemetry.otlp.endpoint`, no OTEL_EXPORTER_OTLP_ENDPOINT) and the admin endpoint is {admin}, not reachable from outside; set an OTLP endpoint or listen on an address Prometheus can scrape"),
+            ));
+        }
+        if journeys == 0 {
+            let shard = self.shard.as_deref().map(|s| format!(", shard {s}")).unwrap_or_default();
+            w.push(sp.at("probes", format!("zero journeys to run for location `{}`{shard}: check `probes` and the journeys' `locations`", self.location)));
+        }
+        w
     }
 }
 

@@ -92,9 +92,13 @@ pub fn parse_error(path: &Path, e: &serde_saphyr::Error) -> Diagnostic {
     Diagnostic { file: path.to_path_buf(), line: loc.line().max(1), column: loc.column().max(1), message }
 }
 
+/// Hash of the journey's parsed content without source positions, so a
+/// comment or blank line added above it does not restart it on reload.
 fn fingerprint(spec: &JourneySpec) -> u64 {
+    static LOCATION: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let re = LOCATION.get_or_init(|| Regex::new(r"Location \{ line: \d+, column: \d+, span: Span \{[^}]*\}[^}]*\}").expect("valid regex"));
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{spec:?}").hash(&mut h);
+    re.replace_all(&format!("{spec:?}"), "Location").hash(&mut h);
     h.finish()
 }
 
@@ -193,5 +197,18 @@ mod tests {
         let d = compile_files(&[("p.yaml".into(), yaml.into())]).expect_err("typo");
         assert_eq!((d[0].line, d[0].file.display().to_string()), (6, "p.yaml".to_string()));
         assert!(d[0].message.contains("sned"), "{}", d[0].message);
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    #[test]
+    fn a_comment_above_a_journey_keeps_its_fingerprint() {
+        let a = "journeys:\n  - name: j\n    interval: 5s\n    steps:\n      - name: s\n        tcp: {address: \"127.0.0.1:1\"}\n";
+        let b = format!("# a comment\n\n{}", a.replace("journeys:\n", "journeys:\n  # another\n"));
+        let c = a.replace("5s", "6s");
+        let fp = |t: &str| super::compile_files(&[("p.yaml".into(), t.to_string())]).unwrap()[0].fingerprint;
+        assert_eq!(fp(a), fp(&b));
+        assert_ne!(fp(a), fp(&c));
     }
 }

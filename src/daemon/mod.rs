@@ -3,7 +3,7 @@
 
 pub mod admin;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::bundle;
 use crate::config::{self, AgentConfig, Diagnostic, Journey};
 use crate::runner::context::RunEnv;
 use crate::scheduler::{self, RunObserver, Scheduler};
@@ -62,17 +63,64 @@ pub struct RunOptions {
     /// Called once the callback listener is up (the demo points its webhook at it).
     pub on_callback_ready: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
     pub stop: Option<CancellationToken>,
+    /// Exit the process if shutdown overruns `shutdown_grace` + `cleanup_budget` (the CLI's `run`).
+    pub hard_exit: bool,
 }
 
-fn load(opts: &RunOptions) -> Result<config::Loaded, Vec<Diagnostic>> {
-    config::load(opts.config.as_deref(), &opts.extra_probes)
+/// The bundles in use, by URL (the last good one of each).
+type Bundles = BTreeMap<String, bundle::Bundle>;
+
+fn load(opts: &RunOptions, bundles: &Bundles) -> Result<config::Loaded, Vec<Diagnostic>> {
+    let fetched: Vec<(PathBuf, String)> = bundles.values().flat_map(|b| b.files.iter().cloned()).collect();
+    config::load_with(opts.config.as_deref(), &opts.extra_probes, &fetched)
+}
+
+fn bundle_urls(agent: &AgentConfig) -> Vec<String> {
+    agent.probes.iter().filter(|p| config::is_bundle_url(p)).map(|p| p.display().to_string()).collect()
+}
+
+const STARTUP_FETCH_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Startup: each bundle from the network, else the last good one from the state directory.
+/// Returns the bundles and the result of each fetch (counted once telemetry is up).
+async fn initial_bundles(fetcher: &bundle::Fetcher, urls: &[String]) -> (Bundles, Vec<bundle::FetchResult>) {
+    let mut out = Bundles::new();
+    let mut results = Vec::new();
+    for url in urls {
+        // Bounded, so that startup stays within systemd's TimeoutStartSec when a server hangs.
+        let fetched = tokio::time::timeout(STARTUP_FETCH_TIMEOUT, fetcher.fetch(url, None)).await.unwrap_or_else(|_| {
+            Err(bundle::FetchError { result: bundle::FetchResult::Unreachable, message: format!("GET {url}: no answer within {STARTUP_FETCH_TIMEOUT:?}"), etag: None })
+        });
+        match fetched {
+            Ok(Some(b)) => {
+                results.push(bundle::FetchResult::Updated);
+                out.insert(url.clone(), b);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                results.push(e.result);
+                tracing::warn!(result = e.result.as_str(), "probe bundle not fetched at startup: {}", e.message);
+            }
+        }
+        match fetcher.cached(url) {
+            Some(Ok(b)) => {
+                tracing::warn!(url = %url, "running the last good bundle from the state directory");
+                out.insert(url.clone(), b);
+            }
+            Some(Err(e)) => tracing::error!("the cached bundle of {url} is unusable: {}", e.message),
+            None => tracing::error!("no cached bundle of {url}: its journeys do not run until it can be fetched"),
+        }
+    }
+    (out, results)
 }
 
 /// Runs the agent until SIGTERM/SIGINT (or `opts.stop`). Returns the process exit code.
 pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
-    let loaded = match opts.preloaded.take() {
+    let no_bundles = Bundles::new();
+    let mut loaded = match opts.preloaded.take() {
         Some((agent, journeys)) => config::Loaded { agent, journeys },
-        None => match load(&opts) {
+        None => match load(&opts, &no_bundles) {
             Ok(l) => l,
             Err(d) => {
                 print_diagnostics(&d);
@@ -80,10 +128,52 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
             }
         },
     };
-    let agent = loaded.agent.clone();
-    let export = ExportSettings::resolve(&agent);
+    let mut agent = loaded.agent.clone();
+    let urls = bundle_urls(&agent);
+    let fetcher = if urls.is_empty() { None } else { Some(Arc::new(bundle::Fetcher::new(&agent.bundles, agent.state_dir())?)) };
+    let mut bundles = Bundles::new();
+    let mut startup_fetches = Vec::new();
+    if let Some(f) = &fetcher {
+        (bundles, startup_fetches) = initial_bundles(f, &urls).await;
+        loaded = match load(&opts, &bundles) {
+            Ok(l) => {
+                for b in bundles.values() {
+                    if let Err(e) = f.store(b) {
+                        tracing::warn!("cannot keep the bundle in the state directory: {e}");
+                    }
+                }
+                l
+            }
+            Err(d) => {
+                // A new bundle that does not validate: run the last good ones instead, if any.
+                let cached: Bundles = urls.iter().filter_map(|u| Some((u.clone(), f.cached(u)?.ok()?))).collect();
+                match load(&opts, &cached) {
+                    Ok(l) if !cached.is_empty() => {
+                        for x in &d {
+                            tracing::error!(file = %x.file.display(), line = x.line, column = x.column, "probe bundle rejected at startup: {}", x.message);
+                        }
+                        tracing::warn!("running the last good bundle from the state directory");
+                        startup_fetches.push(bundle::FetchResult::Invalid);
+                        bundles = cached;
+                        l
+                    }
+                    _ => {
+                        print_diagnostics(&d);
+                        return Ok(1);
+                    }
+                }
+            }
+        };
+    }
+    let export = ExportSettings::resolve(&agent)?;
     let journeys = scheduler::select(loaded.journeys, &agent);
     let telemetry = Arc::new(Telemetry::init(&agent, export.as_ref(), &journeys)?);
+    for r in startup_fetches {
+        telemetry.record_fetch(r);
+    }
+    for w in agent.fleet_warnings(journeys.len(), export.is_some()) {
+        tracing::warn!("{w}");
+    }
     let shutdown = opts.stop.clone().unwrap_or_default();
 
     let callbacks = match agent.callback.listen {
@@ -129,6 +219,12 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         tracing::info!(%bound, "admin endpoint listening");
     }
 
+    let (fetched_tx, mut fetched_rx) = mpsc::channel::<(String, Result<Option<bundle::Bundle>, bundle::FetchError>)>(4);
+    if let Some(f) = &fetcher {
+        let etags = bundles.iter().map(|(u, b)| (u.clone(), b.etag.clone())).collect();
+        spawn_bundle_fetcher(f.clone(), urls.clone(), etags, agent.bundles.interval.0, fetched_tx, shutdown.clone());
+    }
+
     let watchdog = watchdog_interval();
     sched.spawn_heartbeat(Duration::from_secs(1), shutdown.clone());
     if let Some(every) = watchdog {
@@ -136,6 +232,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
+    let mut fetch_failures = HashMap::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -143,17 +240,33 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = shutdown.cancelled() => break,
-            _ = hup.recv() => { let _ = reload(&opts, &agent, &mut sched, &telemetry, &page); }
-            Some(reply) = reload_rx.recv() => { let _ = reply.send(reload(&opts, &agent, &mut sched, &telemetry, &page)); }
+            _ = hup.recv() => { let _ = reload(&opts, &mut agent, &mut sched, &telemetry, &page, &bundles); }
+            Some(reply) = reload_rx.recv() => { let _ = reply.send(reload(&opts, &mut agent, &mut sched, &telemetry, &page, &bundles)); }
+            Some((url, fetched)) = fetched_rx.recv() => {
+                apply_fetched(&opts, &mut agent, &mut sched, &telemetry, &page, &mut bundles, fetcher.as_deref(), &mut fetch_failures, url, fetched);
+            }
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    let grace = agent.shutdown_grace.0;
-    let in_flight = sched.shutdown(grace).await;
-    browser.shutdown().await;
+    let (grace, budget) = (agent.shutdown_grace.0, agent.cleanup_budget.0);
+    if opts.hard_exit {
+        // Whatever hangs (a collector, a browser), the process ends in time for systemd.
+        std::thread::spawn(move || {
+            std::thread::sleep(grace + budget + Duration::from_secs(1));
+            eprintln!("error: shutdown overran shutdown_grace + cleanup_budget ({:?}): exiting now", grace + budget);
+            std::process::exit(1);
+        });
+    }
+    let (finally_budget, flush_budget) = split_cleanup_budget(budget);
+    let started = tokio::time::Instant::now();
+    let in_flight = sched.shutdown(grace, finally_budget).await;
+    let left = (grace + finally_budget).saturating_sub(started.elapsed());
+    if tokio::time::timeout(left.max(Duration::from_millis(200)), browser.shutdown()).await.is_err() {
+        tracing::warn!("browser shutdown did not finish in time");
+    }
     shutdown.cancel();
     tracing::info!(in_flight, "runs settled; flushing telemetry");
-    telemetry.shutdown(Duration::from_secs(5)).await;
+    telemetry.shutdown(flush_budget).await;
     Ok(0)
 }
 
@@ -167,12 +280,177 @@ fn with_page(page: Arc<crate::statuspage::StatusPage>, then: Option<RunObserver>
     })
 }
 
+/// Runtime teardown after the last export (cli.rs: `shutdown_timeout`), kept inside the budget.
+pub const TEARDOWN: Duration = Duration::from_millis(500);
+
+/// Of the cleanup budget, 0.5 s is kept for process teardown, the last
+/// telemetry export gets a third of the rest (1–5 s) and the `finally`
+/// steps of cancelled runs everything else.
+pub fn split_cleanup_budget(budget: Duration) -> (Duration, Duration) {
+    let rest = budget.saturating_sub(TEARDOWN);
+    let flush = (rest / 3).clamp(Duration::from_secs(1), Duration::from_secs(5)).min(rest);
+    (rest - flush, flush)
+}
+
+fn spawn_bundle_fetcher(
+    fetcher: Arc<bundle::Fetcher>,
+    urls: Vec<String>,
+    mut etags: HashMap<String, Option<String>>,
+    every: Duration,
+    tx: mpsc::Sender<(String, Result<Option<bundle::Bundle>, bundle::FetchError>)>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for url in &urls {
+                let etag = etags.get(url).cloned().flatten();
+                let r = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = fetcher.fetch(url, etag.as_deref()) => r,
+                };
+                // An unchanged bundle, good or broken, is not fetched and checked again;
+                // a bad signature is (the signature may be published after the data).
+                match &r {
+                    Ok(Some(b)) => {
+                        etags.insert(url.clone(), b.etag.clone());
+                    }
+                    Err(e) if e.etag.is_some() && e.result == bundle::FetchResult::Invalid => {
+                        etags.insert(url.clone(), e.etag.clone());
+                    }
+                    _ => {}
+                }
+                if tx.send((url.clone(), r)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_fetched(
+    opts: &RunOptions,
+    agent: &mut AgentConfig,
+    sched: &mut Scheduler,
+    telemetry: &Telemetry,
+    page: &crate::statuspage::StatusPage,
+    bundles: &mut Bundles,
+    fetcher: Option<&bundle::Fetcher>,
+    failures: &mut HashMap<String, String>,
+    url: String,
+    fetched: Result<Option<bundle::Bundle>, bundle::FetchError>,
+) {
+    if let Err(e) = &fetched {
+        telemetry.record_fetch(e.result);
+        // Logged when the reason changes, not at every interval of an outage.
+        if failures.get(&url) != Some(&e.message) {
+            tracing::warn!(url = %url, result = e.result.as_str(), "probe bundle not applied, current journeys keep running: {}", e.message);
+            failures.insert(url, e.message.clone());
+        }
+        return;
+    }
+    if failures.remove(&url).is_some() {
+        tracing::info!(url = %url, "probe bundle fetch works again");
+    }
+    let b = match fetched {
+        Ok(Some(b)) => b,
+        _ => return telemetry.record_fetch(bundle::FetchResult::NotModified),
+    };
+    if bundles.get(&url).is_some_and(|old| old.data == b.data) {
+        return telemetry.record_fetch(bundle::FetchResult::NotModified);
+    }
+    let mut candidate = bundles.clone();
+    candidate.insert(url.clone(), b.clone());
+    match reload(opts, agent, sched, telemetry, page, &candidate) {
+        Ok(msg) => {
+            telemetry.record_fetch(bundle::FetchResult::Updated);
+            tracing::info!(url = %url, "probe bundle applied: {msg}");
+            *bundles = candidate;
+            if let Some(f) = fetcher {
+                if let Err(e) = f.store(&b) {
+                    tracing::warn!("cannot keep the bundle in the state directory: {e}");
+                }
+            }
+        }
+        Err(_) => {
+            telemetry.record_fetch(bundle::FetchResult::Invalid);
+            tracing::warn!(url = %url, result = "invalid", "probe bundle rejected (see the problems above), current journeys keep running");
+        }
+    }
+}
+
+/// What a reload did with changed agent-config fields.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AgentChanges {
+    pub applied: Vec<&'static str>,
+    pub need_restart: Vec<&'static str>,
+}
+
+/// Compares two agent configs field by field. `probes`, `shard`,
+/// `shutdown_grace` and `cleanup_budget` apply on reload; every other changed
+/// field is named as needing a restart.
+pub fn agent_changes(running: &AgentConfig, new: &AgentConfig) -> AgentChanges {
+    fn d<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let mut c = AgentChanges::default();
+    let (r, n) = (running, new);
+    for (name, changed) in [
+        ("probes", d(&r.probes, &n.probes)),
+        ("shard", d(&r.shard, &n.shard)),
+        ("shutdown_grace", d(&r.shutdown_grace, &n.shutdown_grace)),
+        ("cleanup_budget", d(&r.cleanup_budget, &n.cleanup_budget)),
+    ] {
+        if changed {
+            c.applied.push(name);
+        }
+    }
+    let o = (&r.telemetry.otlp, &n.telemetry.otlp);
+    for (name, changed) in [
+        ("id", d(&r.id, &n.id)),
+        ("location", d(&r.location, &n.location)),
+        ("concurrency", d(&r.concurrency, &n.concurrency)),
+        ("step_timeout", d(&r.step_timeout, &n.step_timeout)),
+        ("credentials_dir", d(&r.credentials_dir, &n.credentials_dir)),
+        ("state_dir", d(&r.state_dir, &n.state_dir)),
+        ("artifacts_dir", d(&r.artifacts_dir, &n.artifacts_dir)),
+        ("admin.listen", d(&r.admin.listen, &n.admin.listen)),
+        ("callback.listen", d(&r.callback.listen, &n.callback.listen)),
+        ("browser", d(&r.browser, &n.browser)),
+        ("status_page", d(&r.status_page, &n.status_page)),
+        ("bundles", d(&r.bundles, &n.bundles)),
+        ("telemetry.otlp.endpoint", d(&o.0.endpoint, &o.1.endpoint)),
+        ("telemetry.otlp.protocol", d(&o.0.protocol, &o.1.protocol)),
+        ("telemetry.otlp.export_interval", d(&o.0.export_interval, &o.1.export_interval)),
+        ("telemetry.otlp.headers", d(&o.0.headers, &o.1.headers)),
+        ("telemetry.otlp.header_credentials", d(&o.0.header_credentials, &o.1.header_credentials)),
+        ("telemetry.otlp.ca_file", d(&o.0.ca_file, &o.1.ca_file)),
+        ("telemetry.otlp.client_cert", d(&o.0.client_cert, &o.1.client_cert)),
+        ("telemetry.otlp.client_key", d(&o.0.client_key, &o.1.client_key)),
+        ("telemetry.otlp.compression", d(&o.0.compression, &o.1.compression)),
+        ("telemetry.otlp.max_buffered_spans", d(&o.0.max_buffered_spans, &o.1.max_buffered_spans)),
+    ] {
+        if changed {
+            c.need_restart.push(name);
+        }
+    }
+    c
+}
+
 /// Re-reads the config and probe files; a broken config changes nothing.
-fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry, page: &crate::statuspage::StatusPage) -> Result<String, Vec<String>> {
+/// Agent-config fields that apply live are applied; the others are named.
+fn reload(opts: &RunOptions, running: &mut AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry, page: &crate::statuspage::StatusPage, bundles: &Bundles) -> Result<String, Vec<String>> {
     if opts.config.is_none() && opts.extra_probes.is_empty() {
         return Err(vec!["nothing to reload: the journeys are built in".into()]);
     }
-    match load(opts) {
+    match load(opts, bundles) {
         Err(diags) => {
             telemetry.record_reload(false);
             for d in &diags {
@@ -181,15 +459,29 @@ fn reload(opts: &RunOptions, running: &AgentConfig, sched: &mut Scheduler, telem
             Err(diags.iter().map(|d| d.to_string()).collect())
         }
         Ok(l) => {
-            if l.agent.location != running.location || l.agent.id != running.id {
-                tracing::warn!("`location` and `id` changes take effect on restart");
+            let changes = agent_changes(running, &l.agent);
+            if opts.config.is_some() {
+                running.probes = l.agent.probes.clone();
+                running.shard = l.agent.shard.clone();
+                running.shutdown_grace = l.agent.shutdown_grace;
+                running.cleanup_budget = l.agent.cleanup_budget;
+                running.spans = l.agent.spans.clone();
             }
             let journeys = scheduler::select(l.journeys, running);
             page.set_journeys(&journeys);
             let (added, changed, removed) = sched.apply(journeys);
             telemetry.record_reload(true);
-            let msg = format!("reloaded: {added} added, {changed} changed, {removed} removed");
-            tracing::info!(added, changed, removed, "config reloaded");
+            let mut msg = format!("reloaded: {added} added, {changed} changed, {removed} removed");
+            if !changes.applied.is_empty() {
+                msg.push_str(&format!("; applied: {}", changes.applied.join(", ")));
+            }
+            if !changes.need_restart.is_empty() {
+                msg.push_str(&format!("; not applied, need a restart: {}", changes.need_restart.join(", ")));
+                for f in &changes.need_restart {
+                    tracing::warn!(field = f, "`{f}` changed: it takes effect on restart; the agent keeps running with the old value");
+                }
+            }
+            tracing::info!(added, changed, removed, applied = %changes.applied.join(","), "config reloaded");
             Ok(msg)
         }
     }

@@ -34,6 +34,9 @@ pub enum Inst {
     SchedulerLateness,
     ConfigReloads,
     CallbackRequests,
+    Cancelled,
+    TelemetryDropped,
+    ConfigFetches,
     /// A histogram a kind declares for one of its phases (`synthetics.browser.*`), by metric name.
     Browser(&'static str),
 }
@@ -55,7 +58,7 @@ impl Inst {
         v
     }
 
-    const FIXED: [Inst; 10] = [
+    const FIXED: [Inst; 13] = [
         Inst::Runs,
         Inst::JourneyDuration,
         Inst::StepDuration,
@@ -66,6 +69,9 @@ impl Inst {
         Inst::SchedulerLateness,
         Inst::ConfigReloads,
         Inst::CallbackRequests,
+        Inst::Cancelled,
+        Inst::TelemetryDropped,
+        Inst::ConfigFetches,
     ];
 
     fn describe(self) -> (&'static str, &'static str, &'static str, Kind) {
@@ -80,6 +86,9 @@ impl Inst {
             Inst::SchedulerLateness => ("synthetics.scheduler.lateness", "s", "How late a run started after its scheduled time", Kind::Histogram),
             Inst::ConfigReloads => ("synthetics.agent.config.reloads", "", "Config reloads by result", Kind::Counter),
             Inst::CallbackRequests => ("synthetics.callback.requests", "", "Inbound callback requests by result", Kind::Counter),
+            Inst::Cancelled => ("synthetics.journey.cancelled", "", "Runs cut short because the agent shut down (not in synthetics.journey.runs)", Kind::Counter),
+            Inst::TelemetryDropped => ("synthetics.agent.telemetry.dropped", "", "Telemetry items dropped because the export buffer was full, by signal", Kind::Counter),
+            Inst::ConfigFetches => ("synthetics.agent.config.fetches", "", "Probe bundle fetches by result", Kind::Counter),
             Inst::Browser(name) => {
                 let d = crate::steps::phase_metrics().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
                 (name, "s", d, Kind::Histogram)
@@ -326,50 +335,68 @@ impl Metrics {
 }
 
 /// Sends export requests over OTLP gRPC or HTTP/protobuf.
+#[allow(clippy::large_enum_variant)] // one per agent, never moved around
 pub enum Transport {
-    Grpc(MetricsServiceClient<tonic::transport::Channel>),
-    Http { client: reqwest::Client, url: String },
+    Grpc { client: MetricsServiceClient<tonic::transport::Channel>, headers: tonic::metadata::MetadataMap },
+    Http { client: reqwest::Client, url: String, gzip: bool },
 }
 
 impl Transport {
-    pub fn new(endpoint: &str, grpc: bool, headers: &[(String, String)]) -> anyhow::Result<Transport> {
-        if grpc {
-            let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy();
-            // gRPC headers are added per request in `send`.
-            let _ = headers;
-            Ok(Transport::Grpc(MetricsServiceClient::new(channel)))
+    pub fn new(x: &super::ExportSettings) -> anyhow::Result<Transport> {
+        if x.grpc {
+            let mut endpoint = tonic::transport::Endpoint::from_shared(x.endpoint.clone())?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10));
+            if let Some(tls) = x.tonic_tls() {
+                endpoint = endpoint.tls_config(tls)?;
+            }
+            let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
+            if x.gzip {
+                client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            }
+            let mut headers = tonic::metadata::MetadataMap::new();
+            for (k, v) in &x.headers {
+                // Checked when the settings were resolved.
+                if let (Ok(k), Ok(v)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
+                    headers.insert(k, v);
+                }
+            }
+            Ok(Transport::Grpc { client, headers })
         } else {
             let mut map = reqwest::header::HeaderMap::new();
-            for (k, v) in headers {
-                map.insert(reqwest::header::HeaderName::from_bytes(k.as_bytes())?, reqwest::header::HeaderValue::from_str(v)?);
+            for (k, v) in &x.headers {
+                let mut v = reqwest::header::HeaderValue::from_str(v)?;
+                v.set_sensitive(true);
+                map.insert(reqwest::header::HeaderName::from_bytes(k.as_bytes())?, v);
             }
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(map).build()?;
-            Ok(Transport::Http { client, url: format!("{endpoint}/v1/metrics") })
+            let (certs, identity) = x.reqwest_tls()?;
+            let mut b = reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(map);
+            if !certs.is_empty() {
+                b = b.tls_certs_only(certs);
+            }
+            if let Some(id) = identity {
+                b = b.identity(id);
+            }
+            Ok(Transport::Http { client: b.build()?, url: format!("{}/v1/metrics", x.endpoint), gzip: x.gzip })
         }
     }
 
-    pub async fn send(&mut self, req: ExportMetricsServiceRequest, headers: &[(String, String)]) -> Result<(), String> {
+    pub async fn send(&mut self, req: ExportMetricsServiceRequest) -> Result<(), String> {
         match self {
-            Transport::Grpc(client) => {
+            Transport::Grpc { client, headers } => {
                 let mut r = tonic::Request::new(req);
-                for (k, v) in headers {
-                    if let (Ok(k), Ok(v)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
-                        r.metadata_mut().insert(k, v);
-                    }
-                }
+                *r.metadata_mut() = headers.clone();
                 client.export(r).await.map(|_| ()).map_err(|e| format!("gRPC export failed: {}", e.message()))
             }
-            Transport::Http { client, url } => {
-                let resp = client
-                    .post(url.as_str())
-                    .header("content-type", "application/x-protobuf")
-                    .body(req.encode_to_vec())
-                    .send()
-                    .await
-                    .map_err(|e| format!("HTTP export to {url} failed: {e}"))?;
+            Transport::Http { client, url, gzip } => {
+                let mut body = req.encode_to_vec();
+                let mut post = client.post(url.as_str()).header("content-type", "application/x-protobuf");
+                if *gzip {
+                    use std::io::Write as _;
+                    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    enc.write_all(&body).map_err(|e| e.to_string())?;
+                    body = enc.finish().map_err(|e| e.to_string())?;
+                    post = post.header("content-encoding", "gzip");
+                }
+                let resp = post.body(body).send().await.map_err(|e| format!("HTTP export to {url} failed: {e}"))?;
                 if resp.status().is_success() {
                     Ok(())
                 } else {

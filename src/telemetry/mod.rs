@@ -6,6 +6,7 @@
 //! through the OpenTelemetry SDK and opentelemetry-otlp; metrics are
 //! aggregated in [`metrics`] (see there why).
 
+pub mod export;
 pub mod metrics;
 pub mod prometheus;
 
@@ -14,8 +15,7 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tokio_util::sync::CancellationToken;
 
@@ -28,43 +28,7 @@ const LATENESS_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 
 /// Journeys per metrics export request, so a request stays small.
 const EXPORT_CHUNK: usize = 100;
 
-/// Where and how to export.
-#[derive(Debug, Clone)]
-pub struct ExportSettings {
-    pub endpoint: String,
-    pub grpc: bool,
-    pub interval: Duration,
-    pub headers: Vec<(String, String)>,
-}
-
-impl ExportSettings {
-    /// From the agent config, falling back to the standard `OTEL_EXPORTER_OTLP_*` variables.
-    pub fn resolve(agent: &AgentConfig) -> Option<ExportSettings> {
-        let otlp = &agent.telemetry.otlp;
-        let endpoint = otlp
-            .endpoint
-            .clone()
-            .filter(|e| !e.is_empty())
-            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()))?;
-        let protocol = otlp
-            .protocol
-            .clone()
-            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").ok())
-            .unwrap_or_else(|| "grpc".into());
-        let interval = otlp.export_interval.map(|d| d.0).unwrap_or(Duration::from_secs(10));
-        let mut headers: Vec<(String, String)> = otlp.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
-        if headers.is_empty() {
-            // OTEL_EXPORTER_OTLP_HEADERS: `key=value,key2=value2`.
-            headers = std::env::var("OTEL_EXPORTER_OTLP_HEADERS")
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .collect();
-        }
-        Some(ExportSettings { endpoint: endpoint.trim_end_matches('/').to_string(), grpc: protocol != "http/protobuf", interval, headers })
-    }
-}
+pub use export::{check_endpoint, check_header, is_plain_file_name, ExportSettings, SpanBuffer};
 
 pub struct Telemetry {
     traces: SdkTracerProvider,
@@ -72,6 +36,7 @@ pub struct Telemetry {
     location: String,
     metrics: Arc<Metrics>,
     exporter: Option<Arc<tokio::sync::Mutex<Transport>>>,
+    spans: Option<SpanBuffer>,
     export: Option<ExportSettings>,
     stop_export: CancellationToken,
     /// The Prometheus view of the same results, for `/metrics`.
@@ -83,7 +48,7 @@ fn resource_attrs(agent: &AgentConfig) -> Vec<(String, String)> {
         ("service.name".into(), "vantage".into()),
         ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
         ("service.instance.id".into(), agent.agent_id()),
-        ("host.name".into(), crate::hostname()),
+        ("host.name".into(), crate::hostname().unwrap_or_else(|| "unknown".into())),
         ("cloud.region".into(), agent.location.clone()),
     ]
 }
@@ -103,32 +68,6 @@ impl Telemetry {
     pub fn init(agent: &AgentConfig, export: Option<&ExportSettings>, journeys: &[Journey]) -> anyhow::Result<Telemetry> {
         let attrs = resource_attrs(agent);
         let resource = Resource::builder_empty().with_attributes(attrs.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()))).build();
-        let mut traces = SdkTracerProvider::builder().with_resource(resource);
-        let mut exporter = None;
-        if let Some(x) = export {
-            let spans = if x.grpc {
-                let mut md = tonic::metadata::MetadataMap::new();
-                for (k, v) in &x.headers {
-                    if let (Ok(k), Ok(v)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
-                        md.insert(k, v);
-                    }
-                }
-                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&x.endpoint).with_metadata(md).with_timeout(Duration::from_secs(5)).build()?
-            } else {
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(format!("{}/v1/traces", x.endpoint))
-                    .with_headers(x.headers.iter().cloned().collect())
-                    .with_timeout(Duration::from_secs(5))
-                    .build()?
-            };
-            // Bounded queue, small batches sent often: memory stays flat at 1,000 runs/s.
-            let batch = BatchConfigBuilder::default().with_max_queue_size(4096).with_max_export_batch_size(512).with_scheduled_delay(Duration::from_millis(500)).build();
-            traces = traces.with_span_processor(BatchSpanProcessor::builder(spans).with_batch_config(batch).build());
-            exporter = Some(Arc::new(tokio::sync::Mutex::new(Transport::new(&x.endpoint, x.grpc, &x.headers)?)));
-        }
-        let traces = traces.build();
-        let tracer = traces.tracer("vantage");
         let metrics = Arc::new(Metrics::new(
             &attrs,
             vec![("synthetics.location".into(), agent.location.clone())],
@@ -136,6 +75,25 @@ impl Telemetry {
             DEFAULT_BUCKETS.to_vec(),
             LATENESS_BUCKETS.to_vec(),
         ));
+        let mut traces = SdkTracerProvider::builder().with_resource(resource);
+        let mut exporter = None;
+        let mut spans = None;
+        if let Some(x) = export {
+            let m = metrics.clone();
+            let dropped = Arc::new(move |n: u64| m.add(None, Inst::TelemetryDropped, vec![("signal", "traces".into())], n));
+            let buffer = SpanBuffer::start(x.span_exporter()?, x.max_buffered_spans, dropped);
+            traces = traces.with_span_processor(buffer.clone());
+            spans = Some(buffer);
+            exporter = Some(Arc::new(tokio::sync::Mutex::new(Transport::new(x)?)));
+        }
+        let traces = traces.build();
+        let tracer = traces.tracer("vantage");
+        metrics.add(None, Inst::TelemetryDropped, vec![("signal", "traces".into())], 0);
+        if agent.probes.iter().any(|p| crate::config::is_bundle_url(p)) {
+            for r in crate::bundle::FetchResult::ALL {
+                metrics.add(None, Inst::ConfigFetches, vec![("result", r.as_str().into())], 0);
+            }
+        }
         for result in ["success", "failure"] {
             metrics.add(None, Inst::ConfigReloads, vec![("result", result.into())], 0);
         }
@@ -145,6 +103,7 @@ impl Telemetry {
             location: agent.location.clone(),
             metrics,
             exporter,
+            spans,
             export: export.cloned(),
             stop_export: CancellationToken::new(),
             prometheus: Mutex::new(prometheus::Registry::default()),
@@ -165,7 +124,7 @@ impl Telemetry {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                match export_metrics(&metrics, &exporter, &x.headers).await {
+                match export_metrics(&metrics, &exporter).await {
                     Ok(()) if failing => {
                         failing = false;
                         tracing::info!("metrics export recovered; cumulative totals delivered");
@@ -203,6 +162,7 @@ impl Telemetry {
             runs(vec![("outcome", "failure".into()), ("error.type", e.as_str().into())]);
         }
         self.metrics.add(Some(&j.name), Inst::Skipped, Vec::new(), 0);
+        self.metrics.add(Some(&j.name), Inst::Cancelled, Vec::new(), 0);
         self.prometheus.lock().expect("prometheus lock").register(j, &self.location, &errors);
     }
 
@@ -269,37 +229,46 @@ impl Telemetry {
         self.metrics.add(None, Inst::ConfigReloads, vec![("result", if ok { "success" } else { "failure" }.into())], 1);
     }
 
+    pub fn record_fetch(&self, result: crate::bundle::FetchResult) {
+        self.metrics.add(None, Inst::ConfigFetches, vec![("result", result.as_str().into())], 1);
+    }
+
     pub fn record_callback(&self, result: &'static str) {
         self.metrics.add(None, Inst::CallbackRequests, vec![("result", result.into())], 1);
     }
 
-    /// Exports what is pending and stops the exporters, within `budget`.
+    /// Counts runs cut short by shutdown (their results are not in `synthetics.journey.runs`).
+    pub fn record_cancelled(&self, j: &Journey) {
+        self.metrics.add(Some(&j.name), Inst::Cancelled, Vec::new(), 1);
+    }
+
+    /// Exports what is pending and stops the exporters, all within `budget`
+    /// (half each for traces and metrics), even when the collector hangs.
     pub async fn shutdown(&self, budget: Duration) {
         self.stop_export.cancel();
-        if let (Some(exporter), Some(x)) = (&self.exporter, &self.export) {
-            match tokio::time::timeout(budget, export_metrics(&self.metrics, exporter, &x.headers)).await {
+        let half = budget / 2;
+        if let Some(spans) = &self.spans {
+            spans.flush(half).await;
+        }
+        if let Some(exporter) = &self.exporter {
+            match tokio::time::timeout(half, export_metrics(&self.metrics, exporter)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("final metrics export failed: {e}"),
-                Err(_) => tracing::warn!("final metrics export timed out after {budget:?}"),
+                Err(_) => tracing::warn!("final metrics export timed out after {half:?}"),
             }
         }
-        let traces = self.traces.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            let _ = traces.force_flush();
-            let _ = traces.shutdown_with_timeout(Duration::from_secs(3));
-        });
-        let _ = tokio::time::timeout(budget, flushed).await;
+        let _ = self.traces.shutdown_with_timeout(Duration::from_millis(100));
     }
 }
 
-async fn export_metrics(metrics: &Metrics, exporter: &tokio::sync::Mutex<Transport>, headers: &[(String, String)]) -> Result<(), String> {
+async fn export_metrics(metrics: &Metrics, exporter: &tokio::sync::Mutex<Transport>) -> Result<(), String> {
     let mut transport = exporter.lock().await;
     if let Some(req) = metrics.request_for(None) {
-        transport.send(req, headers).await?;
+        transport.send(req).await?;
     }
     for names in metrics.journey_names().chunks(EXPORT_CHUNK) {
         if let Some(req) = metrics.request_for(Some(names)) {
-            transport.send(req, headers).await?;
+            transport.send(req).await?;
         }
     }
     Ok(())

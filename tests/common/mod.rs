@@ -2,6 +2,7 @@
 
 pub mod collector;
 pub mod target;
+pub mod tls;
 
 use std::path::PathBuf;
 
