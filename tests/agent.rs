@@ -296,7 +296,7 @@ fn validation_reports_every_problem_with_its_location() {
     let want = [
         "p.yaml:5:9: journey `a`, step `one`: `http.url`: unknown variable `${tokn}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, uuid, now, now.unix, env.NAME, secret.NAME)",
         "p.yaml:11:9: journey `a`, step `two`: `name`: duplicate step name in this journey: step names label metrics, so they must be unique",
-        "p.yaml:11:9: journey `a`, step `two`: expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser), got http, dns",
+        "p.yaml:11:9: journey `a`, step `two`: expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser, grpc), got http, dns",
         "p.yaml:14:5: journey `b`: `interval`: expected at least 1s, got 500ms",
         "p.yaml:14:5: journey `b`: `timeout`: must not exceed `interval`: a journey never overlaps itself, so a longer timeout only skips runs",
         "p.yaml:14:5: journey `b`: `labels.bad-key`: expected a label name of letters, digits, `_` and `.`, starting with a letter or `_`",
