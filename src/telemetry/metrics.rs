@@ -34,6 +34,7 @@ pub enum Inst {
     SchedulerLateness,
     ConfigReloads,
     CallbackRequests,
+    Retried,
     /// A histogram a kind declares for one of its phases (`synthetics.browser.*`), by metric name.
     Browser(&'static str),
 }
@@ -55,7 +56,7 @@ impl Inst {
         v
     }
 
-    const FIXED: [Inst; 10] = [
+    const FIXED: [Inst; 11] = [
         Inst::Runs,
         Inst::JourneyDuration,
         Inst::StepDuration,
@@ -66,6 +67,7 @@ impl Inst {
         Inst::SchedulerLateness,
         Inst::ConfigReloads,
         Inst::CallbackRequests,
+        Inst::Retried,
     ];
 
     fn describe(self) -> (&'static str, &'static str, &'static str, Kind) {
@@ -80,6 +82,7 @@ impl Inst {
             Inst::SchedulerLateness => ("synthetics.scheduler.lateness", "s", "How late a run started after its scheduled time", Kind::Histogram),
             Inst::ConfigReloads => ("synthetics.agent.config.reloads", "", "Config reloads by result", Kind::Counter),
             Inst::CallbackRequests => ("synthetics.callback.requests", "", "Inbound callback requests by result", Kind::Counter),
+            Inst::Retried => ("synthetics.journey.retried", "", "Runs that needed a retry, by result (recovered, failed); runs counts each run once, by its final outcome", Kind::Counter),
             Inst::Browser(name) => {
                 let d = crate::steps::phase_metrics().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
                 (name, "s", d, Kind::Histogram)
