@@ -195,6 +195,8 @@ mod tests {
             cleanup_error: None,
             trace_id: "t1".into(),
             started: SystemTime::now(),
+            attempts: 1,
+            failed_attempts: Vec::new(),
         };
         let x = junit(&[run]);
         assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"vantage\" tests=\"1\" failures=\"1\" time=\"2.000\">"), "{x}");

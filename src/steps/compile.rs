@@ -236,7 +236,7 @@ mod tests {
     fn a_step_needs_exactly_one_kind_and_the_message_lists_the_registry() {
         let errs = test_step_errors("name: s\ntcp: {address: \"127.0.0.1:1\"}\ndns: {name: example.test}\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser), got dns, tcp"), "{}", errs[0]);
+        assert!(errs[0].contains("expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser, grpc), got dns, tcp"), "{}", errs[0]);
         let errs = test_step_errors("name: s\n");
         assert!(errs[0].ends_with("got none"), "{}", errs[0]);
         assert!(errs[0].starts_with("test.yaml:1:1: journey `test`, step `s`"), "{}", errs[0]);
