@@ -305,6 +305,9 @@ pub fn describe_handshake_failure(
             }
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!("{cert} is not valid for TLS server authentication (extended key usage)"),
             CertificateError::BadEncoding => format!("{cert} is malformed"),
+            // e.g. a CA certificate served as the server's own (what `openssl req -x509` makes).
+            _ if !subject.is_empty() && subject == issuer => format!("{cert} is self-signed (`{subject}`) and was rejected: it cannot serve as a server certificate"),
+            _ if !issuer.is_empty() => format!("{cert} (`{subject}`, issued by `{issuer}`) was rejected by verification"),
             _ => format!("{cert} was rejected by verification"),
         },
         TlsError::AlertReceived(AlertDescription::NoApplicationProtocol) => {
