@@ -53,6 +53,8 @@ fn result(n: u64) -> RunResult {
         cleanup_error: None,
         trace_id: format!("{:032x}", n + 7),
         started,
+        attempts: 1,
+        failed_attempts: Vec::new(),
     }
 }
 

@@ -173,7 +173,12 @@ fn init_logging(format: Option<LogFormat>, default_level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // A target's bad certificate is a probe result, reported by its step; the
+    // TLS libraries would also log it as their own ERROR/WARN. Keep only their
+    // real errors (rustls), and silence the verifier's per-handshake lines.
+    let quiet = "rustls=error,tokio_rustls=error,rustls_platform_verifier=off";
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VANTAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},{quiet}")));
     // Under systemd (JOURNAL_STREAM set), log natively to journald: each field
     // (journey, step, error_type, trace_id, …) becomes a journal field.
     if format.is_none() && std::env::var_os("JOURNAL_STREAM").is_some() {

@@ -16,7 +16,23 @@ fn mark(o: Outcome) -> &'static str {
 /// A run as text: one line for the run, one per step with its phases.
 pub fn text(r: &RunResult) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} {} in {} (run {}, trace {})", mark(r.outcome), r.journey, fmt_dur(r.duration), r.run_id, r.trace_id);
+    let retried = if r.retried() {
+        format!(", attempt {} of the run: retried", r.attempts)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "{} {} in {} (run {}, trace {}{retried})",
+        mark(r.outcome),
+        r.journey,
+        fmt_dur(r.duration),
+        r.run_id,
+        r.trace_id
+    );
+    for f in &r.failed_attempts {
+        let _ = writeln!(out, "  earlier {f}");
+    }
     for s in &r.steps {
         let phases: Vec<String> = s.phases.iter().map(|p| format!("{} {}", p.name, fmt_dur(p.duration))).collect();
         let extra = if phases.is_empty() { String::new() } else { format!("  [{}]", phases.join(", ")) };
@@ -52,6 +68,9 @@ pub fn json(r: &RunResult) -> serde_json::Value {
         "error_type": r.error_type,
         "message": r.message,
         "cleanup_error": r.cleanup_error,
+        "attempts": r.attempts,
+        "retried": r.retried(),
+        "failed_attempts": r.failed_attempts,
         "steps": r.steps.iter().map(|s| serde_json::json!({
             "name": s.name,
             "kind": s.kind,
@@ -176,6 +195,8 @@ mod tests {
             cleanup_error: None,
             trace_id: "t1".into(),
             started: SystemTime::now(),
+            attempts: 1,
+            failed_attempts: Vec::new(),
         };
         let x = junit(&[run]);
         assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"vantage\" tests=\"1\" failures=\"1\" time=\"2.000\">"), "{x}");

@@ -68,6 +68,14 @@ pub struct JourneyStatus {
     pub runs: u64,
     pub failures: u64,
     pub skipped: u64,
+    /// Attempts the last run took (more than 1: it needed a retry).
+    pub last_attempts: Option<u32>,
+    /// Failed attempts before the last run's final one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_failed_attempts: Vec<String>,
+    /// Runs that needed a retry, and how many of those the retry recovered.
+    pub retried: u64,
+    pub recovered: u64,
 }
 
 /// Scheduler-wide figures, for `/status` and the benchmark.
@@ -122,6 +130,7 @@ struct Shared {
     heartbeat: Arc<AtomicU64>,
     /// Runs in progress, by journey name (a journey never overlaps itself).
     running: Mutex<HashMap<String, Arc<Journey>>>,
+    progress: Arc<Progress>,
 }
 
 struct Scheduled {
@@ -151,6 +160,7 @@ impl Scheduler {
                 observer,
                 heartbeat: Arc::new(AtomicU64::new(0)),
                 running: Mutex::new(HashMap::new()),
+                progress: Arc::new(Progress::default()),
             }),
             journeys: HashMap::new(),
             agent_id,
@@ -243,24 +253,137 @@ impl Scheduler {
         in_flight
     }
 
-    /// Ticks the heartbeat from the runtime the runs share.
+    /// Ticks the heartbeat (which feeds the systemd watchdog) from the runtime
+    /// the runs share, but only while the scheduler makes progress: every
+    /// journey loop wakes when due and no run outlives its budget.
     pub fn spawn_heartbeat(&self, every: Duration, stop: CancellationToken) {
-        let hb = self.shared.heartbeat.clone();
+        let (hb, progress) = (self.shared.heartbeat.clone(), self.shared.progress.clone());
         tokio::spawn(async move {
             let mut t = tokio::time::interval(every);
+            let mut stalled = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = t.tick() => { hb.fetch_add(1, Ordering::Relaxed); }
+                    _ = t.tick() => {}
+                }
+                match progress.wedged(tokio::time::Instant::now()) {
+                    None => {
+                        stalled = false;
+                        hb.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(why) if !stalled => {
+                        stalled = true;
+                        tracing::error!("scheduler wedged, heartbeat withheld (systemd will restart the agent): {why}");
+                    }
+                    Some(_) => {}
                 }
             }
         });
     }
+
+    /// The progress table the heartbeat checks.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.shared.progress.clone()
+    }
+}
+
+/// Clears a journey's "running" flag however its run task ends (even by a panic).
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// What the watchdog heartbeat checks: every journey loop wakes when due and
+/// no run outlives its journey's budget by much.
+#[derive(Default)]
+pub struct Progress {
+    /// By loop id: the journey, when its loop must wake next, and since when a run is in flight.
+    loops: Mutex<HashMap<u64, LoopProgress>>,
+    next_id: AtomicU64,
+}
+
+struct LoopProgress {
+    journey: String,
+    due: tokio::time::Instant,
+    run_started: Option<tokio::time::Instant>,
+    /// How long a run may take at most: timeout, cleanup, retries and slack.
+    run_budget: Duration,
+}
+
+/// How late a loop may wake, or a run overrun its budget, before the scheduler counts as wedged.
+const WEDGED_AFTER: Duration = Duration::from_secs(30);
+
+impl Progress {
+    fn set(&self, id: u64, f: impl FnOnce(&mut LoopProgress)) {
+        if let Some(p) = self.loops.lock().expect("progress lock").get_mut(&id) {
+            f(p);
+        }
+    }
+
+    fn add(&self, p: LoopProgress) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.loops.lock().expect("progress lock").insert(id, p);
+        id
+    }
+
+    /// The first wedged journey and why, if any.
+    pub fn wedged(&self, now: tokio::time::Instant) -> Option<String> {
+        let loops = self.loops.lock().expect("progress lock");
+        for p in loops.values() {
+            let name = &p.journey;
+            if now.saturating_duration_since(p.due) > WEDGED_AFTER {
+                return Some(format!(
+                    "journey `{name}`: its schedule loop is {}s overdue",
+                    now.saturating_duration_since(p.due).as_secs()
+                ));
+            }
+            if let Some(s) = p.run_started {
+                let ran = now.saturating_duration_since(s);
+                if ran > p.run_budget.saturating_add(WEDGED_AFTER) {
+                    return Some(format!("journey `{name}`: a run has been in flight for {}s, beyond its budget of {}s", ran.as_secs(), p.run_budget.as_secs()));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The most a run of `j` can take when nothing is wedged: every attempt's
+/// timeout and cleanup steps, the pauses between attempts, and the permit wait.
+fn run_budget(j: &Journey, default_step: Duration) -> Duration {
+    let cleanup = j
+        .finally
+        .iter()
+        .map(|s| {
+            s.timeout
+                .or_else(|| s.kind.default_timeout())
+                .unwrap_or(default_step)
+        })
+        .fold(Duration::ZERO, Duration::saturating_add);
+    let (n, delay) = j
+        .retries
+        .map_or((1, Duration::ZERO), |r| (r.attempts.max(1), r.delay));
+    j.timeout
+        .saturating_add(cleanup)
+        .saturating_mul(n)
+        .saturating_add(delay.saturating_mul(n - 1))
+        .saturating_add(j.interval)
 }
 
 async fn journey_loop(j: Arc<Journey>, sh: Arc<Shared>, stop: CancellationToken, offset: Duration) {
     let running = Arc::new(AtomicBool::new(false));
     let mut next = tokio::time::Instant::now() + offset;
+    let budget = run_budget(&j, sh.env.default_step_timeout);
+    let id = sh.progress.add(LoopProgress {
+        journey: j.name.clone(),
+        due: next,
+        run_started: None,
+        run_budget: budget,
+    });
+    let _forget = Forget(sh.progress.clone(), id);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -272,6 +395,7 @@ async fn journey_loop(j: Arc<Journey>, sh: Arc<Shared>, stop: CancellationToken,
         while next <= now {
             next += j.interval;
         }
+        sh.progress.set(id, |p| p.due = next);
         if running.swap(true, Ordering::AcqRel) {
             sh.stats.skipped.fetch_add(1, Ordering::Relaxed);
             sh.telemetry.record_skip(&j);
@@ -281,9 +405,14 @@ async fn journey_loop(j: Arc<Journey>, sh: Arc<Shared>, stop: CancellationToken,
             tracing::warn!(journey = %j.name, "previous run still in progress: tick skipped");
             continue;
         }
-        let (j, sh2, running) = (j.clone(), sh.clone(), running.clone());
+        let (j, sh2, running) = (j.clone(), sh.clone(), Running(running.clone()));
+        sh.progress.set(id, |p| p.run_started = Some(now));
         sh.tracker.spawn(async move {
-            let Ok(_permit) = sh2.permits.clone().acquire_owned().await else { return };
+            let _running = running;
+            let _done = RunDone(sh2.progress.clone(), id);
+            let Ok(_permit) = sh2.permits.clone().acquire_owned().await else {
+                return;
+            };
             let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
             sh2.stats.add_lateness(late);
             sh2.telemetry.record_lateness(late);
@@ -300,8 +429,25 @@ async fn journey_loop(j: Arc<Journey>, sh: Arc<Shared>, stop: CancellationToken,
                 }
                 None => {}
             }
-            running.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Marks a journey's run as over (however its task ends).
+struct RunDone(Arc<Progress>, u64);
+
+impl Drop for RunDone {
+    fn drop(&mut self) {
+        self.0.set(self.1, |p| p.run_started = None);
+    }
+}
+
+/// Removes a journey loop from the progress table when the loop ends.
+struct Forget(Arc<Progress>, u64);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.loops.lock().expect("progress lock").remove(&self.1);
     }
 }
 
@@ -319,6 +465,14 @@ fn finish(sh: &Shared, j: &Journey, r: &RunResult) {
         s.last_cleanup_error = r.cleanup_error.clone();
         s.last_duration_ms = Some(r.duration.as_secs_f64() * 1000.0);
         s.last_trace_id = Some(r.trace_id.clone());
+        s.last_attempts = Some(r.attempts);
+        s.last_failed_attempts = r.failed_attempts.clone();
+        if r.retried() {
+            s.retried += 1;
+            if r.outcome != Outcome::Failure {
+                s.recovered += 1;
+            }
+        }
         if r.outcome == Outcome::Failure {
             s.failures += 1;
         } else {
@@ -346,5 +500,84 @@ pub fn log_result(r: &RunResult) {
     }
     if let Some(c) = &r.cleanup_error {
         tracing::warn!(journey = %r.journey, run_id = %r.run_id, "{c}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::runner::tests::{journey, PanicStep};
+
+    /// A panicking run is counted as an `internal` failure and the journey
+    /// keeps its schedule (before, it stayed "running" and every later tick was skipped).
+    #[tokio::test]
+    async fn a_panicking_journey_is_counted_and_keeps_its_schedule() {
+        let mut j = journey("journeys:\n  - name: boom\n    interval: 1s\n    steps:\n      - {name: s, tcp: {address: \"127.0.0.1:1\"}}\n");
+        j.steps[0].kind = Box::new(PanicStep);
+        let telemetry =
+            Arc::new(Telemetry::init(&AgentConfig::default(), None, &[]).expect("telemetry"));
+        let mut sched = Scheduler::new(Arc::new(RunEnv::new_test()), telemetry.clone(), 4, None);
+        sched.apply(vec![j]);
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        let st = sched.status().lock().unwrap()["boom"].clone();
+        assert!(st.runs >= 3, "{st:?}");
+        assert_eq!((st.failures, st.skipped), (st.runs, 0), "{st:?}");
+        assert_eq!(st.last_error_type.as_deref(), Some("internal"));
+        assert!(
+            st.last_message
+                .as_deref()
+                .unwrap_or("")
+                .contains("panicked in this step: page reported an absurd number"),
+            "{st:?}"
+        );
+        let prom = telemetry.prometheus.lock().unwrap().render();
+        assert!(
+            prom.contains(&format!(
+                "outcome=\"failure\",error_type=\"internal\"}} {}",
+                st.runs
+            )),
+            "{prom}"
+        );
+        assert!(sched
+            .progress()
+            .wedged(tokio::time::Instant::now())
+            .is_none());
+        sched.shutdown(Duration::from_secs(1), Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_stops_when_a_loop_is_overdue_or_a_run_overruns() {
+        let p = Progress::default();
+        let now = tokio::time::Instant::now();
+        let id = p.add(LoopProgress {
+            journey: "j".into(),
+            due: now + Duration::from_secs(5),
+            run_started: None,
+            run_budget: Duration::from_secs(10),
+        });
+        assert!(p.wedged(now).is_none());
+        let later = now + Duration::from_secs(40);
+        assert!(p
+            .wedged(later)
+            .unwrap()
+            .contains("journey `j`: its schedule loop is 35s overdue"));
+        p.set(id, |l| {
+            l.due = later + Duration::from_secs(1);
+            l.run_started = Some(now);
+        });
+        assert!(
+            p.wedged(later).is_none(),
+            "40s in flight is within 10s of budget and 30s of slack"
+        );
+        let later = later + Duration::from_millis(500);
+        assert!(p
+            .wedged(later)
+            .unwrap()
+            .contains("a run has been in flight for 40s, beyond its budget of 10s"));
+        p.set(id, |l| l.run_started = None);
+        assert!(p.wedged(later).is_none());
     }
 }

@@ -121,6 +121,18 @@ pub struct RunResult {
     pub trace_id: String,
     #[serde(skip)]
     pub started: SystemTime,
+    /// Attempts this run took (1 unless the journey has `retries` and an attempt failed).
+    pub attempts: u32,
+    /// `attempt N: error.type: message` of each failed attempt before the last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<String>,
+}
+
+impl RunResult {
+    /// True when the run needed more than one attempt.
+    pub fn retried(&self) -> bool {
+        self.attempts > 1
+    }
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -212,6 +224,15 @@ pub fn fmt_dur(d: Duration) -> String {
     }
 }
 
+/// Milliseconds a page reported, as a duration: negative or NaN is 0, absurdly
+/// large saturates (a page's numbers must never panic the agent).
+pub fn ms_from_page(ms: f64) -> Duration {
+    if ms.is_nan() || ms <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX)
+}
+
 /// Seconds from now until `t` (negative when past).
 pub fn remaining_secs(t: SystemTime) -> f64 {
     match t.duration_since(SystemTime::now()) {
@@ -272,6 +293,15 @@ pub enum PhaseRecording {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_numbers_never_panic() {
+        assert_eq!(ms_from_page(f64::NAN), Duration::ZERO);
+        assert_eq!(ms_from_page(-5.0), Duration::ZERO);
+        assert_eq!(ms_from_page(f64::INFINITY), Duration::MAX);
+        assert_eq!(ms_from_page(1e300), Duration::MAX);
+        assert_eq!(ms_from_page(1500.0), Duration::from_millis(1500));
+    }
 
     #[test]
     fn durations_read_as_ms_below_a_second() {

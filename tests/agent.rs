@@ -122,7 +122,7 @@ async fn failures_are_categorised_with_messages_naming_step_expected_and_actual(
         ("http: {url: \"${env.BASE}/json\"}\n        assert: {body_regex: \"^nope\"}", ErrorType::Assertion, "step `s`: expected body to match /^nope/, got: {"),
         ("http: {url: \"${env.BASE}/big/5000\", max_body: 1KiB}", ErrorType::BodyTooLarge, "step `s`: expected a body of at most 1024 bytes (max_body), the response was larger"),
         ("http: {url: \"${env.BASE}/flood\"}", ErrorType::BodyTooLarge, "step `s`: expected a body of at most 1048576 bytes"),
-        ("http: {url: \"http://127.0.0.1:1/\"}", ErrorType::Connect, "step `s`: could not connect to 127.0.0.1:1 (127.0.0.1:1): Connection refused"),
+        ("http: {url: \"http://127.0.0.1:1/\"}", ErrorType::Connect, "step `s`: could not connect to 127.0.0.1:1 (127.0.0.1:1): connection refused"),
         ("http: {url: \"${env.BASE}/json\"}\n        extract: {x: {json: \"$.missing\"}}", ErrorType::Assertion, "step `s`: could not extract `x`: JSON path `$.missing` matched nothing"),
         ("http: {url: \"${env.BASE}/delay/400\"}\n        assert: {max_duration: 100ms}", ErrorType::Assertion, "step `s`: expected to finish within 100ms, took"),
         ("http: {url: \"${env.NOT_SET_ANYWHERE}/x\"}", ErrorType::Config, "step `s`: environment variable `NOT_SET_ANYWHERE` is not set"),
@@ -267,7 +267,7 @@ async fn tcp_step_sends_and_expects() {
     let bad = ok.replace("+PONG PING", "+OK");
     let r = run_one(&bad, env_with(None, HashMap::new())).await;
     assert_eq!(r.error_type, Some(ErrorType::Assertion));
-    assert_eq!(r.message.as_deref(), Some("step `ping`: expected `+OK`, the peer closed the connection after sending: +PONG PING  "));
+    assert_eq!(r.message.as_deref(), Some("step `ping`: expected `+OK`, the peer closed the connection after 12 bytes: +PONG PING  "));
 }
 
 #[test]

@@ -66,6 +66,13 @@ pub fn default_true() -> bool {
     true
 }
 
+/// No duration in a config means more than a year; larger ones are typos
+/// (and `Instant + d` would overflow on some).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// No size in a config means more than this.
+pub const MAX_BYTE_SIZE: u64 = 1 << 40;
+
 /// A duration written the human way: `500ms`, `10s`, `1m 30s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -73,7 +80,17 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| de::Error::custom(format!("expected a duration like `500ms`, `10s` or `1m`, got `{s}` ({e})")))
+        let v = humantime::parse_duration(s.trim()).map_err(|e| {
+            de::Error::custom(format!(
+                "expected a duration like `500ms`, `10s` or `1m`, got `{s}` ({e})"
+            ))
+        })?;
+        if v > MAX_DURATION {
+            return Err(de::Error::custom(format!(
+                "expected a duration of at most 365 days, got `{s}`"
+            )));
+        }
+        Ok(Dur(v))
     }
 }
 
@@ -90,17 +107,33 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size like 65536, `64KiB` or `1MiB`")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
+                bounded(v, &v.to_string())
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+                    .and_then(|u| bounded(u, &v.to_string()))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
-                parse_byte_size(s).map(ByteSize).ok_or_else(|| E::custom(format!("expected a size like 65536, `64KiB` or `1MiB`, got `{s}`")))
+                let v = parse_byte_size(s).ok_or_else(|| {
+                    E::custom(format!(
+                        "expected a size like 65536, `64KiB` or `1MiB`, got `{s}`"
+                    ))
+                })?;
+                bounded(v, s)
             }
         }
         d.deserialize_any(V)
     }
+}
+
+fn bounded<E: de::Error>(v: u64, written: &str) -> Result<ByteSize, E> {
+    if v > MAX_BYTE_SIZE {
+        return Err(E::custom(format!(
+            "expected a size of at most 1TiB, got `{written}`"
+        )));
+    }
+    Ok(ByteSize(v))
 }
 
 fn parse_byte_size(s: &str) -> Option<u64> {

@@ -40,13 +40,65 @@ pub struct JourneySpec {
     /// Journey-level variables, templated once at the start of each run.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Re-run a failed run from the start (after its `finally`), within the same schedule slot.
+    pub retries: Option<RetriesSpec>,
     pub steps: Vec<Spanned<StepSpec>>,
     /// Cleanup steps that always run, whatever happened before.
     #[serde(default)]
     pub finally: Vec<Spanned<StepSpec>>,
 }
 
-const RESERVED_LABELS: &[&str] = &["journey.name", "synthetics.location", "outcome", "error.type", "step.name", "step.kind", "phase"];
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSpec {
+    /// Attempts in all, the first included: 2 means one retry.
+    pub attempts: u32,
+    /// Pause between attempts (default 1s).
+    pub delay: Option<Dur>,
+}
+
+const MAX_ATTEMPTS: u32 = 10;
+
+/// Attribute and label names the agent sets itself, as written (OTLP) and as
+/// they reach Prometheus (the admin `/metrics` view, and the Collector's
+/// Prometheus exporter, which turns `.` into `_`), plus Prometheus' own.
+const RESERVED_LABELS: &[&str] = &[
+    "journey.name",
+    "synthetics.location",
+    "synthetics.run.id",
+    "synthetics.run.attempt",
+    "outcome",
+    "error.type",
+    "step.name",
+    "step.kind",
+    "phase",
+    "result",
+    "journey",
+    "location",
+    "step",
+    "le",
+    "quantile",
+    "job",
+    "instance",
+    "service.name",
+    "service.instance.id",
+    "service.version",
+    "host.name",
+    "cloud.region",
+];
+
+/// A label name as Prometheus sees it (what `/metrics` and the Collector's exporter write).
+pub fn prometheus_label(k: &str) -> String {
+    k.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -121,11 +173,32 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
         c.error("timeout", "expected a positive duration");
     }
     let label_key = Regex::new(r"^[a-zA-Z_][a-zA-Z0-9_.]*$").expect("static regex");
+    let reserved: HashMap<String, &str> = RESERVED_LABELS
+        .iter()
+        .map(|r| (prometheus_label(r), *r))
+        .collect();
+    let mut as_prometheus: HashMap<String, &str> = HashMap::new();
     for k in spec.labels.keys() {
+        let prom = prometheus_label(k);
         if !label_key.is_match(k) {
             c.error(&format!("labels.{k}"), "expected a label name of letters, digits, `_` and `.`, starting with a letter or `_`");
-        } else if RESERVED_LABELS.contains(&k.as_str()) {
-            c.error(&format!("labels.{k}"), "this name is set by the agent itself; choose another label name");
+        } else if let Some(r) = reserved.get(&prom) {
+            let same = if *r == k.as_str() {
+                String::new()
+            } else {
+                format!(" (as `{prom}` in Prometheus it collides with `{r}`)")
+            };
+            c.error(
+                &format!("labels.{k}"),
+                &format!("this name is set by the agent itself{same}; choose another label name"),
+            );
+        } else if prom.starts_with("__") {
+            c.error(
+                &format!("labels.{k}"),
+                "names starting with `__` are reserved by Prometheus; choose another label name",
+            );
+        } else if let Some(other) = as_prometheus.insert(prom.clone(), k) {
+            c.error(&format!("labels.{k}"), &format!("`{other}` and `{k}` both become `{prom}` in Prometheus, so the exported series would clash; rename one"));
         }
     }
     if let Some(b) = &spec.buckets {
@@ -133,6 +206,27 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
             c.error("buckets", "expected a non-empty, strictly increasing list of positive seconds, e.g. [0.1, 0.5, 1, 2.5]");
         }
     }
+    let retries = spec.retries.as_ref().map(|r| {
+        let delay = r.delay.map_or(Duration::from_secs(1), |d| d.0);
+        if r.attempts == 0 || r.attempts > MAX_ATTEMPTS {
+            c.error("retries.attempts", &format!("expected 1 to {MAX_ATTEMPTS} attempts in all (the first included), got {}", r.attempts));
+        }
+        let n = r.attempts.clamp(1, MAX_ATTEMPTS);
+        let worst = timeout.saturating_mul(n).saturating_add(delay.saturating_mul(n - 1));
+        if worst > interval {
+            c.error(
+                "retries",
+                &format!(
+                    "{n} attempts of up to {} each plus {} between them take up to {}, longer than the interval ({}): retries must fit in one schedule slot; lower `timeout`, `attempts` or `delay`, or raise `interval`",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(delay),
+                    humantime::format_duration(worst),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        crate::steps::compile::Retries { attempts: n, delay }
+    });
     let mut vars = Vec::new();
     for (k, v) in &spec.vars {
         let t = c.template(&format!("vars.{k}"), v);
@@ -154,6 +248,7 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
         buckets: spec.buckets.clone(),
         locations: spec.locations.clone(),
         vars,
+        retries,
         steps,
         finally,
         source: format!("{}:{}:{}", c.file.display(), spanned.referenced.line(), spanned.referenced.column()),
@@ -189,6 +284,82 @@ mod tests {
         assert!(needs.callback_listener && needs.browser, "{needs:?}");
         let names: Vec<&str> = js[0].all_steps().iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "wait", "hook", "shot"]);
+    }
+
+    fn errors(journey_body: &str) -> Vec<String> {
+        let yaml = format!("journeys:\n  - name: j\n{journey_body}    steps:\n      - name: a\n        tcp: {{address: \"127.0.0.1:1\"}}\n");
+        compile_files(&[("p.yaml".into(), yaml)])
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn absurd_durations_are_rejected_with_their_location() {
+        let e = errors("    interval: 1000y\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("p.yaml:3:15: ")
+                && e[0].contains("expected a duration of at most 365 days, got `1000y`"),
+            "{}",
+            e[0]
+        );
+        assert!(errors("    interval: 30s\n    timeout: 10s\n").is_empty());
+    }
+
+    #[test]
+    fn retries_must_fit_in_one_schedule_slot() {
+        assert!(errors(
+            "    interval: 60s\n    timeout: 10s\n    retries: {attempts: 3, delay: 5s}\n"
+        )
+        .is_empty());
+        let e =
+            errors("    interval: 30s\n    timeout: 10s\n    retries: {attempts: 3, delay: 5s}\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("journey `j`: `retries`: 3 attempts of up to 10s each plus 5s between them take up to 40s, longer than the interval (30s)"), "{}", e[0]);
+        let e = errors("    interval: 60s\n    timeout: 1s\n    retries: {attempts: 0}\n");
+        assert!(
+            e[0].contains("`retries.attempts`: expected 1 to 10 attempts"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn labels_that_collide_with_exported_ones_or_each_other_are_errors() {
+        for reserved in [
+            "journey",
+            "location",
+            "outcome",
+            "error_type",
+            "error.type",
+            "journey_name",
+            "synthetics_location",
+            "step",
+            "result",
+            "le",
+        ] {
+            let e = errors(&format!(
+                "    interval: 30s\n    labels: {{{reserved}: x}}\n"
+            ));
+            assert_eq!(e.len(), 1, "{reserved}: {e:?}");
+            assert!(
+                e[0].contains(&format!(
+                    "`labels.{reserved}`: this name is set by the agent itself"
+                )),
+                "{}",
+                e[0]
+            );
+        }
+        let e = errors("    interval: 30s\n    labels: {team.name: a, team_name: b}\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("`team.name` and `team_name` both become `team_name` in Prometheus"),
+            "{}",
+            e[0]
+        );
+        assert!(errors("    interval: 30s\n    labels: {team: payments, tier: gold}\n").is_empty());
     }
 
     #[test]

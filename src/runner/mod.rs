@@ -5,8 +5,11 @@
 pub mod context;
 pub mod result;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context as OtelContext, KeyValue, Value};
@@ -25,8 +28,115 @@ enum Interrupted {
 }
 
 /// The result of a run, or `None` when the agent shut down mid-run (not counted).
-pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &CancellationToken) -> Option<RunResult> {
+///
+/// With `retries`, a failed attempt is run again from the start (its
+/// `finally` steps ran after it) after `delay`, up to `attempts` times; the
+/// result is the last attempt's, with how many attempts it took. Every
+/// attempt has its own root span, tied to the others by `synthetics.run.id`.
+pub async fn run_journey(
+    journey: &Journey,
+    env: Arc<RunEnv>,
+    cancel: &CancellationToken,
+) -> Option<RunResult> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let max = journey.retries.map_or(1, |r| r.attempts.max(1));
+    let mut earlier = Vec::new();
+    let mut attempt = 1;
+    let slot_start = Instant::now();
+    loop {
+        let mut r = run_attempt_guarded(journey, env.clone(), cancel, &run_id, attempt).await?;
+        r.attempts = attempt;
+        let delay = journey.retries.map(|r| r.delay).unwrap_or_default();
+        // Retries stay within the run's schedule slot (`check` ensures they fit; this guards the slow case).
+        let fits = slot_start
+            .elapsed()
+            .saturating_add(delay)
+            .saturating_add(journey.timeout)
+            <= journey.interval;
+        if r.outcome != Outcome::Failure || attempt >= max || !fits {
+            r.failed_attempts = earlier;
+            return Some(r);
+        }
+        earlier.push(format!(
+            "attempt {attempt}: {}: {}",
+            r.error_type.map(|e| e.as_str()).unwrap_or("internal"),
+            r.message.as_deref().unwrap_or("")
+        ));
+        tracing::info!(journey = %journey.name, run_id = %run_id, attempt, "attempt failed; retrying in {}", fmt_dur(delay));
+        tokio::select! {
+            biased;
+            // Shutting down: the failure is real, report it without more attempts.
+            _ = cancel.cancelled() => {
+                r.failed_attempts = earlier;
+                r.failed_attempts.pop();
+                return Some(r);
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// One attempt; a panic anywhere in it becomes an `internal` failure instead
+/// of killing the task (which would leave the journey "running" for ever).
+async fn run_attempt_guarded(
+    journey: &Journey,
+    env: Arc<RunEnv>,
+    cancel: &CancellationToken,
+    run_id: &str,
+    attempt: u32,
+) -> Option<RunResult> {
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    match AssertUnwindSafe(run_attempt(journey, env, cancel, run_id, attempt))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = format!(
+                "internal error: the agent panicked during the run: {}",
+                panic_message(payload.as_ref())
+            );
+            tracing::error!(journey = %journey.name, run_id = %run_id, "{msg}");
+            Some(RunResult {
+                journey: journey.name.clone(),
+                run_id: run_id.to_string(),
+                outcome: Outcome::Failure,
+                duration: started.elapsed(),
+                error_type: Some(ErrorType::Internal),
+                message: Some(msg),
+                steps: Vec::new(),
+                cleanup_error: None,
+                trace_id: String::new(),
+                started: started_at,
+                attempts: attempt,
+                failed_attempts: Vec::new(),
+            })
+        }
+    }
+}
+
+/// The text of a panic payload (`panic!("…")` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+async fn run_attempt(
+    journey: &Journey,
+    env: Arc<RunEnv>,
+    cancel: &CancellationToken,
+    run_id: &str,
+    attempt: u32,
+) -> Option<RunResult> {
     let mut ctx = RunContext::new(env.clone(), &journey.name);
+    ctx.run_id = run_id.to_string();
     let started_at = SystemTime::now();
     let started = Instant::now();
     let deadline = started + journey.timeout;
@@ -35,6 +145,7 @@ pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &Cancellat
         KeyValue::new("journey.name", journey.name.clone()),
         KeyValue::new("synthetics.location", env.location.clone()),
         KeyValue::new("synthetics.run.id", ctx.run_id.clone()),
+        KeyValue::new("synthetics.run.attempt", attempt as i64),
     ];
     root_attrs.extend(journey.labels.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
     let root = env
@@ -149,6 +260,8 @@ pub async fn run_journey(journey: &Journey, env: Arc<RunEnv>, cancel: &Cancellat
         cleanup_error,
         trace_id,
         started: started_at,
+        attempts: attempt,
+        failed_attempts: Vec::new(),
     })
 }
 
@@ -209,8 +322,18 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let run_left = deadline.map(|(d, _)| d.saturating_duration_since(started));
     let limit = run_left.map_or(step_limit, |left| left.min(step_limit));
     ctx.step_deadline = Some(started + limit);
-    let res = match tokio::time::timeout(limit, attempt(ctx, step)).await {
-        Ok(r) => r,
+    let raw =
+        tokio::time::timeout(limit, AssertUnwindSafe(attempt(ctx, step)).catch_unwind()).await;
+    let res = match raw {
+        Ok(Ok(r)) => r,
+        Ok(Err(payload)) => {
+            let msg = format!(
+                "internal error: the agent panicked in this step: {}",
+                panic_message(payload.as_ref())
+            );
+            tracing::error!(journey = %ctx.journey, run_id = %ctx.run_id, step = %step.name, "{msg}");
+            Err(StepError::new(ErrorType::Internal, msg))
+        }
         Err(_) => {
             let during = if ctx.waiting_for.is_empty() { String::new() } else { format!(" while waiting for {}", ctx.waiting_for) };
             let msg = match deadline {
@@ -294,3 +417,251 @@ fn redact_kv(ctx: &RunContext, kv: KeyValue) -> KeyValue {
 
 /// Default per-step timeout when neither step nor agent sets one.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::future::BoxFuture;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::run_journey;
+    use crate::config::validate::compile_files;
+    use crate::config::Journey;
+    use crate::steps::context::{RunContext, RunEnv};
+    use crate::steps::{KindInfo, Needs, StepKind};
+    use crate::vocab::{ErrorType, Observation, Outcome, PhaseRecording, StepError};
+
+    /// A step kind that panics: stands for a bug anywhere inside a run.
+    /// Test-only, so no probe file can name it.
+    #[derive(Debug)]
+    pub struct PanicStep;
+
+    pub const PANIC_INFO: KindInfo = KindInfo {
+        name: "panic",
+        span_kind: opentelemetry::trace::SpanKind::Internal,
+        needs: Needs::NONE,
+        phases: PhaseRecording::None,
+        default_status: None,
+    };
+
+    impl StepKind for PanicStep {
+        fn info(&self) -> &'static KindInfo {
+            &PANIC_INFO
+        }
+        fn execute<'a>(
+            &'a self,
+            _: &'a mut RunContext,
+        ) -> BoxFuture<'a, Result<Observation, StepError>> {
+            Box::pin(async { panic!("page reported an absurd number") })
+        }
+        fn error_types(&self) -> &'static [ErrorType] {
+            &[]
+        }
+    }
+
+    pub fn journey(yaml: &str) -> Journey {
+        compile_files(&[("t.yaml".into(), yaml.into())])
+            .map_err(|d| format!("{d:?}"))
+            .expect("valid")
+            .remove(0)
+    }
+
+    /// Counts connections; answers each with the next of `replies` (the last one repeats).
+    async fn tcp_server(replies: &'static [&'static str]) -> (u16, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let n = Arc::new(AtomicUsize::new(0));
+        let count = n.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let i = count.fetch_add(1, Ordering::SeqCst);
+                let reply = replies[i.min(replies.len() - 1)];
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        (port, n)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_step_fails_the_run_as_internal_and_cleanup_still_runs() {
+        let (port, conns) = tcp_server(&["bye"]).await;
+        let mut j = journey(&format!(
+            "journeys:\n  - name: j\n    interval: 10s\n    steps:\n      - {{name: boom, tcp: {{address: \"127.0.0.1:1\"}}}}\n    finally:\n      - {{name: clean, tcp: {{address: \"127.0.0.1:{port}\", expect: bye}}}}\n"
+        ));
+        j.steps[0].kind = Box::new(PanicStep);
+        let r = run_journey(&j, Arc::new(RunEnv::new_test()), &CancellationToken::new())
+            .await
+            .expect("a result");
+        assert_eq!(
+            (r.outcome, r.error_type),
+            (Outcome::Failure, Some(ErrorType::Internal))
+        );
+        let m = r.message.unwrap_or_default();
+        assert!(m.contains("step `boom`: internal error: the agent panicked in this step: page reported an absurd number"), "{m}");
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "the finally step ran");
+        assert!(r.steps[1].cleanup && r.steps[1].outcome == Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_is_retried_from_the_start_and_reports_its_attempts() {
+        // The first connection answers wrong, the second right.
+        let (port, conns) = tcp_server(&["NO", "OK"]).await;
+        let (fport, cleanups) = tcp_server(&["bye"]).await;
+        let j = journey(&format!(
+            "journeys:\n  - name: j\n    interval: 10s\n    timeout: 2s\n    retries: {{attempts: 3, delay: 50ms}}\n    steps:\n      - {{name: ask, tcp: {{address: \"127.0.0.1:{port}\", expect: OK}}}}\n    finally:\n      - {{name: clean, tcp: {{address: \"127.0.0.1:{fport}\", expect: bye}}}}\n"
+        ));
+        let r = run_journey(&j, Arc::new(RunEnv::new_test()), &CancellationToken::new())
+            .await
+            .expect("a result");
+        assert_eq!(r.outcome, Outcome::Success, "{:?}", r.message);
+        assert_eq!(r.attempts, 2);
+        assert!(r.retried());
+        assert_eq!(r.failed_attempts.len(), 1);
+        assert!(
+            r.failed_attempts[0].starts_with("attempt 1: assertion: step `ask`: expected `OK`"),
+            "{}",
+            r.failed_attempts[0]
+        );
+        assert_eq!(
+            (
+                conns.load(Ordering::SeqCst),
+                cleanups.load(Ordering::SeqCst)
+            ),
+            (2, 2),
+            "finally runs after each attempt"
+        );
+
+        // Always failing: every attempt is made, the last one is the result.
+        let (port, conns) = tcp_server(&["NO"]).await;
+        let j = journey(&format!(
+            "journeys:\n  - name: j\n    interval: 10s\n    timeout: 2s\n    retries: {{attempts: 3, delay: 10ms}}\n    steps:\n      - {{name: ask, tcp: {{address: \"127.0.0.1:{port}\", expect: OK}}}}\n"
+        ));
+        let r = run_journey(&j, Arc::new(RunEnv::new_test()), &CancellationToken::new())
+            .await
+            .expect("a result");
+        assert_eq!(
+            (r.outcome, r.error_type, r.attempts, r.failed_attempts.len()),
+            (Outcome::Failure, Some(ErrorType::Assertion), 3, 2)
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+    }
+
+    /// Echoes text messages, on any number of connections.
+    async fn echo_server() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let Ok((s, _)) = l.accept().await else { return };
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                        return;
+                    };
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_text() && ws.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Posts `token`'s webhook until the hub accepts it (it is registered when the step starts).
+    fn send_webhook(
+        addr: std::net::SocketAddr,
+        token: &'static str,
+    ) -> tokio::task::JoinHandle<bool> {
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for _ in 0..100 {
+                let sent = client
+                    .post(format!("http://{addr}/hook?token={token}"))
+                    .body("{\"lead\":1}")
+                    .timeout(std::time::Duration::from_secs(2))
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            false
+        })
+    }
+
+    #[tokio::test]
+    async fn callback_and_websocket_steps_work_inside_eventually_and_finally() {
+        let stop = CancellationToken::new();
+        let hub = crate::steps::callback::CallbackHub::start(
+            "127.0.0.1:0".parse().unwrap(),
+            stop.clone(),
+            None,
+        )
+        .await
+        .expect("callback listener");
+        let addr = hub.addr;
+        let mut env = RunEnv::new_test();
+        env.callbacks = Some(hub);
+        let env = Arc::new(env);
+        let ws = echo_server().await;
+        let j = journey(&format!(
+            r#"journeys:
+  - name: nested
+    interval: 30s
+    timeout: 10s
+    steps:
+      - name: subscribe
+        eventually:
+          within: 3s
+          step: {{name: open, websocket: {{connect: "ws://127.0.0.1:{ws}/", send: ping, receive: 1s}}, assert: {{body_contains: ping}}}}
+      - name: hook
+        eventually:
+          within: 5s
+          step: {{name: inner-hook, callback: {{within: 4s, token: tok-steps}}}}
+    finally:
+      - name: hook-in-finally
+        eventually:
+          within: 5s
+          step: {{name: inner-final-hook, callback: {{within: 4s, token: tok-finally}}}}
+      - name: ws-in-finally
+        eventually:
+          within: 3s
+          step: {{name: bye, websocket: {{connection: cleanup, connect: "ws://127.0.0.1:{ws}/", send: bye, receive: 1s, close: true}}, assert: {{body_contains: bye}}}}
+"#
+        ));
+        assert!(j.needs().callback_listener);
+        let a = send_webhook(addr, "tok-steps");
+        let b = send_webhook(addr, "tok-finally");
+        let r = run_journey(&j, env, &CancellationToken::new())
+            .await
+            .expect("a result");
+        assert!(a.await.unwrap() && b.await.unwrap());
+        assert_eq!(
+            r.outcome,
+            Outcome::Success,
+            "{:?} {:?}",
+            r.message,
+            r.steps
+                .iter()
+                .map(|s| (&s.name, &s.error))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(r.cleanup_error, None);
+        let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["subscribe", "hook", "hook-in-finally", "ws-in-finally"]
+        );
+        stop.cancel();
+    }
+}

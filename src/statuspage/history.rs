@@ -332,6 +332,8 @@ pub(crate) mod tests {
             cleanup_error: None,
             trace_id: format!("{:032x}", n + 0xabc),
             started,
+            attempts: 1,
+            failed_attempts: Vec::new(),
         }
     }
 

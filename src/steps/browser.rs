@@ -351,7 +351,7 @@ impl BrowserStep {
                 let ms = |k: &str| timing.get(k).and_then(Value::as_f64).filter(|v| *v >= 0.0);
                 for (key, phase) in [("ttfb", "ttfb"), ("dcl", "dom_content_loaded"), ("load", "load"), ("fcp", "fcp"), ("lcp", "lcp")] {
                     if let Some(v) = ms(key) {
-                        obs.phases.push(Phase { name: phase, duration: Duration::from_secs_f64(v / 1000.0) });
+                        obs.phases.push(Phase { name: phase, duration: crate::vocab::ms_from_page(v) });
                     }
                 }
                 if let Some(st) = timing.get("status").and_then(Value::as_u64).filter(|s| *s > 0) {
@@ -415,7 +415,7 @@ impl BrowserStep {
                     // LCP stops at the first input; until then a later paint may still be the largest.
                     if let Ok(Value::Number(n)) = wd("reading LCP", deadline, s.client().execute(LCP_JS, vec![])).await {
                         if let Some(v) = n.as_f64().filter(|v| *v >= 0.0) {
-                            obs.phases.push(Phase { name: "lcp", duration: Duration::from_secs_f64(v / 1000.0) });
+                            obs.phases.push(Phase { name: "lcp", duration: crate::vocab::ms_from_page(v) });
                         }
                     }
                 }
@@ -610,7 +610,7 @@ impl StepKind for BrowserStep {
     }
     fn default_timeout(&self) -> Option<Duration> {
         match &self.action {
-            Action::WaitFor { within, .. } => Some(*within + Duration::from_secs(10)),
+            Action::WaitFor { within, .. } => Some(within.saturating_add(Duration::from_secs(10))),
             Action::Navigate(_) => Some(Duration::from_secs(30)),
             _ => Some(Duration::from_secs(15)),
         }

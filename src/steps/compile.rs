@@ -27,12 +27,22 @@ pub struct Journey {
     pub buckets: Option<Vec<f64>>,
     pub locations: Option<Vec<String>>,
     pub vars: Vec<(String, Template)>,
+    /// Re-run a failed run from the start, within the same schedule slot.
+    pub retries: Option<Retries>,
     pub steps: Vec<Step>,
     pub finally: Vec<Step>,
     /// `file:line:column` of the journey, for messages.
     pub source: String,
     /// Changes whenever the journey's definition changes (hot reload).
     pub fingerprint: u64,
+}
+
+/// A journey's `retries`: how many attempts a run may take in all, and the pause between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Attempts in all, the first included (2 = one retry).
+    pub attempts: u32,
+    pub delay: Duration,
 }
 
 /// A runnable step: its kind plus the shared assertions and extractions.

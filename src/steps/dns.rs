@@ -82,6 +82,48 @@ pub fn uncached_resolver(server: Option<SocketAddr>) -> Result<TokioResolver, St
     builder.build().map_err(|e| e.to_string())
 }
 
+/// Resolves only if `server` refuses UDP (ICMP port unreachable), which the
+/// resolver's unconnected socket never learns: it would wait out its timeout.
+/// Sends the same question once on a connected socket, which the kernel does
+/// tell; any answer (or other error) leaves the resolver's lookup to decide.
+/// Sent only after 100 ms without an answer, so a healthy resolver sees one query.
+async fn refused(server: SocketAddr, name: &str, qtype: u16) -> std::io::Error {
+    // Most resolvers answer well within this: only a slow (or refusing) one gets the second query.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let probe = async {
+        let local: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let sock = tokio::net::UdpSocket::bind(local).await.ok()?;
+        sock.connect(server).await.ok()?;
+        sock.send(&dns_query(name, qtype)).await.ok()?;
+        let mut buf = [0u8; 512];
+        match sock.recv(&mut buf).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(e),
+            _ => None,
+        }
+    };
+    match probe.await {
+        Some(e) => e,
+        None => std::future::pending().await,
+    }
+}
+
+/// A minimal DNS query (RFC 1035 §4.1): header with RD, one question, class IN.
+fn dns_query(name: &str, qtype: u16) -> Vec<u8> {
+    let id = (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16;
+    let mut q = Vec::with_capacity(name.len() + 18);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        let l = &label.as_bytes()[..label.len().min(63)];
+        q.push(l.len() as u8);
+        q.extend_from_slice(l);
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
 fn parse_server(s: &str) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
@@ -129,11 +171,13 @@ impl DnsStep {
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let name = ctx.render(&self.name)?;
+        let mut server = None;
         let resolver = match &self.server {
             None => ctx.env.resolver.clone(),
             Some(t) => {
                 let text = ctx.render(t)?;
                 let sa = parse_server(&text).ok_or_else(|| StepError::new(ErrorType::Config, format!("`resolver`: expected `ip` or `ip:port`, got `{text}`")))?;
+                server = Some(sa);
                 let mut cache = self.resolvers.lock().expect("resolver cache lock");
                 match cache.get(&sa) {
                     Some(r) => r.clone(),
@@ -150,7 +194,18 @@ impl DnsStep {
         };
         ctx.waiting_for = "the DNS answer";
         let t = Instant::now();
-        let res = resolver.lookup(name.as_str(), self.record_type).await;
+        let lookup = resolver.lookup(name.as_str(), self.record_type);
+        let res = match server {
+            None => lookup.await,
+            Some(sa) => tokio::select! {
+                r = lookup => r,
+                e = refused(sa, &name, u16::from(self.record_type)) => {
+                    let mut obs = Observation::default();
+                    obs.phases.push(Phase { name: "dns", duration: t.elapsed() });
+                    return Err(StepError::new(ErrorType::Dns, format!("query {} {name} failed: the resolver {sa} refused it ({}: nothing answers DNS on that address and port)", self.record_type, crate::steps::net::describe_io(&e))).with_observation(&obs));
+                }
+            },
+        };
         let mut obs = Observation::default();
         obs.phases.push(Phase { name: "dns", duration: t.elapsed() });
         let (rcode, answers): (ResponseCode, Vec<String>) = match res {
@@ -220,6 +275,33 @@ mod tests {
             }
         });
         (addr, task)
+    }
+
+    /// A resolver address nothing listens on: the kernel answers ICMP port unreachable.
+    /// Timing-dependent (the refusal must win against the 5 s resolver timeout):
+    /// looped 50 times here.
+    #[tokio::test]
+    async fn a_refusing_resolver_fails_at_once_naming_it() {
+        let addr = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let step = test_step(&format!("name: a\ndns: {{name: www.example.test, resolver: \"{addr}\"}}\n"));
+        let mut ctx = RunContext::new_test();
+        for _ in 0..50 {
+            let t = std::time::Instant::now();
+            let e = attempt(&mut ctx, &step).await.expect_err("nothing listens");
+            assert!(t.elapsed() < std::time::Duration::from_secs(2), "took {:?}: {}", t.elapsed(), e.message);
+            assert_eq!(e.error_type, crate::vocab::ErrorType::Dns, "{}", e.message);
+            assert!(e.message.contains(&format!("the resolver {addr} refused it")) && e.message.contains("connection refused"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn queries_are_well_formed() {
+        let q = super::dns_query("www.example.test.", 1);
+        assert_eq!(&q[2..12], &[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&q[12..], b"\x03www\x07example\x04test\x00\x00\x01\x00\x01");
     }
 
     #[tokio::test]

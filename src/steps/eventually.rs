@@ -66,7 +66,8 @@ impl EventuallyStep {
         let started = Instant::now();
         // Give up with a full message shortly before the step would be cut off.
         let cut = ctx.step_deadline.map(|d| d.checked_sub(Duration::from_millis(50)).unwrap_or(d));
-        let deadline = cut.map_or(started + self.within, |c| c.min(started + self.within));
+        let until = started.checked_add(self.within).unwrap_or(started);
+        let deadline = cut.map_or(until, |c| c.min(until));
         let mut backoff = self.backoff;
         let mut attempts = 0u32;
         loop {
@@ -94,7 +95,7 @@ impl EventuallyStep {
             }
             ctx.waiting_for = "the next attempt";
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.max_backoff);
+            backoff = backoff.saturating_mul(2).min(self.max_backoff);
         }
     }
 }
@@ -113,7 +114,7 @@ impl StepKind for EventuallyStep {
         self.inner.kind.error_types()
     }
     fn default_timeout(&self) -> Option<Duration> {
-        Some(self.within + Duration::from_secs(1))
+        Some(self.within.saturating_add(Duration::from_secs(1)))
     }
 }
 

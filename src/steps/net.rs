@@ -1,13 +1,14 @@
 //! Timed DNS resolution, TCP connect and TLS handshake, shared by the
 //! `http`, `tcp` and `tls` steps so their phases mean the same thing.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::ClientConfig;
 
 use crate::steps::context::RunContext;
@@ -58,7 +59,13 @@ pub async fn connect_tcp(ctx: &mut RunContext, host: &str, port: u16, phases: &m
         }
     }
     let (sa, e) = last_err.expect("at least one address was tried");
-    Err(StepError::new(ErrorType::Connect, format!("could not connect to {host}:{port} ({sa}): {e}")))
+    Err(StepError::new(
+        ErrorType::Connect,
+        format!(
+            "could not connect to {host}:{port} ({sa}): {}",
+            describe_io(&e)
+        ),
+    ))
 }
 
 /// What the TLS handshake established.
@@ -75,8 +82,30 @@ pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, 
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| StepError::new(ErrorType::Config, format!("`{server_name}` is not a valid TLS server name: {e}")))?;
     ctx.waiting_for = "the TLS handshake";
     let t = Instant::now();
-    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| StepError::new(ErrorType::Tls, format!("TLS handshake with `{server_name}` failed: {e}")))?;
-    phases.push(Phase { name: "tls", duration: t.elapsed() });
+    let peer = tcp.peer_addr().ok();
+    let offered = config.alpn_protocols.clone();
+    let stream = match tokio_rustls::TlsConnector::from(config)
+        .connect(name.clone(), tcp)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let chain = match (tls_error(&e), peer) {
+                (Some(tokio_rustls::rustls::Error::InvalidCertificate(_)), Some(peer)) => {
+                    presented_chain(ctx, peer, name).await
+                }
+                _ => Vec::new(),
+            };
+            return Err(StepError::new(
+                ErrorType::Tls,
+                describe_handshake_failure(&e, server_name, &chain, &offered),
+            ));
+        }
+    };
+    phases.push(Phase {
+        name: "tls",
+        duration: t.elapsed(),
+    });
     let (_, conn) = stream.get_ref();
     let mut facts = TlsFacts {
         version: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
@@ -87,8 +116,7 @@ pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, 
     };
     for (i, der) in conn.peer_certificates().unwrap_or_default().iter().enumerate() {
         if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) {
-            let ts = cert.validity().not_after.timestamp();
-            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(ts.max(0) as u64);
+            let at = unix_time(cert.validity().not_after.timestamp());
             facts.not_after = Some(facts.not_after.map_or(at, |cur| cur.min(at)));
             if i == 0 {
                 facts.subject = cert.subject().to_string();
@@ -97,6 +125,203 @@ pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, 
         }
     }
     Ok((stream, facts))
+}
+
+fn unix_time(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs.max(0) as u64))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn date(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The rustls error inside an I/O error from a handshake, if that is what it is.
+fn tls_error(e: &io::Error) -> Option<&tokio_rustls::rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+}
+
+/// The chain a server presents, fetched again without verification after a
+/// certificate failure, so the message can name its issuer, names and dates.
+async fn presented_chain(
+    ctx: &RunContext,
+    peer: SocketAddr,
+    name: ServerName<'static>,
+) -> Vec<CertificateDer<'static>> {
+    let fetch = async {
+        let tcp = TcpStream::connect(peer).await.ok()?;
+        let s = tokio_rustls::TlsConnector::from(ctx.env.tls.insecure.clone())
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        Some(
+            s.get_ref()
+                .1
+                .peer_certificates()?
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// `NoApplicationProtocol` → `no application protocol`: an enum's name in words.
+fn words(debug: String) -> String {
+    let mut out = String::new();
+    for (i, ch) in debug.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// An I/O error in words, with what had happened before it.
+pub fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset by peer".into(),
+        io::ErrorKind::ConnectionAborted => "connection aborted".into(),
+        io::ErrorKind::BrokenPipe => "the peer closed the connection (broken pipe)".into(),
+        io::ErrorKind::UnexpectedEof => "the peer closed the connection".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        io::ErrorKind::HostUnreachable => "host unreachable".into(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// A failed TLS handshake in an operator's words: which certificate problem
+/// (with the dates, issuer or names involved), or what the server did.
+pub fn describe_handshake_failure(
+    e: &io::Error,
+    server_name: &str,
+    chain: &[CertificateDer<'_>],
+    offered_alpn: &[Vec<u8>],
+) -> String {
+    use tokio_rustls::rustls::{AlertDescription, CertificateError, Error as TlsError};
+    let leaf = chain.first().and_then(|der| {
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .ok()
+            .map(|(_, c)| c)
+    });
+    let subject = leaf
+        .as_ref()
+        .map(|c| c.subject().to_string())
+        .unwrap_or_default();
+    let issuer = leaf
+        .as_ref()
+        .map(|c| c.issuer().to_string())
+        .unwrap_or_default();
+    let names = || -> Vec<String> {
+        let Some(c) = &leaf else { return Vec::new() };
+        let mut v: Vec<String> = c
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
+                        x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                            4 => std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+                            16 => <[u8; 16]>::try_from(*b)
+                                .map(|a| std::net::Ipv6Addr::from(a).to_string())
+                                .unwrap_or_default(),
+                            _ => String::new(),
+                        },
+                        _ => String::new(),
+                    })
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if v.is_empty() && !subject.is_empty() {
+            v.push(subject.clone());
+        }
+        v
+    };
+    let cert = format!("the certificate of `{server_name}`");
+    let Some(tls) = tls_error(e) else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof => format!("TLS handshake with `{server_name}` failed: the server closed the connection during the handshake (is it speaking TLS on this port?)"),
+            _ => format!("TLS handshake with `{server_name}` failed: {}", describe_io(e)),
+        };
+    };
+    let why = match tls {
+        TlsError::InvalidCertificate(ce) => match ce {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                let at = match ce {
+                    CertificateError::ExpiredContext { not_after, .. } => Some(unix_time(not_after.as_secs() as i64)),
+                    _ => leaf.as_ref().map(|c| unix_time(c.validity().not_after.timestamp())),
+                };
+                match at {
+                    Some(t) => format!("{cert} expired on {}", date(t)),
+                    None => format!("{cert} has expired"),
+                }
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                let at = match ce {
+                    CertificateError::NotValidYetContext { not_before, .. } => Some(unix_time(not_before.as_secs() as i64)),
+                    _ => leaf.as_ref().map(|c| unix_time(c.validity().not_before.timestamp())),
+                };
+                match at {
+                    Some(t) => format!("{cert} is not valid yet: it becomes valid on {} (is a clock wrong?)", date(t)),
+                    None => format!("{cert} is not valid yet"),
+                }
+            }
+            CertificateError::UnknownIssuer if !subject.is_empty() && subject == issuer => {
+                format!("{cert} is self-signed (`{subject}`) and not trusted: add it to `ca_file`, or set `verify: false` to check only the connection")
+            }
+            CertificateError::UnknownIssuer if !issuer.is_empty() => format!("{cert} is issued by `{issuer}`, an unknown issuer (not in the trusted roots): add that CA to `ca_file` if it is a private CA"),
+            CertificateError::UnknownIssuer => format!("{cert} is issued by an unknown issuer (not in the trusted roots)"),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                let mut held = names();
+                if held.is_empty() {
+                    // The library's list is debug text (`DnsName("a.test")`): keep only the names.
+                    if let CertificateError::NotValidForNameContext { presented, .. } = ce {
+                        held = presented.iter().map(|p| p.split_once('(').map_or(p.as_str(), |(_, r)| r.trim_end_matches(')').trim_matches('"')).to_string()).collect();
+                    }
+                }
+                let held = if held.is_empty() { "no names".to_string() } else { held.join(", ") };
+                format!("hostname mismatch: the certificate presented for `{server_name}` is valid only for {held}")
+            }
+            CertificateError::Revoked => format!("{cert} has been revoked by its issuer"),
+            CertificateError::BadSignature
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                format!("{cert} is signed with a weak or unsupported algorithm, or its signature does not verify")
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!("{cert} is not valid for TLS server authentication (extended key usage)"),
+            CertificateError::BadEncoding => format!("{cert} is malformed"),
+            // e.g. a CA certificate served as the server's own (what `openssl req -x509` makes).
+            _ if !subject.is_empty() && subject == issuer => format!("{cert} is self-signed (`{subject}`) and was rejected: it cannot serve as a server certificate"),
+            _ if !issuer.is_empty() => format!("{cert} (`{subject}`, issued by `{issuer}`) was rejected by verification"),
+            _ => format!("{cert} was rejected by verification"),
+        },
+        TlsError::AlertReceived(AlertDescription::NoApplicationProtocol) => {
+            let offered: Vec<String> = offered_alpn.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            format!("the server supports none of the offered application protocols (ALPN: {}); set the step's `alpn` to what the server speaks, or leave it out", offered.join(", "))
+        }
+        TlsError::AlertReceived(a) => format!("the server aborted the handshake (TLS alert: {})", words(format!("{a:?}"))),
+        TlsError::PeerIncompatible(_) => "the server and the agent have no TLS version or cipher suite in common".to_string(),
+        TlsError::InvalidMessage(_) | TlsError::PeerMisbehaved(_) => "the server broke the TLS protocol".to_string(),
+        TlsError::NoApplicationProtocol => "the server chose an application protocol that was not offered (ALPN)".to_string(),
+        TlsError::NoCertificatesPresented => "the server presented no certificate".to_string(),
+        _ => "the handshake was rejected".to_string(),
+    };
+    format!("TLS handshake with `{server_name}` failed: {why}")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::template::Template;
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
-use crate::steps::net::{connect_tcp, split_host_port};
+use crate::steps::net::{connect_tcp, describe_io, split_host_port};
 use crate::steps::{KindInfo, Needs, StepKind};
 use crate::vocab::{snippet, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
@@ -62,7 +62,7 @@ impl TcpStep {
         if let Some(t) = &self.send {
             let data = ctx.render(t)?;
             ctx.waiting_for = "the send to complete";
-            stream.write_all(data.as_bytes()).await.map_err(|e| StepError::new(ErrorType::Connect, format!("send to {address} failed: {e}")).with_observation(&obs))?;
+            stream.write_all(data.as_bytes()).await.map_err(|e| StepError::new(ErrorType::Connect, format!("send to {address} failed: {}", describe_io(&e))).with_observation(&obs))?;
         }
         if let Some(t) = &self.expect {
             let want = ctx.render(t)?;
@@ -78,9 +78,12 @@ impl TcpStep {
                     return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}` within the first {MAX_READ} bytes, got: {}", snippet(&String::from_utf8_lossy(&buf), 200)))
                         .with_observation(&obs));
                 }
-                let n = stream.read(&mut chunk).await.map_err(|e| StepError::new(ErrorType::Connect, format!("read from {address} failed: {e}")).with_observation(&obs))?;
+                let n = stream.read(&mut chunk).await.map_err(|e| {
+                    let got = if buf.is_empty() { String::new() } else { format!(": {}", snippet(&String::from_utf8_lossy(&buf), 200)) };
+                    StepError::new(ErrorType::Connect, format!("expected `{want}` from {address}, got {} after {} bytes{got}", describe_io(&e), buf.len())).with_observation(&obs)
+                })?;
                 if n == 0 {
-                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}`, the peer closed the connection after sending: {}", snippet(&String::from_utf8_lossy(&buf), 200)))
+                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}`, the peer closed the connection after {} bytes: {}", buf.len(), snippet(&String::from_utf8_lossy(&buf), 200)))
                         .with_observation(&obs));
                 }
                 buf.extend_from_slice(&chunk[..n]);

@@ -32,6 +32,10 @@ pub struct TlsSpec {
     /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
     pub ca_file: Option<String>,
     pub min_days_remaining: Option<f64>,
+    /// Application protocols to offer (ALPN), e.g. `[h2]`. Default: none, so
+    /// servers that speak only one protocol (gRPC, for one) are not refused.
+    #[serde(default)]
+    pub alpn: Vec<String>,
 }
 
 /// Client TLS configurations, built once: verifying (system roots), and not.
@@ -130,6 +134,7 @@ pub struct TlsStep {
     verify: bool,
     ca_file: Option<Template>,
     min_days_remaining: Option<f64>,
+    alpn: Vec<Vec<u8>>,
 }
 
 impl TlsStep {
@@ -139,12 +144,16 @@ impl TlsStep {
                 c.error("tls.min_days_remaining", "expected a number of days >= 0");
             }
         }
+        if spec.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
+            c.error("tls.alpn", "expected protocol names of 1 to 255 bytes, e.g. [h2, http/1.1]");
+        }
         Some(TlsStep {
             address: c.template("tls.address", &spec.address),
             server_name: spec.server_name.as_deref().map(|s| c.template("tls.server_name", s)),
             verify: spec.verify,
             ca_file: spec.ca_file.as_deref().map(|s| c.template("tls.ca_file", s)),
             min_days_remaining: spec.min_days_remaining,
+            alpn: spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
         })
     }
 
@@ -159,7 +168,10 @@ impl TlsStep {
             Some(t) => Some(ctx.render(t)?),
             None => None,
         };
-        let config = ctx.env.tls.pick(self.verify, ca.as_deref())?;
+        // The shared configs offer `http/1.1` for HTTP and WebSocket; this step offers only what it says.
+        let mut config = (*ctx.env.tls.pick(self.verify, ca.as_deref())?).clone();
+        config.alpn_protocols = self.alpn.clone();
+        let config = Arc::new(config);
         let mut obs = Observation::default();
         let (tcp, peer) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
         let (_stream, facts) = handshake(ctx, tcp, &server_name, config, &mut obs.phases).await.map_err(|e| e.with_observation(&obs))?;
@@ -241,6 +253,138 @@ mod tests {
             }
         });
         (port, cert.pem())
+    }
+
+    /// A loopback TLS listener presenting `cert` (signed by `issuer`, or
+    /// self-signed), offering `alpn`; completes `count` handshakes.
+    async fn listener(params: rcgen::CertificateParams, issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>, alpn: &[&str], count: usize) -> (u16, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match issuer {
+            Some(i) => params.signed_by(&key, i).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                let Ok((s, _)) = l.accept().await else { return };
+                let _ = acceptor.accept(s).await;
+            }
+        });
+        (port, cert.pem())
+    }
+
+    fn params(names: &[&str], from_days: i64, to_days: i64) -> rcgen::CertificateParams {
+        let mut p = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::days(from_days);
+        p.not_after = now + time::Duration::days(to_days);
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        // Not the bare name: a machine's trust store may hold some `CN=localhost` of its own.
+        p.distinguished_name.push(rcgen::DnType::CommonName, format!("{} (vantage test)", names[0]));
+        p
+    }
+
+    fn write_ca(pem: &str, tag: &str) -> String {
+        let path = std::env::temp_dir().join(format!("vantage-tls-{tag}-{}.pem", std::process::id()));
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    }
+
+    /// Runs a `tls` step against `port` trusting `ca` (if any); returns the failure.
+    async fn fails(port: u16, ca: Option<&str>, extra: &str) -> crate::vocab::StepError {
+        let ca = ca.map(|c| format!(", ca_file: \"{c}\"")).unwrap_or_default();
+        let step = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\", server_name: localhost{ca}{extra}}}\n"));
+        let e = attempt(&mut RunContext::new_test(), &step).await.expect_err("must fail");
+        assert_eq!(e.error_type, ErrorType::Tls, "{}", e.message);
+        assert!(!e.message.contains("Context") && !e.message.contains("InvalidCertificate") && !e.message.contains('{'), "library debug output: {}", e.message);
+        e
+    }
+
+    #[tokio::test]
+    async fn certificate_failures_are_described_in_words() {
+        // Expired (trusted through the CA file, so expiry is the only problem).
+        let (port, pem) = listener(params(&["localhost"], -30, -2), None, &[], 2).await;
+        let ca = write_ca(&pem, "expired");
+        let e = fails(port, Some(&ca), "").await;
+        let day = (time::OffsetDateTime::now_utc() - time::Duration::days(2)).date().to_string();
+        assert!(e.message.contains("the certificate of `localhost` expired on ") && e.message.contains(&day), "{}", e.message);
+        let _ = std::fs::remove_file(&ca);
+
+        // Not yet valid.
+        let (port, pem) = listener(params(&["localhost"], 3, 30), None, &[], 2).await;
+        let ca = write_ca(&pem, "future");
+        let e = fails(port, Some(&ca), "").await;
+        let day = (time::OffsetDateTime::now_utc() + time::Duration::days(3)).date().to_string();
+        assert!(e.message.contains("is not valid yet: it becomes valid on ") && e.message.contains(&day), "{}", e.message);
+        let _ = std::fs::remove_file(&ca);
+
+        // Self-signed, not trusted.
+        let (port, _) = listener(params(&["localhost"], -1, 30), None, &[], 2).await;
+        let e = fails(port, None, "").await;
+        assert!(e.message.contains("is self-signed (`CN=localhost (vantage test)`) and not trusted"), "{}", e.message);
+
+        // Signed by a CA nobody trusts: names the issuer.
+        let mut ca_params = params(&["Vantage Test CA"], -1, 30);
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(ca_params, rcgen::KeyPair::generate().unwrap());
+        let (port, _) = listener(params(&["localhost"], -1, 30), Some(&issuer), &[], 2).await;
+        let e = fails(port, None, "").await;
+        assert!(e.message.contains("is issued by `CN=Vantage Test CA (vantage test)`, an unknown issuer"), "{}", e.message);
+
+        // Wrong host: names what the certificate holds.
+        let (port, pem) = listener(params(&["shop.example.test", "www.example.test"], -1, 30), None, &[], 2).await;
+        let ca = write_ca(&pem, "wronghost");
+        let e = fails(port, Some(&ca), "").await;
+        assert!(e.message.contains("hostname mismatch: the certificate presented for `localhost` is valid only for shop.example.test, www.example.test"), "{}", e.message);
+        let _ = std::fs::remove_file(&ca);
+    }
+
+    #[tokio::test]
+    async fn no_alpn_is_offered_unless_asked() {
+        // An h2-only server (like gRPC) refuses clients that offer only http/1.1.
+        let (port, pem) = listener(params(&["localhost"], -1, 30), None, &["h2"], 3).await;
+        let ca = write_ca(&pem, "alpn");
+        let ok = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\", server_name: localhost, ca_file: \"{ca}\"}}\n"));
+        attempt(&mut RunContext::new_test(), &ok).await.expect("no ALPN offered: the server accepts");
+        let h2 = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\", server_name: localhost, ca_file: \"{ca}\", alpn: [h2]}}\n"));
+        attempt(&mut RunContext::new_test(), &h2).await.expect("h2 offered: the server accepts");
+        let e = fails(port, Some(&ca), ", alpn: [http/1.1]").await;
+        assert!(e.message.contains("the server supports none of the offered application protocols (ALPN: http/1.1)"), "{}", e.message);
+        let _ = std::fs::remove_file(&ca);
+    }
+
+    #[tokio::test]
+    async fn a_refused_or_reset_connection_is_named() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let step = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\"}}\n"));
+        let e = attempt(&mut RunContext::new_test(), &step).await.expect_err("nothing listens");
+        assert_eq!(e.error_type, ErrorType::Connect, "{}", e.message);
+        assert!(e.message.ends_with("connection refused"), "{}", e.message);
+        // A server that reads the ClientHello, then closes without answering.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            let _ = tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf).await;
+        });
+        let step = test_step(&format!("name: t\ntls: {{address: \"127.0.0.1:{port}\"}}\n"));
+        let e = attempt(&mut RunContext::new_test(), &step).await.expect_err("no handshake");
+        assert_eq!(e.error_type, ErrorType::Tls, "{}", e.message);
+        assert!(e.message.contains("the server closed the connection during the handshake") || e.message.contains("connection reset by peer"), "{}", e.message);
     }
 
     #[tokio::test]

@@ -12,7 +12,11 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use reqwest::cookie::CookieStore;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,7 +27,7 @@ use crate::config::template::Template;
 use crate::steps::assertions::Assertions;
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::{RunContext, RunStateSlot};
-use crate::steps::net::{connect_tcp, handshake};
+use crate::steps::net::{connect_tcp, describe_io, handshake};
 use crate::steps::{KindInfo, Needs, StepKind};
 use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
@@ -54,8 +58,11 @@ fn default_connection() -> String {
     "default".into()
 }
 
-/// Messages buffered per connection between receive steps; older ones are dropped.
+/// Messages buffered per connection between receive steps; when either bound
+/// is reached the oldest are dropped (and counted), so the newest event, the
+/// one a journey most likely waits for, is always kept.
 const INBOX: usize = 256;
+const INBOX_BYTES: usize = 4 * 1024 * 1024;
 const MAX_MESSAGE: usize = 1024 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -63,18 +70,46 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<Box<dyn Io>>, Message>;
 
-/// Why the reader stopped, delivered as the last inbox item.
-#[derive(Debug)]
-enum Event {
-    Message(Instant, String),
-    Closed(String),
+/// The messages a connection's reader received and no step consumed yet.
+/// Frames are kept as received (text and binary alike, no copies).
+#[derive(Default)]
+struct Inbox {
+    messages: VecDeque<(Instant, Bytes)>,
+    bytes: usize,
+    /// Messages dropped, oldest first, because the inbox was full.
+    dropped: u64,
+    /// Why the reader stopped, once it has.
+    closed: Option<String>,
+}
+
+impl Inbox {
+    fn push(&mut self, at: Instant, b: Bytes) {
+        self.bytes += b.len();
+        self.messages.push_back((at, b));
+        while self.messages.len() > INBOX || (self.bytes > INBOX_BYTES && self.messages.len() > 1) {
+            if let Some((_, old)) = self.messages.pop_front() {
+                self.bytes -= old.len();
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<(Instant, Bytes)> {
+        let m = self.messages.pop_front()?;
+        self.bytes -= m.1.len();
+        Some(m)
+    }
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    arrived: Notify,
 }
 
 struct Conn {
     sink: Sink,
-    inbox: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
     received: u32,
-    closed: Option<String>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -125,6 +160,16 @@ impl WebSocketStep {
         if let Some(r) = spec.receive {
             c.check_wait("websocket.receive", r.0);
         }
+        if let Some(scheme) = spec.connect.as_deref().and_then(literal_scheme) {
+            if !matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss") {
+                let hint = match scheme.to_ascii_lowercase().as_str() {
+                    "http" => " (use ws:// for a WebSocket)",
+                    "https" => " (use wss:// for a WebSocket)",
+                    _ => "",
+                };
+                c.error("websocket.connect", &format!("expected a ws:// or wss:// URL, got scheme `{scheme}`{hint}"));
+            }
+        }
         if spec.receive.is_some() && !filter.has_content_checks() {
             c.error("websocket.receive", "expected an `assert` block that says which message to wait for (e.g. `json` or `body_contains`)");
         }
@@ -159,7 +204,16 @@ impl WebSocketStep {
             ctx_wait(&mut conn.sink, text).await.map_err(|e| e.with_observation(&obs))?;
         }
         if let Some(within) = self.receive {
-            let (arrived, text) = self.receive(ctx, within).await.map_err(|e| e.with_observation(&obs))?;
+            let (arrived, text, dropped) = match self.receive(ctx, within).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Ok(c) = self.conn(ctx) {
+                        obs.attributes.push(KeyValue::new("websocket.messages.dropped", c.shared.inbox.lock().expect("inbox lock").dropped as i64));
+                    }
+                    return Err(e.with_observation(&obs));
+                }
+            };
+            obs.attributes.push(KeyValue::new("websocket.messages.dropped", dropped as i64));
             let since = match &self.since_step {
                 Some(name) => *ctx.step_starts.get(name).ok_or_else(|| StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run")))?,
                 None => started,
@@ -235,17 +289,23 @@ impl WebSocketStep {
         obs.attributes.push(KeyValue::new("http.response.status_code", resp.status().as_u16() as i64));
         obs.attributes.push(KeyValue::new("url.full", url.to_string()));
         let (sink, mut stream) = ws.split();
-        let (tx, inbox) = mpsc::channel(INBOX);
+        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), arrived: Notify::new() });
+        let sh = shared.clone();
         let reader = tokio::spawn(async move {
+            let mut count = 0u64;
+            let push = |b: Bytes| {
+                sh.inbox.lock().expect("inbox lock").push(Instant::now(), b);
+                sh.arrived.notify_one();
+            };
             let why = loop {
                 match stream.next().await {
                     Some(Ok(Message::Text(t))) => {
-                        if tx.try_send(Event::Message(Instant::now(), t.to_string())).is_err() && tx.is_closed() {
-                            return;
-                        }
+                        count += 1;
+                        push(Bytes::from(t));
                     }
                     Some(Ok(Message::Binary(b))) => {
-                        let _ = tx.try_send(Event::Message(Instant::now(), String::from_utf8_lossy(&b).into_owned()));
+                        count += 1;
+                        push(b);
                     }
                     Some(Ok(Message::Close(frame))) => {
                         break match frame {
@@ -254,61 +314,78 @@ impl WebSocketStep {
                         }
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => break format!("connection error: {e}"),
-                    None => break "connection dropped".to_string(),
+                    Some(Err(WsError::Io(e))) => break format!("failed: {} after {count} messages", describe_io(&e)),
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => break format!("was closed by the server without a close frame after {count} messages"),
+                    Some(Err(WsError::Capacity(_))) => break format!("failed: the server sent a message larger than {MAX_MESSAGE} bytes"),
+                    Some(Err(e)) => break format!("failed: {e}"),
+                    None => break format!("was closed after {count} messages"),
                 }
             };
-            let _ = tx.send(Event::Closed(why)).await;
+            sh.inbox.lock().expect("inbox lock").closed = Some(why);
+            sh.arrived.notify_one();
         });
-        Ok(Conn { sink, inbox, received: 0, closed: None, reader })
+        Ok(Conn { sink, shared, received: 0, reader })
     }
 
-    async fn receive(&self, ctx: &mut RunContext, within: Duration) -> Result<(Instant, String), StepError> {
+    async fn receive(&self, ctx: &mut RunContext, within: Duration) -> Result<(Instant, String, u64), StepError> {
         let deadline = Instant::now() + within;
         let mut last_mismatch: Option<String> = None;
         let mut seen = 0u32;
         ctx.waiting_for = "a matching WebSocket message";
+        let shared = self.conn(ctx)?.shared.clone();
+        let dropped = || shared.inbox.lock().expect("inbox lock").dropped;
+        let dropped_note = |d: u64| if d == 0 { String::new() } else { format!("; {d} older message{} dropped because the receive buffer was full", if d == 1 { " was" } else { "s were" }) };
         loop {
-            let conn = self.conn(ctx)?;
-            if let Some(why) = &conn.closed {
-                return Err(StepError::new(ErrorType::Websocket, format!("connection `{}` is {why}", self.connection)));
-            }
-            let next = tokio::time::timeout_at(deadline.into(), conn.inbox.recv()).await;
-            let event = match next {
-                Err(_) => {
-                    let last = last_mismatch.map(|m| format!("; last mismatch: {m}")).unwrap_or_default();
-                    return Err(StepError::new(
-                        ErrorType::Timeout,
-                        format!("expected a matching message on `{}` within {}, got {seen} non-matching message{}{last}", self.connection, fmt_dur(within), if seen == 1 { "" } else { "s" }),
-                    ));
+            let next = {
+                let mut inbox = shared.inbox.lock().expect("inbox lock");
+                match inbox.pop() {
+                    Some(m) => Ok(m),
+                    None => Err(inbox.closed.clone()),
                 }
-                Ok(None) => Event::Closed("connection dropped".into()),
-                Ok(Some(e)) => e,
             };
-            match event {
-                Event::Closed(why) => {
-                    let conn = self.conn(ctx)?;
-                    conn.closed = Some(why.clone());
+            let (at, bytes) = match next {
+                Ok(m) => m,
+                Err(Some(why)) => {
                     let last = last_mismatch.map(|m| format!("; last mismatch: {m}")).unwrap_or_default();
                     return Err(StepError::new(
                         ErrorType::Websocket,
-                        format!("connection `{}` {why} while waiting for a matching message ({seen} other message{} received){last}", self.connection, if seen == 1 { "" } else { "s" }),
+                        format!("connection `{}` {why} while waiting for a matching message ({seen} other message{} received){last}{}", self.connection, if seen == 1 { "" } else { "s" }, dropped_note(dropped())),
                     ));
                 }
-                Event::Message(at, text) => {
-                    self.conn(ctx)?.received += 1;
-                    let candidate = Observation { body: bytes::Bytes::from(text.clone()), ..Default::default() };
-                    match self.filter.check_content(ctx, &candidate) {
-                        Ok(()) => return Ok((at, text)),
-                        Err(e) => {
-                            seen += 1;
-                            last_mismatch = Some(format!("{} in {}", e.message, snippet(&text, 160)));
-                        }
+                Err(None) => {
+                    if tokio::time::timeout_at(deadline.into(), shared.arrived.notified()).await.is_err() {
+                        let last = last_mismatch.map(|m| format!("; last mismatch: {m}")).unwrap_or_default();
+                        return Err(StepError::new(
+                            ErrorType::Timeout,
+                            format!(
+                                "expected a matching message on `{}` within {}, got {seen} non-matching message{}{last}{}",
+                                self.connection,
+                                fmt_dur(within),
+                                if seen == 1 { "" } else { "s" },
+                                dropped_note(dropped())
+                            ),
+                        ));
                     }
+                    continue;
+                }
+            };
+            self.conn(ctx)?.received += 1;
+            let candidate = Observation { body: bytes, ..Default::default() };
+            match self.filter.check_content(ctx, &candidate) {
+                Ok(()) => return Ok((at, candidate.body_text().into_owned(), dropped())),
+                Err(e) => {
+                    seen += 1;
+                    last_mismatch = Some(format!("{} in {}", e.message, snippet(&candidate.body_text(), 160)));
                 }
             }
         }
     }
+}
+
+/// The scheme of a URL template when it is written literally (`ws://${host}/x` → `ws`).
+fn literal_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    (!scheme.contains("${") && !scheme.is_empty()).then_some(scheme)
 }
 
 async fn ctx_wait(sink: &mut Sink, text: String) -> Result<(), StepError> {
@@ -353,6 +430,96 @@ mod tests {
             }
         });
         port
+    }
+
+    #[test]
+    fn a_literal_url_with_another_scheme_is_a_check_error() {
+        let errs = crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"http://example.test/ws\"}\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("test.yaml:1:1") && errs[0].contains("`websocket.connect`: expected a ws:// or wss:// URL, got scheme `http` (use ws:// for a WebSocket)"), "{}", errs[0]);
+        assert!(crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"${env.X}/ws\"}\n").is_empty());
+        assert!(crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"wss://${env.X}/ws\"}\n").is_empty());
+    }
+
+    /// Sends `count` numbered messages `{"n":i}` (text, or binary of `pad` bytes) as fast as it can, then keeps the connection open.
+    async fn flood_server(count: usize, pad: usize) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+            for i in 0..count {
+                let m = if pad == 0 {
+                    tokio_tungstenite::tungstenite::Message::text(format!("{{\"n\":{i}}}"))
+                } else {
+                    let mut b = format!("{{\"n\":{i}}}").into_bytes();
+                    b.resize(pad, b' ');
+                    tokio_tungstenite::tungstenite::Message::binary(b)
+                };
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await;
+        });
+        port
+    }
+
+    fn dropped(obs_attrs: &[opentelemetry::KeyValue]) -> i64 {
+        match obs_attrs.iter().find(|kv| kv.key.as_str() == "websocket.messages.dropped").map(|kv| kv.value.clone()) {
+            Some(opentelemetry::Value::I64(n)) => n,
+            other => panic!("no dropped count: {other:?}"),
+        }
+    }
+
+    /// A flood beyond the buffer keeps the newest messages and counts the
+    /// oldest it dropped. Timing-dependent (the flood must land before the
+    /// receive step); looped 50 times here.
+    #[tokio::test]
+    async fn a_full_buffer_drops_the_oldest_messages_and_counts_them() {
+        for _ in 0..50 {
+            let port = flood_server(300, 0).await;
+            let mut ctx = RunContext::new_test();
+            let open = test_step(&format!("name: open\nwebsocket: {{connect: \"ws://127.0.0.1:{port}/\"}}\n"));
+            attempt(&mut ctx, &open).await.expect("handshake");
+            // Wait until the whole flood sits in the buffer.
+            let shared = ctx.state.get_mut::<Connections>().conns["default"].shared.clone();
+            let t = std::time::Instant::now();
+            while shared.inbox.lock().unwrap().dropped < 44 && t.elapsed() < std::time::Duration::from_secs(5) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let last = test_step("name: last\nwebsocket: {receive: 1s}\nassert: {json: [{path: \"$.n\", equals: 299}]}\n");
+            let (obs, _) = attempt(&mut ctx, &last).await.expect("the newest message is kept");
+            assert_eq!(dropped(&obs.attributes), 44);
+            let first = test_step("name: first\nwebsocket: {receive: 200ms}\nassert: {json: [{path: \"$.n\", equals: 0}]}\n");
+            let e = attempt(&mut ctx, &first).await.expect_err("the oldest was dropped");
+            assert_eq!(e.error_type, crate::vocab::ErrorType::Timeout, "{}", e.message);
+            assert!(e.message.contains("44 older messages were dropped because the receive buffer was full"), "{}", e.message);
+            ctx.state.close_all().await;
+        }
+    }
+
+    /// Big binary frames are bounded by bytes too, kept as bytes (no text copies).
+    #[tokio::test]
+    async fn the_buffer_is_bounded_in_bytes() {
+        let port = flood_server(40, 512 * 1024).await;
+        let mut ctx = RunContext::new_test();
+        let open = test_step(&format!("name: open\nwebsocket: {{connect: \"ws://127.0.0.1:{port}/\"}}\n"));
+        attempt(&mut ctx, &open).await.expect("handshake");
+        let shared = ctx.state.get_mut::<Connections>().conns["default"].shared.clone();
+        let t = std::time::Instant::now();
+        while shared.inbox.lock().unwrap().dropped < 32 && t.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        {
+            let inbox = shared.inbox.lock().unwrap();
+            assert!(inbox.bytes <= super::INBOX_BYTES, "{} bytes buffered", inbox.bytes);
+            assert_eq!((inbox.messages.len(), inbox.dropped), (8, 32));
+        }
+        let last = test_step("name: last\nwebsocket: {receive: 1s}\nassert: {body_contains: \"\\\"n\\\":39\"}\n");
+        let (obs, _) = attempt(&mut ctx, &last).await.expect("the newest binary message is kept");
+        assert_eq!(dropped(&obs.attributes), 32);
+        ctx.state.close_all().await;
     }
 
     #[tokio::test]

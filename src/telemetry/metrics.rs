@@ -37,6 +37,7 @@ pub enum Inst {
     Cancelled,
     TelemetryDropped,
     ConfigFetches,
+    Retried,
     /// A histogram a kind declares for one of its phases (`synthetics.browser.*`), by metric name.
     Browser(&'static str),
 }
@@ -58,7 +59,7 @@ impl Inst {
         v
     }
 
-    const FIXED: [Inst; 13] = [
+    const FIXED: [Inst; 14] = [
         Inst::Runs,
         Inst::JourneyDuration,
         Inst::StepDuration,
@@ -72,6 +73,7 @@ impl Inst {
         Inst::Cancelled,
         Inst::TelemetryDropped,
         Inst::ConfigFetches,
+        Inst::Retried,
     ];
 
     fn describe(self) -> (&'static str, &'static str, &'static str, Kind) {
@@ -89,6 +91,7 @@ impl Inst {
             Inst::Cancelled => ("synthetics.journey.cancelled", "", "Runs cut short because the agent shut down (not in synthetics.journey.runs)", Kind::Counter),
             Inst::TelemetryDropped => ("synthetics.agent.telemetry.dropped", "", "Telemetry items dropped because the export buffer was full, by signal", Kind::Counter),
             Inst::ConfigFetches => ("synthetics.agent.config.fetches", "", "Probe bundle fetches by result", Kind::Counter),
+            Inst::Retried => ("synthetics.journey.retried", "", "Runs that needed a retry, by result (recovered, failed); runs counts each run once, by its final outcome", Kind::Counter),
             Inst::Browser(name) => {
                 let d = crate::steps::phase_metrics().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
                 (name, "s", d, Kind::Histogram)

@@ -149,7 +149,13 @@ impl Telemetry {
     /// Creates every outcome series of `j` at 0, so the first failure is visible to `increase()`.
     pub fn register(&self, j: &Journey) {
         self.metrics.add_journey(&j.name, self.journey_base(j));
-        let mut errors: Vec<ErrorType> = vec![ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config];
+        // `internal`: a panic inside a run (a bug of the agent) is still a counted failure.
+        let mut errors: Vec<ErrorType> = vec![
+            ErrorType::Timeout,
+            ErrorType::Assertion,
+            ErrorType::Config,
+            ErrorType::Internal,
+        ];
         for s in &j.steps {
             errors.extend(s.kind.error_types());
         }
@@ -163,6 +169,11 @@ impl Telemetry {
         }
         self.metrics.add(Some(&j.name), Inst::Skipped, Vec::new(), 0);
         self.metrics.add(Some(&j.name), Inst::Cancelled, Vec::new(), 0);
+        if j.retries.is_some() {
+            for result in ["recovered", "failed"] {
+                self.metrics.add(Some(&j.name), Inst::Retried, vec![("result", result.into())], 0);
+            }
+        }
         self.prometheus.lock().expect("prometheus lock").register(j, &self.location, &errors);
     }
 
@@ -182,6 +193,15 @@ impl Telemetry {
         self.metrics.record(name, Inst::JourneyDuration, outcome, r.duration.as_secs_f64());
         if r.cleanup_error.is_some() {
             self.metrics.add(name, Inst::CleanupFailures, Vec::new(), 1);
+        }
+        if r.retried() {
+            let result = if r.outcome == crate::vocab::Outcome::Failure {
+                "failed"
+            } else {
+                "recovered"
+            };
+            self.metrics
+                .add(name, Inst::Retried, vec![("result", result.into())], 1);
         }
         for s in &r.steps {
             let step = || ("step.name", s.name.clone());

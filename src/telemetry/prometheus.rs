@@ -14,6 +14,8 @@ struct JourneyState {
     labels: Vec<(String, String)>,
     /// (outcome, error.type) → count
     runs: BTreeMap<(&'static str, &'static str), u64>,
+    /// Runs that needed a retry, by result (`recovered`, `failed`); only for journeys with `retries`.
+    retried: BTreeMap<&'static str, u64>,
     last: Option<Last>,
 }
 
@@ -46,6 +48,10 @@ impl Registry {
         st.labels = labels;
         st.runs.entry(("success", "")).or_insert(0);
         st.runs.entry(("degraded", "")).or_insert(0);
+        if j.retries.is_some() {
+            st.retried.entry("recovered").or_insert(0);
+            st.retried.entry("failed").or_insert(0);
+        }
         for e in errors {
             st.runs.entry(("failure", e.as_str())).or_insert(0);
         }
@@ -59,6 +65,15 @@ impl Registry {
         let Some(st) = self.journeys.get_mut(&j.name) else { return };
         let key = (r.outcome.as_str(), r.error_type.map(|e| e.as_str()).unwrap_or(""));
         *st.runs.entry(key).or_insert(0) += 1;
+        if r.retried() {
+            *st.retried
+                .entry(if r.outcome == Outcome::Failure {
+                    "failed"
+                } else {
+                    "recovered"
+                })
+                .or_insert(0) += 1;
+        }
         let mut phases = BTreeMap::new();
         let mut expiry: Option<f64> = None;
         for s in &r.steps {
@@ -120,6 +135,18 @@ impl Registry {
                 for ((o, e), n) in &s.runs {
                     let extra: Vec<(&str, &str)> = if e.is_empty() { vec![("outcome", o)] } else { vec![("outcome", o), ("error_type", e)] };
                     let _ = writeln!(out, "synthetics_journey_runs_total{} {n}", lbl(&s.labels, &extra));
+                }
+            }
+        }
+        if self.journeys.values().any(|s| !s.retried.is_empty()) {
+            let _ = writeln!(out, "# HELP synthetics_journey_retried_total Runs that needed a retry, by result (recovered, failed)\n# TYPE synthetics_journey_retried_total counter");
+            for s in self.journeys.values() {
+                for (result, n) in &s.retried {
+                    let _ = writeln!(
+                        out,
+                        "synthetics_journey_retried_total{} {n}",
+                        lbl(&s.labels, &[("result", result)])
+                    );
                 }
             }
         }
