@@ -44,6 +44,8 @@ pub struct JourneySpec {
     /// Cleanup steps that always run, whatever happened before.
     #[serde(default)]
     pub finally: Vec<Spanned<StepSpec>>,
+    /// Objectives for `vantage slo generate`; unset parts come from the agent's `slo`.
+    pub slo: Option<super::slo::SloSpec>,
 }
 
 const RESERVED_LABELS: &[&str] = &["journey.name", "synthetics.location", "outcome", "error.type", "step.name", "step.kind", "phase"];
@@ -156,6 +158,7 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
         vars,
         steps,
         finally,
+        slo: spec.slo.clone(),
         source: format!("{}:{}:{}", c.file.display(), spanned.referenced.line(), spanned.referenced.column()),
         fingerprint: fingerprint(spec),
     }
