@@ -26,7 +26,7 @@ const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 const INSTALL: &str = "install Debian's prometheus and prometheus-alertmanager (run .ci/install-test-deps)";
 
 /// A child process killed (and reaped) on drop, whatever the test did.
-struct Proc(Child, &'static str);
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -38,7 +38,7 @@ impl Drop for Proc {
 fn spawn(cmd: &mut Command, what: &'static str, log: &Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
-    Proc(cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}; {INSTALL}")), what)
+    Proc(cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}; {INSTALL}")))
 }
 
 /// One notification about one alert, as a receiver got it.
