@@ -122,7 +122,7 @@ async fn metrics_endpoint_has_the_names_of_the_translated_otlp() {
         "synthetics_journey_skipped_total{journey_name=\"shop \\\"main\\\"\"",
         "synthetics_journey_cleanup_failures_total{journey_name=\"shop \\\"main\\\"\"",
         "synthetics_journey_duration_seconds_bucket{journey_name=\"shop \\\"main\\\"\",outcome=\"success\",service_tier=\"gold\",synthetics_location=\"eu-names\",team=\"web\",le=\"2\"}",
-        "synthetics_journey_duration_seconds_bucket{error_type=\"timeout\",journey_name=\"shop \\\"main\\\"\",outcome=\"failure\",service_tier=\"gold\",synthetics_location=\"eu-names\",team=\"web\",le=\"+Inf\"} 0",
+        "synthetics_journey_duration_seconds_bucket{journey_name=\"shop \\\"main\\\"\",outcome=\"degraded\",service_tier=\"gold\",synthetics_location=\"eu-names\",team=\"web\",le=\"+Inf\"} 0",
         "# TYPE synthetics_journey_duration_seconds histogram",
         "# TYPE synthetics_journey_last_run_timestamp_seconds gauge",
         "probe_success{journey_name=\"shop \\\"main\\\"\",service_tier=\"gold\",synthetics_location=\"eu-names\",team=\"web\"} 1",

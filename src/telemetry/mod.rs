@@ -158,13 +158,13 @@ impl Telemetry {
         }
         errors.sort();
         errors.dedup();
-        // Runs and their durations, at 0: `add` creates an empty histogram for a histogram instrument.
-        let runs = |extra: Extra| {
-            self.metrics.add(Some(&j.name), Inst::Runs, extra.clone(), 0);
-            self.metrics.add(Some(&j.name), Inst::JourneyDuration, extra, 0);
-        };
-        runs(vec![("outcome", "success".into())]);
-        runs(vec![("outcome", "degraded".into())]);
+        let runs = |extra: Extra| self.metrics.add(Some(&j.name), Inst::Runs, extra, 0);
+        for ok in ["success", "degraded"] {
+            runs(vec![("outcome", ok.into())]);
+            // The latency SLI reads these histograms (runs that did not fail): an empty
+            // one from startup (`add` creates it) makes its first slow run count.
+            self.metrics.add(Some(&j.name), Inst::JourneyDuration, vec![("outcome", ok.into())], 0);
+        }
         for e in &errors {
             runs(vec![("outcome", "failure".into()), ("error.type", e.as_str().into())]);
         }
