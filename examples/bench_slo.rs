@@ -211,7 +211,13 @@ async fn main() {
         let url = format!("{api}/api/v1/query?query={e}");
         async move { client.get(url).send().await.ok()?.json::<serde_json::Value>().await.ok()?["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok() }
     };
-    let series = q("prometheus_tsdb_head_series").await.unwrap_or(f64::NAN);
+    // Prometheus does not scrape itself here: its TSDB status has the head series count.
+    let series = async {
+        let v: serde_json::Value = client.get(format!("{api}/api/v1/status/tsdb")).send().await.ok()?.json().await.ok()?;
+        v["data"]["headStats"]["numSeries"].as_f64()
+    }
+    .await
+    .unwrap_or(f64::NAN);
     let firing = q("count(ALERTS%7Balertstate%3D%22firing%22%7D)").await.unwrap_or(0.0);
     println!(
         "prometheus {journeys} journeys x 3 locations: {series:.0} head series, {minutes} min of data, {firing:.0} alerts firing, peak PSS {} MiB",
