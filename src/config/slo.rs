@@ -63,3 +63,25 @@ pub fn check_objective(v: f64) -> Result<(), String> {
         Err(format!("expected a percentage between 0 and 100 (exclusive), e.g. 99.5; got {v}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objectives_are_percentages_strictly_inside_0_100() {
+        assert!(check_objective(99.5).is_ok());
+        assert!(check_objective(100.0).unwrap_err().contains("between 0 and 100"));
+        assert!(check_objective(0.0).is_err() && check_objective(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn journey_slo_parses_with_locations_and_rejects_unknown_keys() {
+        let s: SloSpec = serde_saphyr::from_str("availability: {objective: 99.9, window: 28d}\nlatency: {threshold: 2s, objective: 99}\nteam: web\n").unwrap();
+        assert_eq!(s.availability.as_ref().unwrap().window.unwrap().0, std::time::Duration::from_secs(28 * 86400));
+        let l = s.latency.unwrap();
+        assert_eq!(l.threshold.value.0, std::time::Duration::from_secs(2));
+        assert_eq!((l.threshold.referenced.line(), l.threshold.referenced.column()), (2, 22));
+        assert!(serde_saphyr::from_str::<SloSpec>("availabilty: {objective: 99}").is_err());
+    }
+}
