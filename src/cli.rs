@@ -128,6 +128,11 @@ pub enum Command {
     /// Publish probe bundles: sign, verify, make a key pair.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Service-level objectives: turn the journeys' `slo` into Prometheus rules (or Sloth / OpenSLO specs).
+    Slo {
+        #[command(subcommand)]
+        command: SloCommand,
+    },
     /// Print the version.
     Version,
     /// Write man pages into DIR (for packaging).
@@ -167,6 +172,36 @@ pub enum BundleCommand {
     },
     /// Create an unencrypted key pair NAME.key and NAME.pub for signing bundles in automation.
     Keygen { name: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SloCommand {
+    /// Write recording and alerting rules (multiwindow burn rates with location consensus,
+    /// no-results alerts, SLO metadata) and `promtool test rules` cases for them.
+    #[command(
+        after_help = "Examples:\n  vantage slo generate --config /etc/vantage/agent.yaml --out /etc/prometheus/vantage\n      writes rules/vantage-slo.yaml and tests/vantage-slo.test.yaml (promtool test rules)\n  vantage slo generate --config agent.yaml --format sloth > sloth.yaml\n  vantage slo generate --config agent.yaml --out /tmp/t --time-scale 60 --interval 1s\n      a time-compressed profile for tests: 1h becomes 1m, rules evaluated every second"
+    )]
+    Generate {
+        /// Agent config (as for `run`): its `slo` defaults, locations and probe files.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Further probe files or directories.
+        paths: Vec<PathBuf>,
+        /// Directory to write into; default: print the rules (or spec) on stdout.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "prometheus")]
+        format: crate::slo::Format,
+        /// Burn-rate windows, `PAGE;TICKET` pairs of LONG/SHORT@FACTOR.
+        #[arg(long, default_value = "1h/5m@14.4,6h/30m@6;1d/2h@3,3d/6h@1")]
+        windows: Option<String>,
+        /// Divide every window, `for` and SLO period by N (time-compressed rules for tests).
+        #[arg(long, default_value_t = 1)]
+        time_scale: u32,
+        /// Rule evaluation interval, as given (not scaled); default 1m, divided by --time-scale.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Option<std::time::Duration>,
+    },
 }
 
 fn init_logging(format: Option<LogFormat>, default_level: &str) {
@@ -231,6 +266,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Reload { config, admin } => reload(config, admin).await,
         Command::Health { config, admin, ready } => health(config, admin, ready).await,
         Command::Bundle(b) => bundle(b),
+        Command::Slo { command: SloCommand::Generate { config, paths, out, format, windows, time_scale, interval } } => {
+            match crate::slo::generate(&crate::slo::GenerateOptions { config, paths, out, format, windows, time_scale, interval })? {
+                Ok(()) => Ok(0),
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    Ok(1)
+                }
+            }
+        }
         Command::Run { config } => {
             init_logging(cli.log_format, "info");
             daemon::run(daemon::RunOptions { config: Some(config), hard_exit: true, ..Default::default() }).await
@@ -335,7 +379,8 @@ fn check(config: Option<PathBuf>, paths: Vec<PathBuf>) -> i32 {
         eprintln!("error: nothing to check: give --config FILE and/or probe PATHs");
         return 2;
     }
-    match config::load(config.as_deref(), &paths) {
+    // Objectives that contradict the journeys (a latency threshold off the buckets, …) are problems too.
+    match config::load(config.as_deref(), &paths).and_then(|l| crate::slo::resolve(&l.agent, config.as_deref(), &l.journeys).map(|_| l)) {
         Ok(l) => {
             let steps: usize = l.journeys.iter().map(|j| j.steps.len() + j.finally.len()).sum();
             if l.agent.probes.iter().any(|p| config::is_bundle_url(p)) {

@@ -11,6 +11,7 @@
 //! - [`runner`]: runs a journey's steps and `finally` steps, spans, results
 //! - [`scheduler`]: when journeys run
 //! - [`telemetry`]: OTLP metrics and traces, and the Prometheus view
+//! - [`slo`]: objectives on journeys → Prometheus rules (`vantage slo generate`)
 //! - [`daemon`]: signals, systemd notify, reload, admin HTTP
 //! - [`statuspage`]: the status page on the admin endpoint (run history for people)
 //! - `demo` (cargo feature `demo`, on by default): the embedded demo target,
@@ -28,6 +29,7 @@ pub mod init;
 pub mod output;
 pub mod runner;
 pub mod scheduler;
+pub mod slo;
 pub mod statuspage;
 pub mod steps;
 pub mod telemetry;

@@ -533,14 +533,9 @@ mod tests {
                 .contains("panicked in this step: page reported an absurd number"),
             "{st:?}"
         );
-        let prom = telemetry.prometheus.lock().unwrap().render();
-        assert!(
-            prom.contains(&format!(
-                "outcome=\"failure\",error_type=\"internal\"}} {}",
-                st.runs
-            )),
-            "{prom}"
-        );
+        let prom = telemetry.render_prometheus();
+        let counted = prom.lines().find(|l| l.starts_with("synthetics_journey_runs_total{") && l.contains("error_type=\"internal\"") && l.contains("outcome=\"failure\""));
+        assert_eq!(counted.and_then(|l| l.rsplit(' ').next()), Some(st.runs.to_string().as_str()), "{prom}");
         assert!(sched
             .progress()
             .wedged(tokio::time::Instant::now())

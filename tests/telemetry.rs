@@ -117,7 +117,8 @@ async fn once_over_grpc_exports_runs_histograms_and_span_tree() {
     assert!(!healthy[0].attributes.contains_key("error.type"), "success carries no error.type");
 
     // Histograms: journey duration buckets sit on the journey's thresholds.
-    let d = col.wait_for_metric("synthetics.journey.duration", |p| p.attributes["journey.name"] == "checkout", WAIT);
+    // Every outcome's histogram exists (empty) from startup; the run landed in its own.
+    let d = col.wait_for_metric("synthetics.journey.duration", |p| p.attributes["journey.name"] == "checkout" && p.attributes.get("error.type").map(String::as_str) == Some("http_status"), WAIT);
     assert_eq!(d[0].kind, MetricKind::Histogram);
     assert_eq!(d[0].unit, "s");
     assert_eq!(d[0].count, Some(1));
@@ -301,8 +302,8 @@ async fn daemon_survives_collector_outage_reloads_and_shuts_down_cleanly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let prom = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(prom.contains("probe_success{journey=\"tick\",location=\"eu-test-2\"} 1"), "{prom}");
-    assert!(prom.contains("probe_http_duration_seconds{journey=\"tick\",location=\"eu-test-2\",phase=\"ttfb\"}"), "{prom}");
+    assert!(prom.contains("probe_success{journey_name=\"tick\",synthetics_location=\"eu-test-2\"} 1"), "{prom}");
+    assert!(prom.contains("probe_http_duration_seconds{journey_name=\"tick\",synthetics_location=\"eu-test-2\",phase=\"ttfb\"}"), "{prom}");
 
     // Removing a journey stops its series: absent from /metrics and from later OTLP exports.
     std::fs::remove_file(probes_dir.join("broken.yaml")).unwrap();
@@ -316,7 +317,7 @@ async fn daemon_survives_collector_outage_reloads_and_shuts_down_cleanly() {
         "series of the removed journey are still exported"
     );
     let prom = reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(!prom.contains("journey=\"new\""), "{prom}");
+    assert!(!prom.contains("journey_name=\"new\""), "{prom}");
 
     // SIGTERM: exits 0 within the grace period, after a final export.
     let runs_at_stop = status(&admin).await["journeys"]["tick"]["runs"].as_u64().unwrap();

@@ -60,6 +60,9 @@ pub struct AgentConfig {
     /// Where each key was written, for warnings and errors (not part of the file format).
     #[serde(skip)]
     pub spans: Spans,
+    /// Agent-wide SLO defaults and the fleet's locations, for `vantage slo generate`.
+    #[serde(default)]
+    pub slo: super::slo::AgentSloSpec,
 }
 
 

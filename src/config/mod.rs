@@ -4,6 +4,7 @@
 //! the steps, which it compiles through their registry.
 
 pub mod agent;
+pub mod slo;
 pub mod model;
 pub mod template;
 pub mod validate;

@@ -46,6 +46,8 @@ pub struct JourneySpec {
     /// Cleanup steps that always run, whatever happened before.
     #[serde(default)]
     pub finally: Vec<Spanned<StepSpec>>,
+    /// Objectives for `vantage slo generate`; unset parts come from the agent's `slo`.
+    pub slo: Option<super::slo::SloSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +253,7 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
         retries,
         steps,
         finally,
+        slo: spec.slo.clone(),
         source: format!("{}:{}:{}", c.file.display(), spanned.referenced.line(), spanned.referenced.column()),
         fingerprint: fingerprint(spec),
     }

@@ -64,7 +64,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
-    let body = s.telemetry.prometheus.lock().expect("prometheus lock").render();
+    let body = s.telemetry.render_prometheus();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -31,6 +31,8 @@ pub struct Journey {
     pub retries: Option<Retries>,
     pub steps: Vec<Step>,
     pub finally: Vec<Step>,
+    /// Objectives for `vantage slo generate`.
+    pub slo: Option<crate::config::slo::SloSpec>,
     /// `file:line:column` of the journey, for messages.
     pub source: String,
     /// Changes whenever the journey's definition changes (hot reload).

@@ -38,6 +38,7 @@ pub enum Inst {
     TelemetryDropped,
     ConfigFetches,
     Retried,
+    LastRun,
     /// A histogram a kind declares for one of its phases (`synthetics.browser.*`), by metric name.
     Browser(&'static str),
 }
@@ -59,7 +60,7 @@ impl Inst {
         v
     }
 
-    const FIXED: [Inst; 14] = [
+    const FIXED: [Inst; 15] = [
         Inst::Runs,
         Inst::JourneyDuration,
         Inst::StepDuration,
@@ -74,6 +75,7 @@ impl Inst {
         Inst::TelemetryDropped,
         Inst::ConfigFetches,
         Inst::Retried,
+        Inst::LastRun,
     ];
 
     fn describe(self) -> (&'static str, &'static str, &'static str, Kind) {
@@ -92,6 +94,7 @@ impl Inst {
             Inst::TelemetryDropped => ("synthetics.agent.telemetry.dropped", "", "Telemetry items dropped because the export buffer was full, by signal", Kind::Counter),
             Inst::ConfigFetches => ("synthetics.agent.config.fetches", "", "Probe bundle fetches by result", Kind::Counter),
             Inst::Retried => ("synthetics.journey.retried", "", "Runs that needed a retry, by result (recovered, failed); runs counts each run once, by its final outcome", Kind::Counter),
+            Inst::LastRun => ("synthetics.journey.last_run.timestamp", "s", "Unix time the journey's last run finished", Kind::Gauge),
             Inst::Browser(name) => {
                 let d = crate::steps::phase_metrics().find(|m| m.name == name).map(|m| m.description).unwrap_or("");
                 (name, "s", d, Kind::Histogram)
@@ -248,6 +251,19 @@ impl Metrics {
     /// Journey names, for exporting in chunks.
     pub fn journey_names(&self) -> Vec<String> {
         self.journeys.lock().expect("metrics lock").keys().cloned().collect()
+    }
+
+    /// The Prometheus text of every series, translated as the Collector
+    /// would, built in the same chunks as an export.
+    pub fn render_prometheus(&self, families: &mut super::prometheus::Families) {
+        if let Some(req) = self.request_for(None) {
+            families.add_otlp(&req);
+        }
+        for names in self.journey_names().chunks(100) {
+            if let Some(req) = self.request_for(Some(names)) {
+                families.add_otlp(&req);
+            }
+        }
     }
 
     /// One export request: the agent's own series, or those of `journeys`.

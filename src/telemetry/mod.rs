@@ -97,6 +97,9 @@ impl Telemetry {
         for result in ["success", "failure"] {
             metrics.add(None, Inst::ConfigReloads, vec![("result", result.into())], 0);
         }
+        for result in ["accepted", "unknown_token", "no_token", "too_large"] {
+            metrics.add(None, Inst::CallbackRequests, vec![("result", result.into())], 0);
+        }
         let t = Telemetry {
             traces,
             tracer,
@@ -162,19 +165,24 @@ impl Telemetry {
         errors.sort();
         errors.dedup();
         let runs = |extra: Extra| self.metrics.add(Some(&j.name), Inst::Runs, extra, 0);
-        runs(vec![("outcome", "success".into())]);
-        runs(vec![("outcome", "degraded".into())]);
+        for ok in ["success", "degraded"] {
+            runs(vec![("outcome", ok.into())]);
+            // The latency SLI reads these histograms (runs that did not fail): an empty
+            // one from startup (`add` creates it) makes its first slow run count.
+            self.metrics.add(Some(&j.name), Inst::JourneyDuration, vec![("outcome", ok.into())], 0);
+        }
         for e in &errors {
             runs(vec![("outcome", "failure".into()), ("error.type", e.as_str().into())]);
         }
         self.metrics.add(Some(&j.name), Inst::Skipped, Vec::new(), 0);
         self.metrics.add(Some(&j.name), Inst::Cancelled, Vec::new(), 0);
+        self.metrics.add(Some(&j.name), Inst::CleanupFailures, Vec::new(), 0);
         if j.retries.is_some() {
             for result in ["recovered", "failed"] {
                 self.metrics.add(Some(&j.name), Inst::Retried, vec![("result", result.into())], 0);
             }
         }
-        self.prometheus.lock().expect("prometheus lock").register(j, &self.location, &errors);
+        self.prometheus.lock().expect("prometheus lock").register(j, &self.location);
     }
 
     /// Stops exporting a removed journey's series.
@@ -191,6 +199,8 @@ impl Telemetry {
         }
         self.metrics.add(name, Inst::Runs, outcome.clone(), 1);
         self.metrics.record(name, Inst::JourneyDuration, outcome, r.duration.as_secs_f64());
+        let finished = (r.started + r.duration).duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.metrics.record(name, Inst::LastRun, Vec::new(), finished.as_secs_f64());
         if r.cleanup_error.is_some() {
             self.metrics.add(name, Inst::CleanupFailures, Vec::new(), 1);
         }
@@ -260,6 +270,17 @@ impl Telemetry {
     /// Counts runs cut short by shutdown (their results are not in `synthetics.journey.runs`).
     pub fn record_cancelled(&self, j: &Journey) {
         self.metrics.add(Some(&j.name), Inst::Cancelled, Vec::new(), 1);
+    }
+
+    /// The admin `/metrics` body: every OTLP series under the Collector's
+    /// Prometheus names, then the blackbox-style `probe_*` gauges.
+    pub fn render_prometheus(&self) -> String {
+        let mut families = prometheus::Families::default();
+        self.metrics.render_prometheus(&mut families);
+        self.prometheus.lock().expect("prometheus lock").add_to(&mut families);
+        let mut out = String::new();
+        families.write_to(&mut out);
+        out
     }
 
     /// Exports what is pending and stops the exporters, all within `budget`

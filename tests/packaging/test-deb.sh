@@ -92,9 +92,13 @@ expect_file /usr/share/doc/vantage/copyright -rw-r--r--
 expect_file /usr/share/doc/vantage/changelog.Debian.gz -rw-r--r--
 expect_file /usr/share/doc/vantage/README.Debian -rw-r--r--
 expect_file /usr/share/doc/vantage/examples/otel-collector.yaml -rw-r--r--
-expect_file /usr/share/doc/vantage/examples/prometheus/vantage-rules.yaml -rw-r--r--
-expect_file /usr/share/doc/vantage/examples/prometheus/vantage-slo-rules.yaml -rw-r--r--
-expect_file /usr/share/doc/vantage/examples/prometheus/sloth-slo.yaml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/alertmanager.yml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/prometheus/prometheus.yml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/prometheus/agent-slo.yaml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/prometheus/rules/vantage-slo.yaml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/prometheus/tests/vantage-slo.test.yaml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/slo-specs/vantage-slo.sloth.yaml -rw-r--r--
+expect_file /usr/share/doc/vantage/examples/slo-specs/vantage-slo.openslo.yaml -rw-r--r--
 expect_file /usr/share/lintian/overrides/vantage -rw-r--r--
 if [ -f README.md ]; then
     expect_file /usr/share/doc/vantage/README.md -rw-r--r--
