@@ -96,7 +96,7 @@ pub enum Command {
         /// Run the built-in game day instead: CRM stall, ACK endpoint failing, WebSocket drop; journeys every 5s.
         #[arg(long)]
         gameday: bool,
-        /// With --gameday: how long each fault is held, in seconds.
+        /// With --gameday: how long each fault is held, in seconds; below 9 (5 s interval + 4 s timeout) the CRM stall can go unnoticed.
         #[arg(long, default_value_t = 10, requires = "gameday")]
         hold: u64,
         /// With --gameday: directory for report.md, report.json and the SVG timelines (default: ./gameday-TIMESTAMP).

@@ -822,3 +822,97 @@ faults:
     }
     assert_no_faults(&fleet.faults().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overall_timeout_stops_the_gameday_and_heals() {
+    let fleet = Fleet::start().await;
+    let scenario = fleet.scenario(
+        r#"timeout: 15s
+faults:
+  - name: CRM stall
+    inject: {http: {url: "TARGET/admin/faults/crm", json: {mode: stall}}}
+    hold: 5m
+    heal: {http: {url: "TARGET/admin/faults/crm", json: {mode: normal}}}
+    expect: {journeys: [lead-capture]}
+    settle: 10s
+"#,
+    );
+    let out = fleet.dir.join("report");
+    let run = Command::new(BIN)
+        .arg("gameday")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let started = tokio::time::Instant::now();
+    let run = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the timeout stops it")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("overall timeout of 15s reached")
+            && stderr.contains("HEALED")
+            && stderr.contains("early because of timeout"),
+        "{stderr}"
+    );
+    assert_no_faults(&fleet.faults().await);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], "timeout");
+    assert_eq!(report["faults"][0]["healed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_gameday_reports_all_three_faults_known_and_healed() {
+    let dir = common::tempdir();
+    let out = dir.join("report");
+    let run = Command::new(BIN)
+        .args(["demo", "--gameday", "--out"])
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .expect("demo game day finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("Time to know") && stdout.contains("all faults healed"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let faults = report["faults"].as_array().unwrap();
+    let names: Vec<&str> = faults.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["CRM stall", "ACK endpoint failing", "WebSocket drop"]
+    );
+    for f in faults {
+        let know = f["time_to_know_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{} not known: {f}", f["name"]));
+        // Demo journeys run every 5 s with a 4 s timeout.
+        assert!(know <= 5.0 + 4.0 + SLACK_S, "{}: {know}s", f["name"]);
+        assert!(
+            f["time_to_recover_s"].as_f64().is_some() && f["healed"] == true,
+            "{f}"
+        );
+        assert!(out.join(f["svg"].as_str().unwrap()).exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
