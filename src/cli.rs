@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `once`, `demo`, `version`, and the
+//! The command line: `run`, `check`, `once`, `demo`, `gameday`, `version`, and the
 //! packaging helpers `manpage` and `completions`.
 
 use std::path::PathBuf;
@@ -91,8 +91,23 @@ pub enum Command {
     },
     /// Start the built-in demo service on loopback and run the shipped journeys against it, live.
     #[cfg(feature = "demo")]
-    #[command(after_help = "Example:\n  vantage demo --otlp-endpoint http://127.0.0.1:4317")]
+    #[command(after_help = "Examples:\n  vantage demo --otlp-endpoint http://127.0.0.1:4317\n  vantage demo --gameday          inject three faults, print how fast each was known (about a minute)")]
     Demo {
+        /// Run the built-in game day instead: CRM stall, ACK endpoint failing, WebSocket drop; journeys every 5s.
+        #[arg(long)]
+        gameday: bool,
+        /// With --gameday: how long each fault is held, in seconds; below 9 (5 s interval + 4 s timeout) the CRM stall can go unnoticed.
+        #[arg(long, default_value_t = 10, requires = "gameday")]
+        hold: u64,
+        /// With --gameday: directory for report.md, report.json and the SVG timelines (default: ./gameday-TIMESTAMP).
+        #[arg(long, requires = "gameday")]
+        out: Option<PathBuf>,
+        /// Serve the demo service on this address (default: a free loopback port), e.g. 127.0.0.1:8080 for a scenario file.
+        #[arg(long, conflicts_with = "gameday")]
+        listen: Option<std::net::SocketAddr>,
+        /// Also serve the agent's admin endpoint (/metrics, /status, /events) here, e.g. 127.0.0.1:9464 for Prometheus.
+        #[arg(long, conflicts_with = "gameday")]
+        admin: Option<std::net::SocketAddr>,
         /// Also export OTLP metrics and traces here.
         #[arg(long)]
         otlp_endpoint: Option<String>,
@@ -132,6 +147,15 @@ pub enum Command {
     Slo {
         #[command(subcommand)]
         command: SloCommand,
+    },
+    /// Run a game day: inject each fault of SCENARIO, measure time-to-know, -detect and -recover, heal, report.
+    #[command(after_help = "Example:\n  vantage gameday packaging/examples/gameday-demo.yaml --out report/\n\nBefore injecting anything it checks every agent, journey, team and alert source.\nSIGINT/SIGTERM or the scenario's `timeout` stop it early; whatever was injected is healed first.\nExit status: 0 every fault known (and paged) in time, 1 something missed or not healed, 130 interrupted.")]
+    Gameday {
+        /// Scenario file (YAML): agents, optional prometheus/alertmanager, faults.
+        scenario: PathBuf,
+        /// Directory for report.md, report.json and one SVG timeline per fault (default: ./gameday-TIMESTAMP).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print the version.
     Version,
@@ -285,9 +309,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             once(paths, config, journey, format, otlp_endpoint, overrides, list).await
         }
         #[cfg(feature = "demo")]
-        Command::Demo { otlp_endpoint, otlp_protocol, duration } => {
+        Command::Demo { gameday: true, hold, out, .. } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "error");
-            crate::demo::run_demo(otlp_endpoint, otlp_protocol, duration).await
+            crate::gameday::demo::run(out, std::time::Duration::from_secs(hold.max(1))).await
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo { otlp_endpoint, otlp_protocol, duration, listen, admin, .. } => {
+            init_logging(cli.log_format.or(Some(LogFormat::Text)), "error");
+            crate::demo::run_demo(otlp_endpoint, otlp_protocol, duration, listen, admin).await
+        }
+        Command::Gameday { scenario, out } => {
+            init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
+            crate::gameday::run_file(&scenario, out).await
         }
         Command::Manpage { out } => {
             std::fs::create_dir_all(&out)?;

@@ -16,6 +16,7 @@
 //! - [`statuspage`]: the status page on the admin endpoint (run history for people)
 //! - `demo` (cargo feature `demo`, on by default): the embedded demo target,
 //!   beside the layers, using only their public surface
+//! - [`gameday`]: inject faults, measure time-to-know/detect/recover (`demo --gameday` needs `demo`)
 //! - [`cli`]: the command line
 
 pub mod browser;
@@ -26,6 +27,7 @@ pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod init;
+pub mod gameday;
 pub mod output;
 pub mod runner;
 pub mod scheduler;

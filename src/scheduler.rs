@@ -57,6 +57,9 @@ pub fn select(journeys: Vec<Journey>, agent: &AgentConfig) -> Vec<Journey> {
 /// Per-journey state for `/status` and the demo table.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct JourneyStatus {
+    /// The journey's labels (e.g. `team`), so tools can check names against them.
+    pub labels: BTreeMap<String, String>,
+    pub interval_s: f64,
     pub last_outcome: Option<Outcome>,
     pub last_error_type: Option<String>,
     pub last_message: Option<String>,
@@ -214,7 +217,12 @@ impl Scheduler {
                 added += 1;
             }
             self.shared.telemetry.register(&j);
-            self.shared.status.lock().expect("status lock").entry(name.clone()).or_default();
+            {
+                let mut board = self.shared.status.lock().expect("status lock");
+                let st = board.entry(name.clone()).or_default();
+                st.labels = j.labels.clone();
+                st.interval_s = j.interval.as_secs_f64();
+            }
             let j = Arc::new(j);
             let stop = CancellationToken::new();
             let offset = first_offset(&self.agent_id, &name, j.interval);

@@ -193,7 +193,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         tracing::warn!("{m}");
     }
     let page = crate::statuspage::StatusPage::new(agent.status_page.clone(), agent.agent_id(), agent.location.clone(), Some(browser.clone()));
-    let observer = with_page(page.clone(), opts.observer.take());
+    // Every finished run also goes to the admin `/events` stream.
+    let events = admin::EventHub::new(admin::EVENT_BUFFER, admin::MAX_SUBSCRIBERS, shutdown.clone());
+    let observer = events_observer(events.clone(), env.agent_id.clone(), env.location.clone(), opts.observer.take());
+    let observer = with_page(page.clone(), Some(observer));
     let mut sched = Scheduler::new(env, telemetry.clone(), agent.concurrency, Some(observer));
     page.set_journeys(&journeys);
     let (added, _, _) = sched.apply(journeys);
@@ -212,6 +215,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         telemetry: telemetry.clone(),
         reload: reload_tx,
         page: Some(page.clone()),
+        events,
     });
     if !agent.admin.listen.is_empty() {
         let addr: std::net::SocketAddr = agent.admin.listen.parse().context("admin.listen")?;
@@ -268,6 +272,15 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     tracing::info!(in_flight, "runs settled; flushing telemetry");
     telemetry.shutdown(flush_budget).await;
     Ok(0)
+}
+
+fn events_observer(hub: admin::EventHub, agent_id: String, location: String, inner: Option<RunObserver>) -> RunObserver {
+    Arc::new(move |j, r| {
+        hub.publish(admin::RunEvent::from_result(&agent_id, &location, r));
+        if let Some(o) = &inner {
+            o(j, r);
+        }
+    })
 }
 
 /// Feeds every finished run to the status page, then to the caller's observer.

@@ -41,6 +41,11 @@ fn free_port() -> std::io::Result<u16> {
 
 /// Starts the demo service on loopback and prepares the journeys' environment.
 pub async fn start_demo_env() -> anyhow::Result<DemoEnv> {
+    start_demo_env_on("127.0.0.1:0".parse()?).await
+}
+
+/// [`start_demo_env`] with the demo's HTTP listener on a given address (game-day scenarios name it).
+pub async fn start_demo_env_on(http_addr: std::net::SocketAddr) -> anyhow::Result<DemoEnv> {
     let dir = std::env::temp_dir().join(format!("vantage-demo-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let password = uuid::Uuid::new_v4().simple().to_string();
@@ -49,6 +54,7 @@ pub async fn start_demo_env() -> anyhow::Result<DemoEnv> {
     let server = DemoServer::start(DemoOptions {
         password,
         webhook_url: Some(format!("http://127.0.0.1:{callback_port}/hooks/crm")),
+        http_addr,
         https_addr: Some("127.0.0.1:0".parse()?),
         dns_addr: Some("127.0.0.1:0".parse()?),
         ..DemoOptions::default()
@@ -126,13 +132,17 @@ fn step_summary(r: &RunResult) -> String {
 }
 
 /// `vantage demo`.
-pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u64>) -> anyhow::Result<i32> {
-    let env = start_demo_env().await?;
+pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u64>, listen: Option<std::net::SocketAddr>, admin: Option<std::net::SocketAddr>) -> anyhow::Result<i32> {
+    let env = start_demo_env_on(listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
     let mut journeys = demo_journeys()?;
     let mut agent = AgentConfig { id: "demo".into(), location: "demo".into(), credentials_dir: Some(env.credentials_dir.clone()), ..AgentConfig::default() };
-    // The admin endpoint serves the status page; only loopback, on a free port.
-    let admin_port = free_port()?;
-    agent.admin.listen = format!("127.0.0.1:{admin_port}");
+    // The admin endpoint serves the status page, /metrics and /events; loopback on a free port unless given.
+    let admin_addr = match admin {
+        Some(a) => a,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+    };
+    let admin_port = admin_addr.port();
+    agent.admin.listen = admin_addr.to_string();
     agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
     // Without Chromium the other journeys still run; say how to get the browser ones.
     if let Some(why) = crate::browser::missing_for(&agent.browser, &journeys) {
@@ -151,6 +161,9 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
         board.lock().expect("board lock").rows.entry(j.name.clone()).or_default();
     }
     println!("demo service on {} (journeys start within {}s); status page on {page_url}", env.server.base_url(), DEMO_MAX_INTERVAL.as_secs());
+    if admin.is_some() {
+        println!("agent admin endpoint on http://{admin_addr} (/metrics, /status, /events)");
+    }
     let b = board.clone();
     let observer: crate::scheduler::RunObserver = Arc::new(move |_j, r| {
         let mut board = b.lock().expect("board lock");

@@ -1,0 +1,918 @@
+//! Game day against the real demo service and real agent processes
+//! (`vantage run`), with the game day itself as a `vantage gameday` process:
+//! the report's numbers are checked against what the agents' `/events`
+//! streams recorded, healing restores success, an interrupted run still
+//! heals, bad scenarios inject nothing. Also the `/events` stream itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use vantage::daemon::admin::RunEvent;
+use vantage::demo::live::{start_demo_env, DemoEnv};
+use vantage::gameday::stream::SseParser;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vantage");
+/// Journey interval and timeout in the test probes.
+const INTERVAL_S: f64 = 4.0;
+const TIMEOUT_S: f64 = 3.0;
+/// Scheduling lateness and event delivery, on top of interval + detection time.
+const SLACK_S: f64 = 0.5;
+
+/// The shipped journeys with short intervals: incident-lifecycle everywhere,
+/// lead-capture only in `eu` (the demo's CRM webhook reaches one agent).
+fn write_probes(dir: &Path) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let il = std::fs::read_to_string(format!("{root}/probes/incident-lifecycle.yaml")).unwrap();
+    let il = il
+        .replace("interval: 30s", "interval: 4s")
+        .replace("timeout: 25s", "timeout: 3s")
+        .replace("receive: 5s", "receive: 2s");
+    let lc = std::fs::read_to_string(format!("{root}/probes/lead-capture.yaml")).unwrap();
+    let lc = lc
+        .replace("interval: 60s", "interval: 4s")
+        .replace("timeout: 45s", "timeout: 3s\n    locations: [eu]")
+        .replace("within: 20s", "within: 2s")
+        .replace("within: 10s", "within: 2s");
+    assert!(
+        il.contains("interval: 4s") && lc.contains("locations: [eu]"),
+        "the shipped probes changed shape"
+    );
+    std::fs::write(dir.join("incident-lifecycle.yaml"), il).unwrap();
+    std::fs::write(dir.join("lead-capture.yaml"), lc).unwrap();
+}
+
+struct Fleet {
+    demo: DemoEnv,
+    dir: PathBuf,
+    agents: Vec<(String, String, Child)>,
+    http: reqwest::Client,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, _, c) in &mut self.agents {
+            let _ = c.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.demo.credentials_dir);
+    }
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let demo = start_demo_env().await.unwrap();
+        let dir = common::tempdir();
+        let probes = dir.join("probes");
+        std::fs::create_dir_all(&probes).unwrap();
+        write_probes(&probes);
+        let mut agents = Vec::new();
+        for (name, callback) in [("eu", demo.callback_port), ("us", common::free_port())] {
+            let admin = common::free_port();
+            let cfg = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "id: {name}\nlocation: {name}\ncredentials_dir: {}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\ncallback: {{listen: \"127.0.0.1:{callback}\"}}\nshutdown_grace: 2s\nprobes: [{}]\n",
+                    demo.credentials_dir.display(),
+                    probes.display()
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(BIN);
+            cmd.args(["run", "--config"])
+                .arg(&cfg)
+                .env("VANTAGE_LOG", "error")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            for (k, v) in &demo.overrides {
+                cmd.env(k, v);
+            }
+            agents.push((
+                name.to_string(),
+                format!("http://127.0.0.1:{admin}"),
+                cmd.spawn().unwrap(),
+            ));
+        }
+        let f = Fleet {
+            demo,
+            dir,
+            agents,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        for (_, url, _) in &f.agents {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while f.http.get(format!("{url}/healthz")).send().await.is_err() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "agent {url} did not come up"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        f
+    }
+
+    fn target(&self) -> String {
+        self.demo.server.base_url()
+    }
+
+    async fn faults(&self) -> Value {
+        self.http
+            .get(format!("{}/admin/faults", self.target()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn scenario(&self, body: &str) -> PathBuf {
+        let mut y = String::from("name: test day\nagents:\n");
+        for (name, url, _) in &self.agents {
+            y.push_str(&format!("  - {{name: {name}, url: \"{url}\"}}\n"));
+        }
+        y.push_str(&body.replace("TARGET", &self.target()));
+        let p = self
+            .dir
+            .join(format!("scenario-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&p, y).unwrap();
+        p
+    }
+}
+
+fn assert_no_faults(f: &Value) {
+    assert_eq!(f["http"], serde_json::json!([]), "{f}");
+    assert_eq!(f["websocket"], "normal", "{f}");
+    assert_eq!(f["crm"], "normal", "{f}");
+}
+
+/// Subscribes to an agent's `/events` and records every run, independently of the game day.
+fn record(url: String) -> (Arc<Mutex<Vec<RunEvent>>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let resp = reqwest::get(format!("{url}/events")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut p = SseParser::default();
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(30), body.next()).await
+        {
+            for ev in p.feed(&chunk).unwrap() {
+                if ev.event == "run" {
+                    s.lock()
+                        .unwrap()
+                        .push(serde_json::from_str::<RunEvent>(&ev.data).unwrap());
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gameday_figures_match_the_agents_event_streams_and_healing_restores_success() {
+    let fleet = Fleet::start().await;
+    let recs: Vec<_> = fleet
+        .agents
+        .iter()
+        .map(|(n, u, _)| (n.clone(), record(u.clone())))
+        .collect();
+    let scenario = fleet.scenario(
+        r#"faults:
+  - name: ACK endpoint failing
+    inject: {http: {method: POST, url: "TARGET/admin/faults/http", json: {route: "POST /api/incidents/{id}/ack", status: 500}}}
+    hold: 6s
+    heal: {http: {method: DELETE, url: "TARGET/admin/faults"}}
+    expect: {journeys: [incident-lifecycle]}
+    settle: 20s
+    recover_within: 20s
+  - name: CRM stall
+    inject: {http: {url: "TARGET/admin/faults/crm", json: {mode: stall}}}
+    hold: 6s
+    heal: {http: {url: "TARGET/admin/faults/crm", json: {mode: normal}}}
+    expect: {journeys: [lead-capture]}
+    settle: 20s
+    recover_within: 20s
+"#,
+    );
+    let out = fleet.dir.join("report");
+    let run = Command::new(BIN)
+        .arg("gameday")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .expect("game day finishes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("INJECT") && stderr.contains("KNOW +") && stderr.contains("HEALED"),
+        "live progress on stderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("ACK endpoint failing") && stdout.contains("all faults healed"),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("## 2. CRM stall"));
+
+    let expected_agents = [
+        ("ACK endpoint failing", vec!["eu", "us"]),
+        ("CRM stall", vec!["eu"]),
+    ];
+    for (f, (name, agents)) in report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(expected_agents)
+    {
+        assert_eq!(f["name"], name);
+        let journey = f["expected_journeys"][0].as_str().unwrap();
+        let (ti, th) = (
+            f["injected_unix_ms"].as_i64().unwrap(),
+            f["healed_unix_ms"].as_i64().unwrap(),
+        );
+        assert!(f["healed"].as_bool().unwrap(), "{f}");
+        assert_eq!(f["false_journeys"], serde_json::json!([]), "{name}: {f}");
+        assert_eq!(f["missed"]["journeys"], serde_json::json!([]), "{name}");
+        // Time-to-know from our own recording of each agent's stream.
+        let mut overall = f64::MAX;
+        let mut recover = 0.0f64;
+        for (agent, (seen, _)) in &recs {
+            let seen = seen.lock().unwrap();
+            let mine: Vec<&RunEvent> = seen.iter().filter(|e| e.journey == journey).collect();
+            let first_fail = mine
+                .iter()
+                .filter(|e| {
+                    e.outcome == "failure" && e.ended_unix_ms >= ti && e.started_unix_ms < th
+                })
+                .map(|e| e.ended_unix_ms)
+                .min();
+            let first_ok = mine
+                .iter()
+                .filter(|e| e.outcome == "success" && e.ended_unix_ms >= th)
+                .map(|e| e.ended_unix_ms)
+                .min();
+            let by_agent = &f["time_to_know_by_agent"][agent.as_str()];
+            if !agents.contains(&agent.as_str()) {
+                assert!(
+                    by_agent.is_null() && first_fail.is_none(),
+                    "{name}: {agent} does not run {journey}"
+                );
+                continue;
+            }
+            let know = secs(
+                first_fail
+                    .unwrap_or_else(|| panic!("{name}: {agent} recorded no failure of {journey}"))
+                    - ti,
+            );
+            assert!(
+                (by_agent.as_f64().unwrap() - know).abs() <= 0.011,
+                "{name}@{agent}: report {by_agent} vs stream {know}"
+            );
+            assert!(know <= INTERVAL_S + TIMEOUT_S + SLACK_S, "{name}@{agent}: time-to-know {know}s exceeds one interval + the journey's detection time");
+            overall = overall.min(know);
+            // Healing restores success, and the report's recovery figure is the slowest agent's.
+            let ok = secs(
+                first_ok.unwrap_or_else(|| {
+                    panic!("{name}: {agent} never passed {journey} again after healing")
+                }) - th,
+            );
+            assert!(
+                (f["time_to_recover_by_agent"][agent.as_str()]
+                    .as_f64()
+                    .unwrap()
+                    - ok)
+                    .abs()
+                    <= 0.011,
+                "{name}@{agent}"
+            );
+            recover = recover.max(ok);
+        }
+        assert!(
+            (f["time_to_know_s"].as_f64().unwrap() - overall).abs() <= 0.011,
+            "{name}: {} vs {overall}",
+            f["time_to_know_s"]
+        );
+        assert!(
+            (f["time_to_recover_s"].as_f64().unwrap() - recover).abs() <= 0.011,
+            "{name}"
+        );
+        let svg = std::fs::read_to_string(out.join(f["svg"].as_str().unwrap())).unwrap();
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("inject +0.0s")
+                && svg.contains("heal +")
+                && svg.contains(&format!("{journey} @ eu")),
+            "{svg}"
+        );
+    }
+    assert_no_faults(&fleet.faults().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_gameday_still_heals_and_says_so() {
+    let fleet = Fleet::start().await;
+    let scenario = fleet.scenario(
+        r#"faults:
+  - name: WebSocket drop
+    inject: {http: {url: "TARGET/admin/faults/websocket", json: {mode: drop}}}
+    hold: 5m
+    heal: {http: {url: "TARGET/admin/faults/websocket", json: {mode: normal}}}
+    expect: {journeys: [incident-lifecycle]}
+    settle: 20s
+"#,
+    );
+    let out = fleet.dir.join("report");
+    let mut child = Command::new(BIN)
+        .arg("gameday")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let injected = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            log.push_str(&l);
+            log.push('\n');
+            if l.contains("INJECT") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(injected.is_ok(), "never injected:\n{log}");
+    assert_eq!(
+        fleet.faults().await["websocket"],
+        "drop",
+        "the fault is active while the game day holds it"
+    );
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let rest = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut rest = String::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            rest.push_str(&l);
+            rest.push('\n');
+        }
+        rest
+    })
+    .await
+    .expect("the game day ends soon after SIGINT");
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{log}{rest}");
+    assert!(rest.contains("SIGINT") && rest.contains("HEALED"), "{rest}");
+    assert_no_faults(&fleet.faults().await);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], "SIGINT");
+    assert_eq!(report["faults"][0]["healed"], true);
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("Stopped early by SIGINT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_scenario_fails_before_injecting_anything_with_locations() {
+    let fleet = Fleet::start().await;
+    let dead = common::free_port();
+    // Unknown journey, unknown team, unreachable Prometheus.
+    let bad = fleet.scenario(&format!(
+        r#"prometheus: {{url: "http://127.0.0.1:{dead}"}}
+faults:
+  - name: CRM stall
+    inject: {{http: {{url: "TARGET/admin/faults/crm", json: {{mode: stall}}}}}}
+    hold: 5s
+    heal: {{http: {{url: "TARGET/admin/faults/crm", json: {{mode: normal}}}}}}
+    expect:
+      journeys: [lead-capture, lead-captrue]
+      team: marketting
+"#
+    ));
+    let out = Command::new(BIN)
+        .arg("gameday")
+        .arg(&bad)
+        .arg("--out")
+        .arg(fleet.dir.join("r1"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let file = bad.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:5:13: prometheus: cannot reach http://127.0.0.1:{dead}/api/v1/alerts: cannot connect: Connection refused (os error 111)\n"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{file}:12:32: fault `CRM stall`: `expect.journeys`: no agent runs a journey `lead-captrue` (they run: incident-lifecycle, lead-capture)")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:13:13: fault `CRM stall`: `expect.team`: no journey on the agents has `team: marketting` (teams: incidents, marketing)")), "{stderr}");
+    assert!(
+        stderr.contains("3 problems found") && stderr.contains("nothing was injected"),
+        "{stderr}"
+    );
+    assert!(
+        !fleet.dir.join("r1").exists(),
+        "no report for a refused scenario"
+    );
+
+    // An unreachable agent.
+    let p = fleet.dir.join("dead-agent.yaml");
+    std::fs::write(
+        &p,
+        format!("agents:\n  - url: \"http://127.0.0.1:{dead}\"\nfaults:\n  - name: f\n    inject: {{http: {{url: \"{t}/admin/faults/crm\", json: {{mode: stall}}}}}}\n    hold: 5s\n    heal: {{http: {{url: \"{t}/admin/faults/crm\", json: {{mode: normal}}}}}}\n    expect: {{journeys: [lead-capture]}}\n", t = fleet.target()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("gameday")
+        .arg(&p)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:2:5: agent `127.0.0.1:{dead}`: cannot reach http://127.0.0.1:{dead}/status",
+            p.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was injected"), "{stderr}");
+    assert_no_faults(&fleet.faults().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_runs_as_they_finish_and_caps_subscribers() {
+    let fleet = Fleet::start().await;
+    let (_, url, _) = &fleet.agents[0];
+    let (seen, _task) = record(url.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got: Vec<RunEvent> = seen.lock().unwrap().clone();
+        if ["incident-lifecycle", "lead-capture"]
+            .iter()
+            .all(|j| got.iter().any(|e| e.journey == *j))
+        {
+            for e in &got {
+                assert_eq!(
+                    (e.location.as_str(), e.agent_id.as_str(), e.outcome.as_str()),
+                    ("eu", "eu", "success"),
+                    "{e:?}"
+                );
+                assert_eq!(e.trace_id.len(), 32);
+                assert!(
+                    !e.run_id.is_empty()
+                        && e.duration_ms > 0.0
+                        && e.ended_unix_ms >= e.started_unix_ms,
+                    "{e:?}"
+                );
+                // Sent as the run finished: its end is recent, not a replay.
+                assert!(e.ended_unix_ms > vantage::gameday::now_ms() - 20_000);
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no runs streamed: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One stream is open (the recorder); fill the rest, then one more is refused.
+    let mut open = Vec::new();
+    for _ in 1..vantage::daemon::admin::MAX_SUBSCRIBERS {
+        let r = fleet
+            .http
+            .get(format!("{url}/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    let refused = fleet
+        .http
+        .get(format!("{url}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("too many /events subscribers"));
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = fleet
+            .http
+            .get(format!("{url}/events"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed stream's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+
+/// What Alertmanager's webhooks delivered: (arrival, path, body).
+type Hooks = Arc<Mutex<Vec<(i64, String, Value)>>>;
+
+async fn webhook_receiver() -> (u16, Hooks) {
+    use axum::extract::{Path as UrlPath, State};
+    let hooks: Hooks = Default::default();
+    let app =
+        axum::Router::new()
+            .route(
+                "/{receiver}",
+                axum::routing::post(
+                    |State(h): State<Hooks>,
+                     UrlPath(r): UrlPath<String>,
+                     body: axum::Json<Value>| async move {
+                        h.lock()
+                            .unwrap()
+                            .push((vantage::gameday::now_ms(), r, body.0));
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(hooks.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (port, hooks)
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not become ready at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Real Prometheus scraping both agents every second with a hand-written
+/// rule, real Alertmanager routing by team to a webhook: the game day's
+/// time-to-detect matches when the page reached the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_detect_matches_prometheus_and_the_pages_alertmanager_delivered() {
+    for bin in [PROMETHEUS, ALERTMANAGER] {
+        assert!(Path::new(bin).exists(), "{bin} is missing: run .ci/install-test-deps (installs Debian's prometheus and prometheus-alertmanager)");
+    }
+    let fleet = Fleet::start().await;
+    let (hook_port, hooks) = webhook_receiver().await;
+    let dir = fleet.dir.join("alerting");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (am_port, prom_port) = (common::free_port(), common::free_port());
+    std::fs::write(
+        dir.join("am.yml"),
+        format!(
+            r#"route:
+  receiver: default
+  group_by: [alertname, team]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+    - matchers: ['team="incidents"']
+      receiver: incidents-pager
+receivers:
+  - name: default
+    webhook_configs: [{{url: "http://127.0.0.1:{hook_port}/default", send_resolved: true}}]
+  - name: incidents-pager
+    webhook_configs: [{{url: "http://127.0.0.1:{hook_port}/incidents-pager", send_resolved: true}}]
+"#
+        ),
+    )
+    .unwrap();
+    // A failure in the last 10 s, per team: simple on purpose (the shipped rules use 5m windows).
+    std::fs::write(
+        dir.join("rules.yml"),
+        r#"groups:
+  - name: gameday-test
+    interval: 1s
+    rules:
+      - alert: JourneyFailing
+        expr: sum by (team) (increase(synthetics_journey_runs_total{outcome="failure"}[10s])) > 0
+        labels: {severity: page}
+"#,
+    )
+    .unwrap();
+    let targets: Vec<String> = fleet
+        .agents
+        .iter()
+        .map(|(_, u, _)| format!("\"{}\"", u.trim_start_matches("http://")))
+        .collect();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [rules.yml]\nalerting: {{alertmanagers: [{{static_configs: [{{targets: [\"127.0.0.1:{am_port}\"]}}]}}]}}\nscrape_configs:\n  - job_name: vantage\n    static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let _am = Command::new(ALERTMANAGER)
+        .arg(format!("--config.file={}", dir.join("am.yml").display()))
+        .arg(format!("--storage.path={}", dir.join("am-data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _prom = Command::new(PROMETHEUS)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("prom-data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_ready(
+        &fleet.http,
+        &format!("http://127.0.0.1:{am_port}/-/ready"),
+        "Alertmanager",
+    )
+    .await;
+    wait_ready(
+        &fleet.http,
+        &format!("http://127.0.0.1:{prom_port}/-/ready"),
+        "Prometheus",
+    )
+    .await;
+    let scenario = fleet.scenario(&format!(
+        r#"prometheus: {{url: "http://127.0.0.1:{prom_port}", match_labels: {{alertname: JourneyFailing}}}}
+alertmanager: {{url: "http://127.0.0.1:{am_port}", match_labels: {{alertname: JourneyFailing}}}}
+faults:
+  - name: ACK endpoint failing
+    inject: {{http: {{method: POST, url: "TARGET/admin/faults/http", json: {{route: "POST /api/incidents/{{id}}/ack", status: 500}}}}}}
+    hold: 12s
+    heal: {{http: {{method: DELETE, url: "TARGET/admin/faults"}}}}
+    expect: {{journeys: [incident-lifecycle], team: incidents}}
+    settle: 30s
+    recover_within: 40s
+"#
+    ));
+    let out = fleet.dir.join("report");
+    let run = Command::new(BIN)
+        .arg("gameday")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .expect("game day finishes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    // The measured table, for the README (visible with --nocapture).
+    println!("{}", String::from_utf8_lossy(&run.stdout));
+    assert!(
+        stderr.contains("DETECT +") && stderr.contains("PAGE +"),
+        "{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let f = &report["faults"][0];
+    let ti = f["injected_unix_ms"].as_i64().unwrap();
+    let th = f["healed_unix_ms"].as_i64().unwrap();
+    let know = f["time_to_know_s"].as_f64().unwrap();
+    let fired = f["prometheus"]["after_s"]
+        .as_f64()
+        .expect("Prometheus fired");
+    let paged = f["alertmanager"]["after_s"]
+        .as_f64()
+        .expect("Alertmanager accepted the page");
+    // Order of the pipeline: a failed run, then a scrape + rule evaluation (1 s each), then Alertmanager.
+    assert!(
+        know < fired && fired <= know + 6.0,
+        "know {know}s, fired {fired}s"
+    );
+    assert!(
+        paged >= fired - 1.0 && paged <= fired + 3.0,
+        "fired {fired}s, paged {paged}s"
+    );
+    assert_eq!(
+        f["alertmanager"]["alert"]["receivers"],
+        serde_json::json!(["incidents-pager"])
+    );
+    assert_eq!(f["alertmanager"]["alert"]["labels"]["team"], "incidents");
+    assert_eq!(f["false_pages"], serde_json::json!([]), "{f}");
+    assert_eq!(f["missed"]["team"], Value::Null);
+    // The receiver's log: the first firing notification arrived within group_wait (1 s) + polling (1 s) of the page.
+    let log = hooks.lock().unwrap().clone();
+    let firing = log
+        .iter()
+        .find(|(_, r, b)| r == "incidents-pager" && b["status"] == "firing")
+        .expect("a firing page reached incidents-pager");
+    let page_at = ti + (paged * 1000.0) as i64;
+    assert!(
+        (firing.0 - page_at).abs() <= 2_500,
+        "webhook at +{:.1}s, report says paged at +{paged}s",
+        secs(firing.0 - ti)
+    );
+    assert!(
+        log.iter().all(|(_, r, _)| r == "incidents-pager"),
+        "no other team was paged: {log:?}"
+    );
+    // Resolution: reported after healing, and the receiver got the resolved notification.
+    let resolved = f["alertmanager"]["resolved_after_heal_s"]
+        .as_f64()
+        .expect("page resolved");
+    assert!(
+        resolved > 0.0 && f["prometheus"]["resolved_after_heal_s"].as_f64().is_some(),
+        "{f}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, r, b)| r == "incidents-pager" && b["status"] == "resolved")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resolved notification reached the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(th > ti);
+    // To look at (and for the README): GAMEDAY_KEEP_REPORT=DIR keeps this report.
+    if let Some(keep) = std::env::var_os("GAMEDAY_KEEP_REPORT") {
+        std::fs::create_dir_all(&keep).unwrap();
+        for e in std::fs::read_dir(&out).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), Path::new(&keep).join(e.file_name())).unwrap();
+        }
+    }
+    assert_no_faults(&fleet.faults().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overall_timeout_stops_the_gameday_and_heals() {
+    let fleet = Fleet::start().await;
+    let scenario = fleet.scenario(
+        r#"timeout: 15s
+faults:
+  - name: CRM stall
+    inject: {http: {url: "TARGET/admin/faults/crm", json: {mode: stall}}}
+    hold: 5m
+    heal: {http: {url: "TARGET/admin/faults/crm", json: {mode: normal}}}
+    expect: {journeys: [lead-capture]}
+    settle: 10s
+"#,
+    );
+    let out = fleet.dir.join("report");
+    let run = Command::new(BIN)
+        .arg("gameday")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let started = tokio::time::Instant::now();
+    let run = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the timeout stops it")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("overall timeout of 15s reached")
+            && stderr.contains("HEALED")
+            && stderr.contains("early because of timeout"),
+        "{stderr}"
+    );
+    assert_no_faults(&fleet.faults().await);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], "timeout");
+    assert_eq!(report["faults"][0]["healed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_gameday_reports_all_three_faults_known_and_healed() {
+    let dir = common::tempdir();
+    let out = dir.join("report");
+    let run = Command::new(BIN)
+        .args(["demo", "--gameday", "--out"])
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(150), run)
+        .await
+        .expect("demo game day finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("Time to know") && stdout.contains("all faults healed"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let faults = report["faults"].as_array().unwrap();
+    let names: Vec<&str> = faults.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["CRM stall", "ACK endpoint failing", "WebSocket drop"]
+    );
+    for f in faults {
+        let know = f["time_to_know_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{} not known: {f}", f["name"]));
+        // Demo journeys run every 5 s with a 4 s timeout.
+        assert!(know <= 5.0 + 4.0 + SLACK_S, "{}: {know}s", f["name"]);
+        assert!(
+            f["time_to_recover_s"].as_f64().is_some() && f["healed"] == true,
+            "{f}"
+        );
+        assert!(out.join(f["svg"].as_str().unwrap()).exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
