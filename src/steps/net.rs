@@ -58,7 +58,30 @@ pub async fn connect_tcp(ctx: &mut RunContext, host: &str, port: u16, phases: &m
         }
     }
     let (sa, e) = last_err.expect("at least one address was tried");
-    Err(StepError::new(ErrorType::Connect, format!("could not connect to {host}:{port} ({sa}): {e}")))
+    Err(StepError::new(ErrorType::Connect, format!("could not connect to {host}:{port} ({sa}): {}", io_cause(&e))))
+}
+
+/// An I/O failure in plain words ("connection refused"), without the OS error number.
+pub fn io_cause(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset by peer".into(),
+        K::ConnectionAborted => "connection aborted".into(),
+        K::BrokenPipe => "the peer closed the connection while we were sending".into(),
+        K::UnexpectedEof => "the peer closed the connection".into(),
+        K::TimedOut => "timed out".into(),
+        K::HostUnreachable => "host unreachable".into(),
+        K::NetworkUnreachable => "network unreachable".into(),
+        K::AddrNotAvailable => "address not available".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
+    }
 }
 
 /// What the TLS handshake established.
@@ -71,7 +94,11 @@ pub struct TlsFacts {
     pub issuer: String,
 }
 
-pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, config: Arc<ClientConfig>, phases: &mut Vec<Phase>) -> Result<(TlsStream<TcpStream>, TlsFacts), StepError> {
+/// TLS over `io`: a TCP stream, or a tunnel through a proxy (`http` steps).
+pub async fn handshake<IO>(ctx: &mut RunContext, tcp: IO, server_name: &str, config: Arc<ClientConfig>, phases: &mut Vec<Phase>) -> Result<(TlsStream<IO>, TlsFacts), StepError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| StepError::new(ErrorType::Config, format!("`{server_name}` is not a valid TLS server name: {e}")))?;
     ctx.waiting_for = "the TLS handshake";
     let t = Instant::now();
@@ -121,5 +148,16 @@ mod tests {
         assert_eq!(peer.port(), port);
         let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
         assert_eq!(names, ["connect"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named_in_plain_words() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = connect_tcp(&mut RunContext::new_test(), "127.0.0.1", port, &mut Vec::new()).await.expect_err("nothing listens");
+        assert_eq!(e.error_type, ErrorType::Connect);
+        assert!(e.message.ends_with(": connection refused"), "{}", e.message);
     }
 }

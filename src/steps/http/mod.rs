@@ -2,30 +2,32 @@
 //! because probes need each phase timed apart: dns, connect, tls, ttfb and
 //! transfer, like blackbox_exporter reports. Connections are reused within a
 //! run (like a browser session) and never across runs (each run is a new user).
+//! [`client`] does one exchange (proxy, TLS/ALPN, HTTP/1.1 or 2, the stale
+//! connection retry), [`decode`] the body; this file the step and redirects.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+mod client;
+mod decode;
 
-use bytes::{Bytes, BytesMut};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::Method;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use reqwest::cookie::CookieStore;
 use url::Url;
 
+pub use client::ConnectionCache;
+use client::{Options, Req, TlsChoice};
+
 use crate::config::model::ByteSize;
 use crate::config::template::{JsonTemplate, Template};
 use crate::steps::compile::{Checker, StepCx};
-use crate::steps::context::{RunContext, RunStateSlot};
-use crate::steps::net::{connect_tcp, handshake};
+use crate::steps::context::RunContext;
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
+use crate::vocab::{ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,12 +43,71 @@ pub struct HttpSpec {
     pub form: Option<BTreeMap<String, String>>,
     #[serde(default = "crate::config::model::default_true")]
     pub follow_redirects: bool,
+    /// Follow a redirect from https:// to http:// (refused by default).
+    #[serde(default)]
+    pub allow_insecure_redirects: bool,
     #[serde(default = "crate::config::model::default_true")]
     pub tls_verify: bool,
     /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
     pub ca_file: Option<String>,
-    /// Bodies larger than this are cut and the step fails with `body_too_large`.
+    /// Bodies larger than this (after decoding) are cut and the step fails with `body_too_large`.
     pub max_body: Option<ByteSize>,
+    /// `auto` (HTTP/2 when the server offers it through ALPN), `"1.1"` or `"2"`.
+    #[serde(default)]
+    pub http_version: HttpVersion,
+    /// `http://host:port` (optionally with `user:password@`), or `none`; default: `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`.
+    pub proxy: Option<String>,
+    /// Keep the body as sent (compressed) instead of decoding it.
+    #[serde(default)]
+    pub raw_body: bool,
+}
+
+/// Which HTTP version a step speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpVersion {
+    #[default]
+    Auto,
+    V1_1,
+    V2,
+}
+
+impl<'de> Deserialize<'de> for HttpVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HttpVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`auto`, `\"1.1\"` or `\"2\"`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HttpVersion, E> {
+                match v {
+                    "auto" => Ok(HttpVersion::Auto),
+                    "1.1" => Ok(HttpVersion::V1_1),
+                    "2" | "2.0" => Ok(HttpVersion::V2),
+                    _ => Err(E::custom(format!("expected `auto`, `\"1.1\"` or `\"2\"`, got `{v}`"))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HttpVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HttpVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<HttpVersion, E> {
+                self.visit_str(if v == 1.1 { "1.1" } else if v == 2.0 { "2" } else { "?" })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Where a step's requests go through.
+#[derive(Debug, Clone)]
+pub(crate) enum ProxyChoice {
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (and their lower-case forms).
+    Env,
+    None,
+    Url(String),
 }
 
 fn default_method() -> String {
@@ -55,17 +116,10 @@ fn default_method() -> String {
 
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 const MAX_REDIRECTS: usize = 10;
-
-/// Open connections of one run, by `scheme://host:port`.
-#[derive(Default)]
-pub struct ConnectionCache {
-    conns: HashMap<String, SendRequest<Full<Bytes>>>,
-    /// Origins this run has talked to, for cookie look-ups by name.
-    visited: Vec<Url>,
-}
-
-/// Dropped with the run: closing a connection is dropping its sender.
-impl RunStateSlot for ConnectionCache {}
+/// Request headers that carry credentials: not sent to another origin after a redirect.
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+/// Headers that describe a body, dropped with it when a redirect turns the request into a GET.
+const BODY_HEADERS: [&str; 4] = ["content-type", "content-length", "content-encoding", "transfer-encoding"];
 
 #[derive(Debug)]
 enum Body {
@@ -92,9 +146,13 @@ pub struct HttpStep {
     headers: Vec<(String, Template)>,
     body: Body,
     follow_redirects: bool,
+    allow_insecure_redirects: bool,
     tls_verify: bool,
     ca_file: Option<Template>,
     max_body: u64,
+    version: HttpVersion,
+    proxy: ProxyChoice,
+    raw_body: bool,
 }
 
 impl HttpStep {
@@ -129,40 +187,64 @@ impl HttpStep {
         } else {
             Body::None
         };
+        let proxy = match spec.proxy.as_deref() {
+            None => ProxyChoice::Env,
+            Some("none") => ProxyChoice::None,
+            Some(p) => {
+                match Url::parse(p) {
+                    Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {}
+                    _ => c.error("http.proxy", &format!("expected `none` or an http://host:port proxy URL, got `{}`", display_proxy(p))),
+                }
+                ProxyChoice::Url(p.to_string())
+            }
+        };
         Some(HttpStep {
             method,
             url,
             headers,
             body,
             follow_redirects: spec.follow_redirects,
+            allow_insecure_redirects: spec.allow_insecure_redirects,
             tls_verify: spec.tls_verify,
             ca_file: spec.ca_file.as_deref().map(|f| c.template("http.ca_file", f)),
             max_body: spec.max_body.map(|b| b.0).unwrap_or(DEFAULT_MAX_BODY),
+            version: spec.http_version,
+            proxy,
+            raw_body: spec.raw_body,
         })
     }
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let url_text = ctx.render(&self.url)?;
         let mut url = Url::parse(&url_text).map_err(|e| StepError::new(ErrorType::Config, format!("`{url_text}` is not a valid URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(StepError::new(ErrorType::Config, format!("unsupported URL scheme `{}`: expected http or https", url.scheme())));
+        }
         let mut headers = Vec::with_capacity(self.headers.len());
         for (k, t) in &self.headers {
             headers.push((k.clone(), ctx.render(t)?));
         }
-        let (mut body, content_type) = self.render_body(ctx)?;
-        let tls = TlsChoice {
-            verify: self.tls_verify,
-            ca_file: match &self.ca_file {
-                Some(t) => Some(ctx.render(t)?),
-                None => None,
+        let (mut body, mut content_type) = self.render_body(ctx)?;
+        let opts = Options {
+            tls: TlsChoice {
+                verify: self.tls_verify,
+                ca_file: match &self.ca_file {
+                    Some(t) => Some(ctx.render(t)?),
+                    None => None,
+                },
             },
+            version: self.version,
+            proxy: self.proxy.clone(),
+            max_body: self.max_body,
+            raw_body: self.raw_body,
         };
         let mut method = self.method.clone();
         let mut obs = Observation::default();
         let mut phase_totals: Vec<Phase> = Vec::new();
-        let mut hops = 0;
+        let mut chain = vec![url.clone()];
         loop {
-            let res = send_once(ctx, &method, &url, &headers, &body, content_type, &tls, self.max_body, &mut phase_totals).await;
-            let (status, resp_headers, resp_body, truncated, cert) = match res {
+            let req = Req { method: &method, url: &url, headers: &headers, body: &body, content_type };
+            let resp = match client::send(ctx, &req, &opts, &mut phase_totals).await {
                 Ok(r) => r,
                 Err(e) => {
                     obs.phases = phase_totals;
@@ -170,39 +252,78 @@ impl HttpStep {
                     return Err(e.with_observation(&obs));
                 }
             };
-            obs.cert_not_after = cert.or(obs.cert_not_after);
-            let location = resp_headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
-            let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
-            if self.follow_redirects && redirect && !truncated {
+            obs.cert_not_after = resp.cert.or(obs.cert_not_after);
+            let location = resp.headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
+            let redirect = matches!(resp.status, 301 | 302 | 303 | 307 | 308);
+            if self.follow_redirects && redirect && !resp.truncated {
                 if let Some(loc) = location {
-                    hops += 1;
-                    if hops > MAX_REDIRECTS {
-                        obs.phases = phase_totals;
-                        return Err(StepError::new(ErrorType::Protocol, format!("more than {MAX_REDIRECTS} redirects, last to `{loc}`")).with_observation(&obs));
+                    let fail = |obs: &mut Observation, phases: Vec<Phase>, e: StepError| {
+                        obs.phases = phases;
+                        e.with_observation(obs)
+                    };
+                    let next = match url.join(&loc) {
+                        Ok(n) => n,
+                        Err(e) => return Err(fail(&mut obs, phase_totals, StepError::new(ErrorType::Protocol, format!("`{}` redirected to an invalid location `{loc}`: {e}", display_url(&url))))),
+                    };
+                    if let Err(e) = self.check_redirect(&url, &next, &chain) {
+                        return Err(fail(&mut obs, phase_totals, e));
                     }
-                    url = url.join(&loc).map_err(|e| StepError::new(ErrorType::Protocol, format!("redirect to invalid location `{loc}`: {e}")))?;
-                    if status == 303 || (matches!(status, 301 | 302) && method == Method::POST) {
+                    if url.origin() != next.origin() {
+                        headers.retain(|(k, _)| !CREDENTIAL_HEADERS.iter().any(|c| k.eq_ignore_ascii_case(c)));
+                    }
+                    let to_get = (resp.status == 303 && method != Method::HEAD) || (matches!(resp.status, 301 | 302) && method == Method::POST);
+                    if to_get {
                         method = Method::GET;
                         body = Bytes::new();
+                        content_type = None;
+                        headers.retain(|(k, _)| !BODY_HEADERS.iter().any(|c| k.eq_ignore_ascii_case(c)));
                     }
+                    url = next;
+                    chain.push(url.clone());
                     continue;
                 }
             }
-            obs.status = Some(status);
-            obs.headers = resp_headers;
-            obs.body = resp_body;
+            obs.status = Some(resp.status);
+            obs.headers = resp.headers;
+            obs.body = resp.body;
             obs.phases = phase_totals;
-            obs.attributes = attributes(&method, &url, Some(status));
-            obs.attributes.push(KeyValue::new("http.redirects", hops as i64));
-            if truncated {
+            obs.attributes = attributes(&method, &url, Some(resp.status));
+            obs.attributes.push(KeyValue::new("http.redirects", (chain.len() - 1) as i64));
+            obs.attributes.push(KeyValue::new("network.protocol.name", "http"));
+            obs.attributes.push(KeyValue::new("network.protocol.version", resp.version));
+            if let Some(d) = &resp.decoded {
+                obs.attributes.push(KeyValue::new("http.response.content_encoding", d.clone()));
+            }
+            if resp.truncated {
+                let what = if resp.decoded.is_some() { "decoded body" } else { "body" };
                 return Err(StepError::new(
                     ErrorType::BodyTooLarge,
-                    format!("expected a body of at most {} bytes (max_body), the response was larger; read the first {} bytes and stopped", self.max_body, self.max_body),
+                    format!("expected a {what} of at most {} bytes (max_body), the response was larger; read the first {} bytes and stopped", self.max_body, self.max_body),
                 )
                 .with_observation(&obs));
             }
             return Ok(obs);
         }
+    }
+
+    /// The redirect rules: no https→http unless allowed, only http(s), at most [`MAX_REDIRECTS`].
+    fn check_redirect(&self, from: &Url, to: &Url, chain: &[Url]) -> Result<(), StepError> {
+        if !matches!(to.scheme(), "http" | "https") {
+            return Err(StepError::new(ErrorType::Protocol, format!("`{}` redirected to `{}`: expected an http:// or https:// location", display_url(from), display_url(to))));
+        }
+        if from.scheme() == "https" && to.scheme() == "http" && !self.allow_insecure_redirects {
+            return Err(StepError::new(
+                ErrorType::Protocol,
+                format!("refused to follow the redirect from `{}` to `{}`: it leaves https for plain http (set `allow_insecure_redirects: true` to follow it)", display_url(from), display_url(to)),
+            ));
+        }
+        if chain.len() > MAX_REDIRECTS {
+            let mut shown: Vec<String> = chain.iter().map(|u| format!("`{}`", display_url(u))).collect();
+            shown.push(format!("`{}`", display_url(to)));
+            let looped = if chain.contains(to) { format!(" (a loop: `{}` was visited before)", display_url(to)) } else { String::new() };
+            return Err(StepError::new(ErrorType::Protocol, format!("expected at most {MAX_REDIRECTS} redirects, got more{looped}: {}", shown.join(" → "))));
+        }
+        Ok(())
     }
 
     fn render_body(&self, ctx: &mut RunContext) -> Result<(Bytes, Option<&'static str>), StepError> {
@@ -247,148 +368,16 @@ fn add_phase(totals: &mut Vec<Phase>, name: &'static str, d: std::time::Duration
     }
 }
 
-/// How to verify the server's certificate.
-struct TlsChoice {
-    verify: bool,
-    ca_file: Option<String>,
+/// `url` for messages and spans: without user or password.
+pub(crate) fn display_url(url: &Url) -> String {
+    let mut clean = url.clone();
+    let _ = clean.set_password(None);
+    let _ = clean.set_username("");
+    clean.to_string()
 }
 
-type Response = (u16, Vec<(String, String)>, Bytes, bool, Option<std::time::SystemTime>);
-
-#[allow(clippy::too_many_arguments)]
-async fn send_once(
-    ctx: &mut RunContext,
-    method: &Method,
-    url: &Url,
-    headers: &[(String, String)],
-    body: &Bytes,
-    content_type: Option<&'static str>,
-    tls: &TlsChoice,
-    max_body: u64,
-    totals: &mut Vec<Phase>,
-) -> Result<Response, StepError> {
-    let https = match url.scheme() {
-        "http" => false,
-        "https" => true,
-        other => return Err(StepError::new(ErrorType::Config, format!("unsupported URL scheme `{other}`: expected http or https"))),
-    };
-    let host = url.host_str().ok_or_else(|| StepError::new(ErrorType::Config, format!("URL `{url}` has no host")))?.to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let key = format!("{}://{host}:{port}#{}#{}", url.scheme(), tls.verify, tls.ca_file.as_deref().unwrap_or(""));
-    let mut cert = None;
-
-    let reusable = ctx.state.get_mut::<ConnectionCache>().conns.get(&key).is_some_and(|s| !s.is_closed() && s.is_ready());
-    let mut sender = if reusable {
-        ctx.state.get_mut::<ConnectionCache>().conns.remove(&key).expect("checked above")
-    } else {
-        let mut phases = Vec::new();
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let (tcp, _) = connect_tcp(ctx, bare_host, port, &mut phases).await?;
-        let sender = if https {
-            let cfg = ctx.env.tls.pick(tls.verify, tls.ca_file.as_deref())?;
-            let (tls, facts) = handshake(ctx, tcp, bare_host, cfg, &mut phases).await?;
-            cert = facts.not_after;
-            start_http1(TokioIo::new(tls)).await?
-        } else {
-            start_http1(TokioIo::new(tcp)).await?
-        };
-        for p in phases {
-            add_phase(totals, p.name, p.duration);
-        }
-        sender
-    };
-
-    let mut req = http::Request::builder().method(method.clone()).uri(origin_form(url));
-    let hdrs = req.headers_mut().expect("fresh builder");
-    let host_header = match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    hdrs.insert(http::header::HOST, header_value(&host_header)?);
-    hdrs.insert(http::header::USER_AGENT, header_value(&ctx.env.user_agent)?);
-    hdrs.insert(HeaderName::from_static("x-synthetic-run"), header_value(&ctx.run_id)?);
-    let sc = ctx.trace_cx.span().span_context().clone();
-    if sc.is_valid() {
-        let tp = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
-        hdrs.insert(HeaderName::from_static("traceparent"), header_value(&tp)?);
-    }
-    if let Some(c) = ctx.cookies.cookies(url) {
-        hdrs.insert(http::header::COOKIE, c);
-    }
-    if let Some(ct) = content_type {
-        hdrs.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    }
-    for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
-        hdrs.insert(name, header_value(v)?);
-    }
-    let req = req.body(Full::new(body.clone())).map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the request: {e}")))?;
-
-    ctx.waiting_for = "the response headers (time to first byte)";
-    let t = Instant::now();
-    let resp = sender.send_request(req).await.map_err(|e| {
-        let kind = if e.is_incomplete_message() || e.is_closed() { "the server closed the connection before responding" } else { "invalid response" };
-        StepError::new(ErrorType::Protocol, format!("{kind}: {e}"))
-    })?;
-    add_phase(totals, "ttfb", t.elapsed());
-
-    let status = resp.status().as_u16();
-    let resp_headers: Vec<(String, String)> = resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-    let set_cookies: Vec<HeaderValue> = resp.headers().get_all(http::header::SET_COOKIE).iter().cloned().collect();
-    if !set_cookies.is_empty() {
-        ctx.cookies.set_cookies(&mut set_cookies.iter(), url);
-    }
-    let origin = Url::parse(&url.origin().ascii_serialization()).expect("origin of a valid URL");
-    if !ctx.state.get_mut::<ConnectionCache>().visited.contains(&origin) {
-        ctx.state.get_mut::<ConnectionCache>().visited.push(origin);
-    }
-    let keep_alive = !resp.headers().get(http::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-
-    ctx.waiting_for = "the response body";
-    let t = Instant::now();
-    let mut body = resp.into_body();
-    let mut buf = BytesMut::new();
-    let mut truncated = false;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| StepError::new(ErrorType::Protocol, format!("the body broke off after {} bytes and {}: {e}", buf.len(), fmt_dur(t.elapsed()))))?;
-        if let Ok(data) = frame.into_data() {
-            let room = (max_body as usize).saturating_sub(buf.len());
-            if data.len() > room {
-                buf.extend_from_slice(&data[..room]);
-                truncated = true;
-                break;
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    add_phase(totals, "transfer", t.elapsed());
-    if keep_alive && !truncated {
-        ctx.state.get_mut::<ConnectionCache>().conns.insert(key, sender);
-    }
-    Ok((status, resp_headers, buf.freeze(), truncated, cert))
-}
-
-async fn start_http1<T>(io: T) -> Result<SendRequest<Full<Bytes>>, StepError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| StepError::new(ErrorType::Protocol, format!("HTTP/1.1 handshake failed: {e}")))?;
-    // Ends when the run drops its sender or the peer closes.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-fn origin_form(url: &Url) -> String {
-    match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    }
-}
-
-fn header_value(v: &str) -> Result<HeaderValue, StepError> {
-    HeaderValue::from_str(v).map_err(|_| StepError::new(ErrorType::Config, "a header value contains characters not allowed in HTTP headers".to_string()))
+fn display_proxy(p: &str) -> String {
+    Url::parse(p).map(|u| display_url(&u)).unwrap_or_else(|_| "(not a URL)".into())
 }
 
 /// A cookie's value from the run's jar, for any URL the run has visited.
