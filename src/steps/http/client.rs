@@ -185,6 +185,11 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
     Ok(Response { status, headers: resp_headers, body: read.body, truncated: read.truncated, cert, version, decoded: read.decoded })
 }
 
+/// The connection ended cleanly but too early (EOF), as opposed to a reset.
+pub(super) fn closed_early(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || io_error(e).is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
 /// Whether a request failed because the connection was gone before a response started.
 fn closed_before_response(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {

@@ -15,7 +15,7 @@ use hyper::body::{Body as _, Incoming};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
-use super::client::hyper_cause;
+use super::client::{closed_early, hyper_cause};
 use crate::steps::net::io_cause;
 use crate::vocab::{fmt_dur, ErrorType, StepError};
 
@@ -45,7 +45,7 @@ impl BodyFailure {
         let n = self.received;
         let what = match self.kind {
             FailureKind::Corrupt { coding, why } => return StepError::new(ErrorType::Protocol, format!("the body is declared `Content-Encoding: {coding}` but does not decode as {coding} ({why})")),
-            FailureKind::Transport(e) if e.is_incomplete_message() => match self.declared {
+            FailureKind::Transport(e) if closed_early(&e) => match self.declared {
                 Some(d) => format!("the server declared {d} bytes and closed after {n}"),
                 None => format!("the server closed the connection after {n} bytes, before the end of the body"),
             },

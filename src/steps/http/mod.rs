@@ -9,6 +9,7 @@ mod client;
 mod decode;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -27,7 +28,7 @@ use crate::config::template::{JsonTemplate, Template};
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{ErrorType, Observation, Phase, StepError};
+use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +117,8 @@ fn default_method() -> String {
 
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 const MAX_REDIRECTS: usize = 10;
+/// How long before the step's deadline the step gives up by itself (with its phases).
+const CUT_MARGIN: Duration = Duration::from_millis(20);
 /// Request headers that carry credentials: not sent to another origin after a redirect.
 const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 /// Headers that describe a body, dropped with it when a redirect turns the request into a GET.
@@ -242,9 +245,17 @@ impl HttpStep {
         let mut obs = Observation::default();
         let mut phase_totals: Vec<Phase> = Vec::new();
         let mut chain = vec![url.clone()];
+        let started = Instant::now();
+        let cut = ctx.step_deadline.and_then(|d| d.checked_sub(CUT_MARGIN));
         loop {
             let req = Req { method: &method, url: &url, headers: &headers, body: &body, content_type };
-            let resp = match client::send(ctx, &req, &opts, &mut phase_totals).await {
+            // Give up just before the runner cuts the step off, so the phases so far are kept.
+            let sent = match cut {
+                Some(at) => tokio::time::timeout_at(at.into(), client::send(ctx, &req, &opts, &mut phase_totals)).await,
+                None => Ok(client::send(ctx, &req, &opts, &mut phase_totals).await),
+            };
+            let sent = sent.unwrap_or_else(|_| Err(StepError::new(ErrorType::Timeout, format!("timed out after {} while waiting for {}", fmt_dur(started.elapsed()), ctx.waiting_for))));
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     obs.phases = phase_totals;
