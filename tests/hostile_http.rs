@@ -137,9 +137,7 @@ async fn https_to_http_redirects_are_refused_unless_allowed() {
 #[tokio::test]
 async fn see_other_and_redirected_posts_become_bodiless_gets_307_keeps_them() {
     let s = hostile(None).await;
-    let step = |status: u16| {
-        format!("      - name: s\n        http: {{method: POST, url: \"http://127.0.0.1:{}/to?{status}&%2Fecho\", json: {{a: 1}}, proxy: none}}\n", s.port())
-    };
+    let step = |status: u16| format!("      - name: s\n        http: {{method: POST, url: \"http://127.0.0.1:{}/to?{status}&%2Fecho\", json: {{a: 1}}, proxy: none}}\n", s.port());
     for status in [301, 302, 303] {
         let r = run(&journey(&format!("{}        assert: {{body_contains: \"GET /echo\"}}\n", step(status))), &env()).await;
         assert_ok(&r);
@@ -274,10 +272,7 @@ async fn http_and_https_go_through_a_forward_proxy() {
     let tls = hostile(Some(&cert)).await;
     let proxy = forward_proxy().await;
     let step = |url: String| {
-        journey(&format!(
-            "      - name: s\n        http: {{url: \"{url}\", tls_verify: false, proxy: \"http://u:p@127.0.0.1:{}\"}}\n        assert: {{body_contains: hello}}\n",
-            proxy.port()
-        ))
+        journey(&format!("      - name: s\n        http: {{url: \"{url}\", tls_verify: false, proxy: \"http://u:p@127.0.0.1:{}\"}}\n        assert: {{body_contains: hello}}\n", proxy.port()))
     };
     assert_ok(&run(&step(format!("http://127.0.0.1:{}/ok", plain.port())), &env()).await);
     assert_ok(&run(&step(format!("https://127.0.0.1:{}/ok", tls.port())), &env()).await);

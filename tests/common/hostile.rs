@@ -53,11 +53,7 @@ pub fn test_cert() -> TestCert {
     let dir = super::tempdir();
     let pem_path = dir.join("cert.pem");
     std::fs::write(&pem_path, cert.pem()).unwrap();
-    TestCert {
-        config_chain: vec![cert.der().clone()],
-        key: rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der())),
-        pem_path,
-    }
+    TestCert { config_chain: vec![cert.der().clone()], key: rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der())), pem_path }
 }
 
 fn tls_acceptor(cert: &TestCert, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {

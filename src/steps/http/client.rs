@@ -306,7 +306,16 @@ async fn connect(ctx: &mut RunContext, url: &Url, host: &str, port: u16, proxy: 
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn connect_inner(ctx: &mut RunContext, url: &Url, host: &str, port: u16, proxy: Option<&Intercept>, opts: &Options, phases: &mut Vec<Phase>, cert: &mut Option<SystemTime>) -> Result<Conn, StepError> {
+async fn connect_inner(
+    ctx: &mut RunContext,
+    url: &Url,
+    host: &str,
+    port: u16,
+    proxy: Option<&Intercept>,
+    opts: &Options,
+    phases: &mut Vec<Phase>,
+    cert: &mut Option<SystemTime>,
+) -> Result<Conn, StepError> {
     let https = url.scheme() == "https";
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
     let Some(proxy) = proxy else {
@@ -351,7 +360,15 @@ async fn connect_inner(ctx: &mut RunContext, url: &Url, host: &str, port: u16, p
 }
 
 /// TLS, offering the protocols `http_version` allows, then HTTP/2 if the server picked it.
-async fn over_tls<IO>(ctx: &mut RunContext, io: IO, host: &str, opts: &Options, phases: &mut Vec<Phase>, cert: &mut Option<SystemTime>, via_proxy: Option<Option<HeaderValue>>) -> Result<Conn, StepError>
+async fn over_tls<IO>(
+    ctx: &mut RunContext,
+    io: IO,
+    host: &str,
+    opts: &Options,
+    phases: &mut Vec<Phase>,
+    cert: &mut Option<SystemTime>,
+    via_proxy: Option<Option<HeaderValue>>,
+) -> Result<Conn, StepError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -366,7 +383,10 @@ where
     *cert = facts.not_after;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if opts.version == HttpVersion::V2 && !h2 {
-        return Err(StepError::new(ErrorType::Protocol, format!("`{host}` did not agree to HTTP/2 in the TLS handshake (ALPN); it does not offer HTTP/2 here, so `http_version: \"2\"` cannot be met (`auto` would use HTTP/1.1)")));
+        return Err(StepError::new(
+            ErrorType::Protocol,
+            format!("`{host}` did not agree to HTTP/2 in the TLS handshake (ALPN); it does not offer HTTP/2 here, so `http_version: \"2\"` cannot be met (`auto` would use HTTP/1.1)"),
+        ));
     }
     let version = if h2 { HttpVersion::V2 } else { HttpVersion::V1_1 };
     plain(tls, version, via_proxy).await

@@ -95,7 +95,13 @@ impl<'de> Deserialize<'de> for HttpVersion {
                 self.visit_str(&v.to_string())
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<HttpVersion, E> {
-                self.visit_str(if v == 1.1 { "1.1" } else if v == 2.0 { "2" } else { "?" })
+                self.visit_str(if v == 1.1 {
+                    "1.1"
+                } else if v == 2.0 {
+                    "2"
+                } else {
+                    "?"
+                })
             }
         }
         d.deserialize_any(V)
