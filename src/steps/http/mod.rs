@@ -461,4 +461,41 @@ mod tests {
         let e = attempt(&mut ctx, &step).await.expect_err("503");
         assert_eq!(e.error_type, ErrorType::HttpStatus, "{}", e.message);
     }
+
+    #[test]
+    fn http_version_accepts_auto_and_quoted_or_bare_numbers() {
+        use super::HttpVersion;
+        let v = |y: &str| serde_saphyr::from_str::<HttpVersion>(y);
+        assert_eq!(v("auto").unwrap(), HttpVersion::Auto);
+        assert_eq!(v("\"1.1\"").unwrap(), HttpVersion::V1_1);
+        assert_eq!(v("1.1").unwrap(), HttpVersion::V1_1);
+        assert_eq!(v("\"2\"").unwrap(), HttpVersion::V2);
+        assert_eq!(v("2").unwrap(), HttpVersion::V2);
+        assert!(v("3").is_err());
+    }
+
+    #[test]
+    fn redirect_rules_refuse_downgrades_and_name_the_chain() {
+        use super::{HttpSpec, HttpStep};
+        use crate::steps::compile::Checker;
+        use url::Url;
+        let spec: HttpSpec = serde_saphyr::from_str("url: https://a.test/").unwrap();
+        let mut diags = Vec::new();
+        let step = HttpStep::compile(&spec, &mut Checker::new(std::path::Path::new("t.yaml"), &mut diags)).unwrap();
+        let u = |s: &str| Url::parse(s).unwrap();
+        let e = step.check_redirect(&u("https://user:pw@a.test/x"), &u("http://a.test/y"), &[u("https://a.test/x")]).unwrap_err();
+        assert_eq!(e.message, "refused to follow the redirect from `https://a.test/x` to `http://a.test/y`: it leaves https for plain http (set `allow_insecure_redirects: true` to follow it)");
+        assert!(step.check_redirect(&u("http://a.test/"), &u("https://b.test/"), &[u("http://a.test/")]).is_ok());
+        assert!(step.check_redirect(&u("http://a.test/"), &u("ftp://b.test/"), &[]).unwrap_err().message.contains("expected an http:// or https:// location"));
+        let chain: Vec<Url> = (0..=10).map(|i| u(&format!("http://a.test/{}", i % 2))).collect();
+        let e = step.check_redirect(&u("http://a.test/0"), &u("http://a.test/1"), &chain).unwrap_err();
+        assert!(e.message.starts_with("expected at most 10 redirects, got more (a loop: `http://a.test/1` was visited before): `http://a.test/0` → `http://a.test/1`"), "{}", e.message);
+    }
+
+    #[test]
+    fn proxy_settings_are_checked() {
+        let errs = crate::steps::compile::test_step_errors("name: p\nhttp: {url: \"http://a.test/\", proxy: \"socks5://p.test:1080\"}\n");
+        assert!(errs.iter().any(|e| e.contains("expected `none` or an http://host:port proxy URL, got `socks5://p.test:1080`")), "{errs:?}");
+        assert!(crate::steps::compile::test_step_errors("name: p\nhttp: {url: \"http://a.test/\", proxy: none}\n").is_empty());
+    }
 }
