@@ -281,11 +281,24 @@ fn build_request(ctx: &RunContext, req: &Req<'_>, conn: &Conn, host: &str) -> Re
 
 /// The proxy for `url`: the step's, none, or the environment's (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`).
 fn proxy_for(choice: &ProxyChoice, url: &Url) -> Result<Option<Intercept>, StepError> {
-    static FROM_ENV: OnceLock<Matcher> = OnceLock::new();
+    // None when the environment names no proxy: most agents, and no per-request work then.
+    static FROM_ENV: OnceLock<Option<Matcher>> = OnceLock::new();
+    let env = || {
+        let set = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"].iter().any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        set.then(Matcher::from_env)
+    };
+    let matcher = match choice {
+        ProxyChoice::None => return Ok(None),
+        ProxyChoice::Env => match FROM_ENV.get_or_init(env) {
+            Some(m) => m,
+            None => return Ok(None),
+        },
+        ProxyChoice::Url(_) => &Matcher::builder().build(),
+    };
     let uri: Uri = url.as_str().parse().map_err(|_| StepError::new(ErrorType::Config, format!("`{}` is not a valid request URL", display_url(url))))?;
     Ok(match choice {
         ProxyChoice::None => None,
-        ProxyChoice::Env => FROM_ENV.get_or_init(Matcher::from_env).intercept(&uri),
+        ProxyChoice::Env => matcher.intercept(&uri),
         ProxyChoice::Url(p) => {
             let m = Matcher::builder().http(p.clone()).https(p.clone()).build();
             Some(m.intercept(&uri).ok_or_else(|| StepError::new(ErrorType::Config, format!("`proxy: {p}` is not a usable proxy URL: expected http://host:port")))?)

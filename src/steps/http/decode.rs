@@ -118,7 +118,7 @@ pub(super) async fn read_body(resp: http::Response<Incoming>, max_body: u64, raw
         }
     }
     // One byte more than allowed tells "exactly max_body" from "larger".
-    let mut buf = Vec::with_capacity(max_body.min(64 * 1024) as usize);
+    let mut buf = Vec::with_capacity(declared.unwrap_or(8 * 1024).min(max_body).min(64 * 1024) as usize);
     let res = reader.take(max_body.saturating_add(1)).read_to_end(&mut buf).await;
     let received = received.load(Ordering::Relaxed);
     if let Err(e) = res {
