@@ -78,11 +78,31 @@ pub struct TlsFacts {
     pub issuer: String,
 }
 
-pub async fn handshake(ctx: &mut RunContext, tcp: TcpStream, server_name: &str, config: Arc<ClientConfig>, phases: &mut Vec<Phase>) -> Result<(TlsStream<TcpStream>, TlsFacts), StepError> {
+/// A stream TLS can run over, and the peer to ask again for the certificate
+/// chain when verification fails (none through a proxy tunnel).
+pub trait TlsTransport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {
+    fn direct_peer(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
+impl TlsTransport for TcpStream {
+    fn direct_peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
+    }
+}
+
+impl TlsTransport for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+
+/// TLS over `io`: a TCP stream, or a tunnel through a proxy (`http` steps).
+pub async fn handshake<IO>(ctx: &mut RunContext, tcp: IO, server_name: &str, config: Arc<ClientConfig>, phases: &mut Vec<Phase>) -> Result<(TlsStream<IO>, TlsFacts), StepError>
+where
+    IO: TlsTransport,
+{
     let name = ServerName::try_from(server_name.to_string()).map_err(|e| StepError::new(ErrorType::Config, format!("`{server_name}` is not a valid TLS server name: {e}")))?;
     ctx.waiting_for = "the TLS handshake";
     let t = Instant::now();
-    let peer = tcp.peer_addr().ok();
+    let peer = tcp.direct_peer();
     let offered = config.alpn_protocols.clone();
     let stream = match tokio_rustls::TlsConnector::from(config)
         .connect(name.clone(), tcp)
@@ -196,7 +216,14 @@ pub fn describe_io(e: &io::Error) -> String {
         io::ErrorKind::HostUnreachable => "host unreachable".into(),
         io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
         io::ErrorKind::AddrNotAvailable => "address not available".into(),
-        _ => e.to_string(),
+        // Operators need the cause, not the OS error number.
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        }
     }
 }
 
@@ -346,5 +373,16 @@ mod tests {
         assert_eq!(peer.port(), port);
         let names: Vec<&str> = phases.iter().map(|p| p.name).collect();
         assert_eq!(names, ["connect"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named_in_plain_words() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = connect_tcp(&mut RunContext::new_test(), "127.0.0.1", port, &mut Vec::new()).await.expect_err("nothing listens");
+        assert_eq!(e.error_type, ErrorType::Connect);
+        assert!(e.message.ends_with(": connection refused"), "{}", e.message);
     }
 }

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod collector;
+pub mod hostile;
 pub mod target;
 pub mod tls;
 

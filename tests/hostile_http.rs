@@ -1,0 +1,310 @@
+//! The HTTP client against servers that misbehave like real ones
+//! (tests/common/hostile.rs): each case asserts the outcome, `error.type` and
+//! the words of the message. Timing-dependent cases run 50 times.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::hostile::{forward_proxy, h2_only, hostile, test_cert};
+use vantage::config::{AgentConfig, Journey};
+use vantage::runner::context::RunEnv;
+use vantage::runner::result::{ErrorType, Outcome, RunResult};
+
+const RUNS: usize = 50;
+
+fn env() -> Arc<RunEnv> {
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
+    Arc::new(vantage::daemon::build_env(&AgentConfig::default(), tracer, None, HashMap::new()).unwrap())
+}
+
+/// One journey `j` with these steps (YAML list items, indented by 6).
+fn journey(steps: &str) -> Journey {
+    let dir = common::tempdir();
+    let path = dir.join("j.yaml");
+    std::fs::write(&path, format!("journeys:\n  - name: j\n    interval: 60s\n    steps:\n{steps}")).unwrap();
+    let loaded = vantage::config::load(None, &[path]).unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")));
+    let _ = std::fs::remove_dir_all(dir);
+    loaded.journeys.into_iter().next().unwrap()
+}
+
+async fn run(j: &Journey, env: &Arc<RunEnv>) -> RunResult {
+    tokio::time::timeout(Duration::from_secs(30), vantage::runner::run_journey(j, env.clone(), &Default::default())).await.expect("the run ends by itself").expect("a result")
+}
+
+fn get(url: &str) -> String {
+    format!("      - name: s\n        http: {{url: \"{url}\", proxy: none}}\n")
+}
+
+#[track_caller]
+fn assert_fails(r: &RunResult, t: ErrorType, words: &[&str]) {
+    assert_eq!(r.outcome, Outcome::Failure, "{:?}", r.message);
+    assert_eq!(r.error_type, Some(t), "{:?}", r.message);
+    let m = r.message.clone().unwrap_or_default();
+    for w in words {
+        assert!(m.contains(w), "expected `{w}` in: {m}");
+    }
+}
+
+#[track_caller]
+fn assert_ok(r: &RunResult) {
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.message);
+}
+
+#[tokio::test]
+async fn stale_kept_alive_connections_are_retried_on_a_fresh_one_50_runs() {
+    let s = hostile(None).await;
+    let env = env();
+    // Every hop's second request lands on a connection the server has silently dropped.
+    let j = journey(&format!("{}        assert: {{body_contains: arrived}}\n", get(&format!("http://127.0.0.1:{}/silent/chain/5", s.port()))));
+    for i in 0..RUNS {
+        let r = run(&j, &env).await;
+        assert_ok(&r);
+        let names: Vec<&str> = r.steps[0].phases.iter().map(|p| p.name).collect();
+        assert!(names.contains(&"connect") && names.contains(&"ttfb") && names.contains(&"transfer"), "run {i}: {names:?}");
+    }
+    // One fresh connection per hop: the retries used new connections, and only once each.
+    assert_eq!(*s.accepted.lock().unwrap(), (RUNS * 6) as u32);
+}
+
+#[tokio::test]
+async fn a_post_already_sent_on_a_stale_connection_is_not_replayed() {
+    let s = hostile(None).await;
+    let post = format!("      - name: p\n        http: {{method: POST, url: \"http://127.0.0.1:{}/silent/ok\", body: x, proxy: none}}\n", s.port());
+    let j = journey(&format!("{post}{}", post.replace("name: p", "name: q")));
+    let r = run(&j, &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &["no response from", "closed the connection before responding"]);
+    assert_eq!(r.steps[0].outcome, Outcome::Success);
+}
+
+#[tokio::test]
+async fn a_redirect_loop_fails_naming_the_chain() {
+    let s = hostile(None).await;
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{}/loop", s.port()))), &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &["expected at most 10 redirects, got more", "a loop", "/loop` → `http://127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn ten_redirects_are_followed() {
+    let s = hostile(None).await;
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{}/chain/10", s.port()))), &env()).await;
+    assert_ok(&r);
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{}/chain/11", s.port()))), &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &["expected at most 10 redirects", "/chain/11`", "/chain/0`"]);
+}
+
+fn with_credentials(url: &str) -> String {
+    format!(
+        "      - name: s\n        http:\n          url: \"{url}\"\n          proxy: none\n          headers: {{authorization: \"Bearer t0ken\", cookie: \"hand=set\", proxy-authorization: \"Basic cHg=\", x-keep: kept}}\n"
+    )
+}
+
+#[tokio::test]
+async fn credentials_are_not_sent_to_another_origin_after_a_redirect() {
+    let a = hostile(None).await;
+    let b = hostile(None).await;
+    let cross = format!("http://127.0.0.1:{}/to?302&http%3A%2F%2F127.0.0.1%3A{}%2Fecho", a.port(), b.port());
+    let j = journey(&format!("{}        assert: {{body_contains: \"x-keep: kept\"}}\n", with_credentials(&cross)));
+    assert_ok(&run(&j, &env()).await);
+    let echoed = b.seen().join("\n").to_ascii_lowercase();
+    assert!(echoed.contains("x-keep: kept"), "{echoed}");
+    for h in ["authorization:", "cookie:", "t0ken", "hand=set"] {
+        assert!(!echoed.contains(h), "`{h}` reached the other origin: {echoed}");
+    }
+    // Same origin: kept.
+    let same = format!("http://127.0.0.1:{}/to?302&%2Fecho", a.port());
+    let j = journey(&format!("{}        assert: {{body_contains: \"Bearer t0ken\"}}\n", with_credentials(&same)));
+    assert_ok(&run(&j, &env()).await);
+}
+
+#[tokio::test]
+async fn https_to_http_redirects_are_refused_unless_allowed() {
+    let cert = test_cert();
+    let tls = hostile(Some(&cert)).await;
+    let plain = hostile(None).await;
+    let from = format!("https://127.0.0.1:{}/to?302&http%3A%2F%2F127.0.0.1%3A{}%2Fok", tls.port(), plain.port());
+    let step = |allow: bool| format!("      - name: s\n        http: {{url: \"{from}\", tls_verify: false, proxy: none, allow_insecure_redirects: {allow}}}\n");
+    let r = run(&journey(&step(false)), &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &["refused to follow the redirect from `https://127.0.0.1:", "` to `http://127.0.0.1:", "allow_insecure_redirects: true"]);
+    assert!(plain.seen().is_empty(), "nothing was sent over plain http");
+    assert_ok(&run(&journey(&step(true)), &env()).await);
+    assert_eq!(plain.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn see_other_and_redirected_posts_become_bodiless_gets_307_keeps_them() {
+    let s = hostile(None).await;
+    let step = |status: u16| format!("      - name: s\n        http: {{method: POST, url: \"http://127.0.0.1:{}/to?{status}&%2Fecho\", json: {{a: 1}}, proxy: none}}\n", s.port());
+    for status in [301, 302, 303] {
+        let r = run(&journey(&format!("{}        assert: {{body_contains: \"GET /echo\"}}\n", step(status))), &env()).await;
+        assert_ok(&r);
+        let last = s.seen().last().unwrap().to_ascii_lowercase();
+        assert!(!last.contains("content-type") && !last.contains("content-length"), "{status}: {last}");
+    }
+    let r = run(&journey(&format!("{}        assert: {{body_contains: \"POST /echo\", body_regex: \"\\\\{{\\\"a\\\":1\\\\}}$\"}}\n", step(307))), &env()).await;
+    assert_ok(&r);
+}
+
+#[tokio::test]
+async fn the_cookie_jar_applies_cookies_by_path() {
+    let s = hostile(None).await;
+    let base = format!("http://127.0.0.1:{}", s.port());
+    let j = journey(&format!(
+        "{}{}        assert: {{body_contains: \"sid=abc\", body_not_contains: \"other=1\"}}\n{}        assert: {{body_not_contains: \"sid=abc\"}}\n",
+        get(&format!("{base}/set-cookie")),
+        get(&format!("{base}/app/echo")).replace("name: s", "name: in-path"),
+        get(&format!("{base}/echo")).replace("name: s", "name: outside")
+    ));
+    assert_ok(&run(&j, &env()).await);
+}
+
+#[tokio::test]
+async fn a_server_lying_about_the_length_is_named_50_runs() {
+    let s = hostile(None).await;
+    let (j, env) = (journey(&get(&format!("http://127.0.0.1:{}/lie-length", s.port()))), env());
+    for _ in 0..RUNS {
+        let r = run(&j, &env).await;
+        assert_fails(&r, ErrorType::Protocol, &["the response body broke off after", "the server declared 5000 bytes and closed after 5"]);
+        let names: Vec<&str> = r.steps[0].phases.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["connect", "ttfb", "transfer"]);
+    }
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_is_named_50_runs() {
+    let s = hostile(None).await;
+    let (j, env) = (journey(&get(&format!("http://127.0.0.1:{}/reset-mid-body", s.port()))), env());
+    for _ in 0..RUNS {
+        let r = run(&j, &env).await;
+        assert_fails(&r, ErrorType::Protocol, &["connection reset by peer after 3 bytes"]);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_named() {
+    let port = common::free_port();
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{port}/"))), &env()).await;
+    assert_fails(&r, ErrorType::Connect, &["connection refused"]);
+    assert!(!r.message.unwrap().contains("os error"));
+}
+
+#[tokio::test]
+async fn a_header_flood_is_refused() {
+    let s = hostile(None).await;
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{}/header-flood", s.port()))), &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &["response headers are too large"]);
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_fails_body_too_large() {
+    let wire = common::hostile::bomb().await.len();
+    assert!(wire < 64 * 1024, "{wire} bytes on the wire");
+    let s = hostile(None).await;
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{}/bomb", s.port()))), &env()).await;
+    assert_fails(&r, ErrorType::BodyTooLarge, &["expected a decoded body of at most 1048576 bytes (max_body)"]);
+}
+
+#[tokio::test]
+async fn bodies_are_decoded_for_assertions_and_kept_raw_on_request() {
+    let s = hostile(None).await;
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let j = journey(&format!(
+            "{}        assert: {{body_contains: \"hello {coding} decoded\", headers: {{content-encoding: {{equals: {coding}}}}}}}\n",
+            get(&format!("http://127.0.0.1:{}/encoded/{coding}", s.port()))
+        ));
+        assert_ok(&run(&j, &env()).await);
+        assert!(s.seen().last().unwrap().contains("accept-encoding: gzip, deflate, br, zstd"), "{:?}", s.seen().last());
+    }
+    let raw = format!("      - name: s\n        http: {{url: \"http://127.0.0.1:{}/encoded/gzip\", raw_body: true, proxy: none}}\n        assert: {{body_contains: decoded}}\n", s.port());
+    let r = run(&journey(&raw), &env()).await;
+    assert_fails(&r, ErrorType::Assertion, &["decoded"]);
+    let r = run(&journey(&get(&format!("http://127.0.0.1:{}/corrupt-gzip", s.port()))), &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &["declared `Content-Encoding: gzip` but does not decode as gzip"]);
+}
+
+#[tokio::test]
+async fn a_stalled_server_times_out_naming_what_was_awaited_50_runs() {
+    let s = hostile(None).await;
+    let j = journey(&format!("      - name: s\n        timeout: 200ms\n        http: {{url: \"http://127.0.0.1:{}/stall\", proxy: none}}\n", s.port()));
+    let env = env();
+    for _ in 0..RUNS {
+        let r = run(&j, &env).await;
+        assert_fails(&r, ErrorType::Timeout, &["timed out after ", "ms while waiting for the response headers (time to first byte)"]);
+        let names: Vec<&str> = r.steps[0].phases.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["connect"], "phases up to the one that failed");
+    }
+}
+
+#[tokio::test]
+async fn http2_only_servers_are_reached_through_alpn_or_prior_knowledge() {
+    let cert = test_cert();
+    let tls = h2_only(Some(&cert)).await;
+    let j = |url: String, version: &str| {
+        journey(&format!("      - name: s\n        http: {{url: \"{url}\", tls_verify: false, proxy: none, http_version: {version}}}\n        assert: {{body_contains: h2 only}}\n"))
+    };
+    assert_ok(&run(&j(format!("https://127.0.0.1:{}/a", tls.port()), "auto"), &env()).await);
+    assert_ok(&run(&j(format!("https://127.0.0.1:{}/b", tls.port()), "\"2\""), &env()).await);
+    assert_eq!(tls.seen(), ["GET https://127.0.0.1:{p}/a HTTP/2.0".replace("{p}", &tls.port().to_string()), "GET https://127.0.0.1:{p}/b HTTP/2.0".replace("{p}", &tls.port().to_string())]);
+    // HTTP/1.1 only: the server refuses the handshake; dns/connect are kept.
+    let r = run(&j(format!("https://127.0.0.1:{}/c", tls.port()), "\"1.1\""), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["TLS handshake"]);
+    assert_eq!(r.steps[0].phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["connect"]);
+    // Cleartext: prior knowledge with "2"; `auto` speaks HTTP/1.1 there, which this server cannot answer.
+    let h2c = h2_only(None).await;
+    assert_ok(&run(&j(format!("http://127.0.0.1:{}/d", h2c.port()), "\"2\""), &env()).await);
+    let r = run(&j(format!("http://127.0.0.1:{}/e", h2c.port()), "auto"), &env()).await;
+    assert_fails(&r, ErrorType::Protocol, &[]);
+    // An HTTP/1.1-only TLS server and "2": refused in words.
+    let h1 = hostile(Some(&cert)).await;
+    // (rustls refuses a client that offers only protocols it does not serve.)
+    let r = run(&j(format!("https://127.0.0.1:{}/ok", h1.port()), "\"2\""), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["TLS handshake"]);
+    assert!(h1.seen().is_empty());
+}
+
+#[tokio::test]
+async fn http_and_https_go_through_a_forward_proxy() {
+    let cert = test_cert();
+    let plain = hostile(None).await;
+    let tls = hostile(Some(&cert)).await;
+    let proxy = forward_proxy().await;
+    let step = |url: String| {
+        journey(&format!("      - name: s\n        http: {{url: \"{url}\", tls_verify: false, proxy: \"http://u:p@127.0.0.1:{}\"}}\n        assert: {{body_contains: hello}}\n", proxy.port()))
+    };
+    assert_ok(&run(&step(format!("http://127.0.0.1:{}/ok", plain.port())), &env()).await);
+    assert_ok(&run(&step(format!("https://127.0.0.1:{}/ok", tls.port())), &env()).await);
+    let seen = proxy.seen();
+    assert!(seen[0].starts_with(&format!("GET http://127.0.0.1:{}/ok HTTP/1.1\r\n", plain.port())), "{seen:?}");
+    assert!(seen[0].to_ascii_lowercase().contains("proxy-authorization: basic dtpw"), "{seen:?}");
+    assert!(seen[1].starts_with(&format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n", tls.port())), "{seen:?}");
+    assert_eq!(plain.seen().len(), 1);
+    assert_eq!(tls.seen().len(), 1, "the https request went through the tunnel");
+}
+
+/// `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` from the agent's environment (a child
+/// `vantage once`, so this test's own environment stays untouched).
+#[tokio::test]
+async fn proxies_come_from_the_environment_and_no_proxy_bypasses_them() {
+    let plain = hostile(None).await;
+    let proxy = forward_proxy().await;
+    let dir = common::tempdir();
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, format!("journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {{url: \"http://127.0.0.1:{}/ok\"}}\n", plain.port())).unwrap();
+    let once = |no_proxy: &str| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+        c.arg("once").arg(&path).kill_on_drop(true).env_remove("http_proxy").env_remove("https_proxy").env_remove("ALL_PROXY").env_remove("all_proxy").env_remove("no_proxy");
+        c.env("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port())).env("NO_PROXY", no_proxy);
+        c
+    };
+    let out = tokio::time::timeout(Duration::from_secs(30), once("example.invalid").output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(proxy.seen().len(), 1, "through the proxy");
+    let out = tokio::time::timeout(Duration::from_secs(30), once("127.0.0.1").output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(proxy.seen().len(), 1, "NO_PROXY bypassed the proxy");
+    assert_eq!(plain.seen().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
