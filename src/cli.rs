@@ -39,6 +39,15 @@ pub enum OutputFormat {
     Junit,
 }
 
+/// The files `vantage schema` describes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaKind {
+    /// Probe files (`journeys: [...]`).
+    Probes,
+    /// The agent config (`agent.yaml`).
+    Agent,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent: schedule every journey until SIGTERM/SIGINT; SIGHUP reloads.
@@ -128,6 +137,13 @@ pub enum Command {
     /// Publish probe bundles: sign, verify, make a key pair.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Print the JSON Schema of probe files or of the agent config (for editors and CI validators).
+    #[command(after_help = "Examples:\n  vantage schema probes > probes.schema.json\n  vantage schema agent\n\nThe .deb installs both under /usr/share/vantage/schema/; the shipped probe files name it in a\n`# yaml-language-server: $schema=...` first line, so editors complete and validate them.")]
+    Schema {
+        /// Which file's schema.
+        #[arg(value_enum)]
+        which: SchemaKind,
+    },
     /// Print the version.
     Version,
     /// Write man pages into DIR (for packaging).
@@ -239,6 +255,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo { otlp_endpoint, otlp_protocol, duration } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "error");
             crate::demo::run_demo(otlp_endpoint, otlp_protocol, duration).await
+        }
+        Command::Schema { which } => {
+            print!("{}", match which {
+                SchemaKind::Probes => crate::config::schema::probes(),
+                SchemaKind::Agent => crate::config::schema::agent(),
+            });
+            Ok(0)
         }
         Command::Manpage { out } => {
             std::fs::create_dir_all(&out)?;

@@ -13,6 +13,7 @@ use crate::vocab::Diagnostic;
 
 /// The agent's own configuration (`/etc/vantage/agent.yaml`).
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Unique agent id; default: the host name.
@@ -65,6 +66,7 @@ pub struct AgentConfig {
 
 /// The status page served at `/` on the admin endpoint.
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusPageConfig {
     /// Runs kept in memory per journey (oldest dropped first).
@@ -174,6 +176,7 @@ impl Default for BundleConfig {
 
 /// Headless-browser steps: the chromedriver the agent runs and its limits.
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserConfig {
     #[serde(default = "default_chromedriver")]
@@ -201,6 +204,7 @@ impl Default for BrowserConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `/healthz`, `/ready`, `/status`, `/metrics`, `POST /-/reload`. Empty string disables it.
@@ -215,6 +219,7 @@ impl Default for AdminConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackConfig {
     /// Address for inbound webhooks awaited by `callback` steps.
@@ -222,6 +227,7 @@ pub struct CallbackConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     #[serde(default)]
@@ -229,6 +235,7 @@ pub struct TelemetryConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// Default: `OTEL_EXPORTER_OTLP_ENDPOINT`; export is off when neither is set.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod model;
+pub mod schema;
 pub mod template;
 pub mod validate;
 

@@ -19,12 +19,15 @@ use crate::vocab::Diagnostic;
 
 /// A probe file: one or more journeys.
 #[derive(Debug, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeFile {
+    #[schemars(with = "Vec<JourneySpec>")]
     pub journeys: Vec<Spanned<JourneySpec>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JourneySpec {
     pub name: String,
@@ -40,9 +43,11 @@ pub struct JourneySpec {
     /// Journey-level variables, templated once at the start of each run.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    #[schemars(with = "Vec<StepSpec>")]
     pub steps: Vec<Spanned<StepSpec>>,
     /// Cleanup steps that always run, whatever happened before.
     #[serde(default)]
+    #[schemars(with = "Vec<StepSpec>")]
     pub finally: Vec<Spanned<StepSpec>>,
 }
 
