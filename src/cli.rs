@@ -97,6 +97,9 @@ pub enum Command {
         /// List the journeys (name, interval, steps, file) and exit without running them.
         #[arg(long)]
         list: bool,
+        /// Print each HTTP exchange on stderr: request and response headers and the start of each body, secrets redacted.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Start the built-in demo service on loopback and run the shipped journeys against it, live.
     #[cfg(feature = "demo")]
@@ -246,9 +249,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             init_logging(cli.log_format, "info");
             daemon::run(daemon::RunOptions { config: Some(config), hard_exit: true, ..Default::default() }).await
         }
-        Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list } => {
+        Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list, verbose } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
-            let overrides = OnceOverrides { env, env_file, credentials_dir, callback_listen };
+            let overrides = OnceOverrides { env, env_file, credentials_dir, callback_listen, verbose };
             once(paths, config, journey, format, otlp_endpoint, overrides, list).await
         }
         #[cfg(feature = "demo")]
@@ -500,6 +503,7 @@ struct OnceOverrides {
     env_file: Vec<PathBuf>,
     credentials_dir: Option<PathBuf>,
     callback_listen: Option<std::net::SocketAddr>,
+    verbose: bool,
 }
 
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
@@ -577,7 +581,12 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         Some(addr) => Some(crate::steps::callback::CallbackHub::start(addr, stop.clone(), None).await?),
         None => None,
     };
-    let env = Arc::new(daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, env_overrides)?);
+    let mut env = daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, env_overrides)?;
+    if o.verbose {
+        // stderr, so `--format json|junit` output on stdout stays parseable.
+        env.exchange_log = Some(Arc::new(|text: String| eprintln!("{text}")));
+    }
+    let env = Arc::new(env);
     let mut failed = false;
     let mut results = Vec::new();
     for j in &journeys {

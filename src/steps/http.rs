@@ -325,6 +325,7 @@ async fn send_once(
     }
     let req = req.body(Full::new(body.clone())).map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the request: {e}")))?;
 
+    let exchange = ctx.exchange_request(&req, body);
     ctx.waiting_for = "the response headers (time to first byte)";
     let t = Instant::now();
     let resp = sender.send_request(req).await.map_err(|e| {
@@ -363,6 +364,7 @@ async fn send_once(
         }
     }
     add_phase(totals, "transfer", t.elapsed());
+    ctx.log_exchange(exchange, status, &resp_headers, &buf);
     if keep_alive && !truncated {
         ctx.state.get_mut::<ConnectionCache>().conns.insert(key, sender);
     }
