@@ -156,6 +156,7 @@ impl Spans {
 
 /// Signed probe bundles (`https://` entries in `probes`).
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
     /// minisign public keys (the base64 line of a `.pub` file, `RW…`) a bundle's signature must match one of.
