@@ -39,6 +39,15 @@ pub enum OutputFormat {
     Junit,
 }
 
+/// The files `vantage schema` describes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaKind {
+    /// Probe files (`journeys: [...]`).
+    Probes,
+    /// The agent config (`agent.yaml`).
+    Agent,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent: schedule every journey until SIGTERM/SIGINT; SIGHUP reloads.
@@ -88,6 +97,9 @@ pub enum Command {
         /// List the journeys (name, interval, steps, file) and exit without running them.
         #[arg(long)]
         list: bool,
+        /// Print each HTTP exchange on stderr: request and response headers and the start of each body, secrets redacted.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Start the built-in demo service on loopback and run the shipped journeys against it, live.
     #[cfg(feature = "demo")]
@@ -156,6 +168,13 @@ pub enum Command {
         /// Directory for report.md, report.json and one SVG timeline per fault (default: ./gameday-TIMESTAMP).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of probe files or of the agent config (for editors and CI validators).
+    #[command(after_help = "Examples:\n  vantage schema probes > probes.schema.json\n  vantage schema agent\n\nThe .deb installs both under /usr/share/vantage/schema/; the shipped probe files name it in a\n`# yaml-language-server: $schema=...` first line, so editors complete and validate them.")]
+    Schema {
+        /// Which file's schema.
+        #[arg(value_enum)]
+        which: SchemaKind,
     },
     /// Print the version.
     Version,
@@ -303,9 +322,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             init_logging(cli.log_format, "info");
             daemon::run(daemon::RunOptions { config: Some(config), hard_exit: true, ..Default::default() }).await
         }
-        Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list } => {
+        Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list, verbose } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
-            let overrides = OnceOverrides { env, env_file, credentials_dir, callback_listen };
+            let overrides = OnceOverrides { env, env_file, credentials_dir, callback_listen, verbose };
             once(paths, config, journey, format, otlp_endpoint, overrides, list).await
         }
         #[cfg(feature = "demo")]
@@ -321,6 +340,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Gameday { scenario, out } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
             crate::gameday::run_file(&scenario, out).await
+        }
+        Command::Schema { which } => {
+            print!("{}", match which {
+                SchemaKind::Probes => crate::config::schema::probes(),
+                SchemaKind::Agent => crate::config::schema::agent(),
+            });
+            Ok(0)
         }
         Command::Manpage { out } => {
             std::fs::create_dir_all(&out)?;
@@ -560,6 +586,7 @@ struct OnceOverrides {
     env_file: Vec<PathBuf>,
     credentials_dir: Option<PathBuf>,
     callback_listen: Option<std::net::SocketAddr>,
+    verbose: bool,
 }
 
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
@@ -637,7 +664,12 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         Some(addr) => Some(crate::steps::callback::CallbackHub::start(addr, stop.clone(), None).await?),
         None => None,
     };
-    let env = Arc::new(daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, env_overrides)?);
+    let mut env = daemon::build_env(&agent, telemetry.tracer.clone(), callbacks, env_overrides)?;
+    if o.verbose {
+        // stderr, so `--format json|junit` output on stdout stays parseable.
+        env.exchange_log = Some(Arc::new(|text: String| eprintln!("{text}")));
+    }
+    let env = Arc::new(env);
     let mut failed = false;
     let mut results = Vec::new();
     for j in &journeys {

@@ -86,3 +86,65 @@ fn junit_output_carries_the_failed_step_with_its_type_and_message() {
     assert!(out.contains("<failure type=\"connect\" message=\"could not connect to 127.0.0.1:1"), "{out}");
     assert!(out.trim_end().ends_with("</testsuites>"), "{out}");
 }
+
+/// A loopback HTTP/1.1 server answering `n` requests with `body`, echoing nothing else.
+fn one_shot_server(body: &'static str, n: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            seen.push(head);
+            let mut s = s;
+            write!(s, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-served-by: loopback\r\nset-cookie: sid=abcdef123456\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+        }
+        seen
+    });
+    (format!("http://{addr}"), h)
+}
+
+#[test]
+fn verbose_prints_each_exchange_with_secrets_redacted() {
+    let dir = Scratch::new();
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("api_token"), "tok-CANARY-5f3a9\n").unwrap();
+    let p = dir.join("verbose.yaml");
+    std::fs::write(&p, "journeys:\n  - name: verbose-demo\n    interval: 30s\n    steps:\n      - name: get\n        http:\n          url: \"${env.TARGET}/api/me?q=1\"\n          headers: {X-Token: \"${secret.api_token}\"}\n        assert: {status: 200}\n").unwrap();
+    let (target, server) = one_shot_server("{\"user\":\"ada\",\"echo\":\"tok-CANARY-5f3a9\"}", 1);
+    let env = format!("TARGET={target}");
+    let (code, out, err) = vantage(&["once", &p.display().to_string(), "--env", &env, "--credentials-dir", &creds.display().to_string(), "--verbose", "--format", "json"]);
+    let seen = server.join().unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The server really got the secret; the log never shows it.
+    assert!(seen[0].contains("tok-CANARY-5f3a9"), "{seen:?}");
+    assert!(!err.contains("CANARY") && !out.contains("CANARY"), "{err}");
+    assert!(err.contains("> GET /api/me?q=1\n"), "{err}");
+    assert!(err.contains("> x-token: [REDACTED]\n"), "{err}");
+    assert!(err.contains("> user-agent: "), "{err}");
+    assert!(err.contains("< 200\n"), "{err}");
+    assert!(err.contains("< x-served-by: loopback\n"), "{err}");
+    assert!(err.contains("< set-cookie: [REDACTED]\n") && !err.contains("abcdef123456"), "{err}");
+    assert!(err.contains("< | {\"user\":\"ada\",\"echo\":\"[REDACTED]\"}"), "{err}");
+    // stdout stays one JSON document per journey.
+    serde_json::from_str::<serde_json::Value>(out.trim()).expect("stdout is JSON");
+    // Without --verbose: no exchange on stderr.
+    let (target, server) = one_shot_server("{}", 1);
+    let env = format!("TARGET={target}");
+    let (code, _, err) = vantage(&["once", &p.display().to_string(), "--env", &env, "--credentials-dir", &creds.display().to_string()]);
+    server.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("> GET"), "{err}");
+}

@@ -13,6 +13,7 @@ use crate::vocab::Diagnostic;
 
 /// The agent's own configuration (`/etc/vantage/agent.yaml`).
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Unique agent id; default: the host name.
@@ -68,6 +69,7 @@ pub struct AgentConfig {
 
 /// The status page served at `/` on the admin endpoint.
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusPageConfig {
     /// Runs kept in memory per journey (oldest dropped first).
@@ -157,6 +159,7 @@ impl Spans {
 
 /// Signed probe bundles (`https://` entries in `probes`).
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
     /// minisign public keys (the base64 line of a `.pub` file, `RW…`) a bundle's signature must match one of.
@@ -177,6 +180,7 @@ impl Default for BundleConfig {
 
 /// Headless-browser steps: the chromedriver the agent runs and its limits.
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserConfig {
     #[serde(default = "default_chromedriver")]
@@ -204,6 +208,7 @@ impl Default for BrowserConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `/healthz`, `/ready`, `/status`, `/metrics`, `POST /-/reload`. Empty string disables it.
@@ -218,6 +223,7 @@ impl Default for AdminConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackConfig {
     /// Address for inbound webhooks awaited by `callback` steps.
@@ -225,6 +231,7 @@ pub struct CallbackConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     #[serde(default)]
@@ -232,6 +239,7 @@ pub struct TelemetryConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// Default: `OTEL_EXPORTER_OTLP_ENDPOINT`; export is off when neither is set.

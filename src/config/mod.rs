@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod slo;
 pub mod model;
+pub mod schema;
 pub mod template;
 pub mod validate;
 

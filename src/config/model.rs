@@ -9,16 +9,22 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssertSpec {
     pub status: Option<StatusSet>,
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(schema_with = "one_or_many_schema")]
     pub body_contains: Vec<String>,
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(schema_with = "one_or_many_schema")]
     pub body_not_contains: Vec<String>,
     pub body_regex: Option<String>,
     #[serde(default)]
@@ -31,6 +37,7 @@ pub struct AssertSpec {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonAssert {
     /// JSONPath (`$.a.b`) or JSON pointer (`/a/b`).
@@ -41,6 +48,7 @@ pub struct JsonAssert {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderAssert {
     pub equals: Option<String>,
@@ -50,6 +58,7 @@ pub struct HeaderAssert {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractSpec {
     pub json: Option<String>,
@@ -219,6 +228,64 @@ impl<'de> Deserialize<'de> for StatusSet {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+fn one_or_many_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "One string or a list of strings.",
+        "anyOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" } }]
+    })
+}
+
+// Schemas of the hand-written value types: what their `Deserialize` accepts,
+// as patterns, so editors flag `10 s econds` before `check` does.
+impl JsonSchema for Dur {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: a number with a unit (ns, us, ms, s, m, h, d), e.g. `500ms`, `10s`, `1m 30s`.",
+            "type": "string",
+            "pattern": DUR_PATTERN
+        })
+    }
+}
+
+/// What `humantime::parse_duration` accepts, roughly: `<n><unit>` groups.
+pub const DUR_PATTERN: &str = r"^\s*(0|[0-9]+\s*[a-zA-Zµ]+(\s*[0-9]+\s*[a-zA-Zµ]+)*)\s*$";
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size in bytes: a number, or a number with a unit (B, KiB/KB/k, MiB/MB/M), e.g. `64KiB`.",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": r"^\s*[0-9]+\s*(B|KiB|KB|k|MiB|MB|M)?\s*$" }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for StatusSet {
+    fn schema_name() -> Cow<'static, str> {
+        "StatusSet".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let one = json_schema!({
+            "anyOf": [
+                { "type": "integer", "minimum": 100, "maximum": 599 },
+                { "type": "string", "pattern": r"^\s*([1-5](xx|XX)|[1-5][0-9][0-9]\s*(-\s*[1-5][0-9][0-9])?)\s*$" }
+            ]
+        });
+        json_schema!({
+            "description": "Accepted status codes: a code (200), a class (\"2xx\"), a range (\"200-299\") or a list of them.",
+            "anyOf": [one.clone(), { "type": "array", "minItems": 1, "items": one }]
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use super::model::Dur;
 
 /// On a journey: its own objectives; anything left out comes from the agent's `slo`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SloSpec {
     pub availability: Option<Availability>,
@@ -22,6 +23,7 @@ pub struct SloSpec {
 
 /// Agent-wide defaults, and what only the fleet knows.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSloSpec {
     pub availability: Option<Availability>,
@@ -39,8 +41,10 @@ pub struct AgentSloSpec {
 
 /// `objective` percent of runs succeed (degraded counts as success) over `window` (default 30d).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Availability {
+    #[schemars(with = "f64")]
     pub objective: Spanned<f64>,
     pub window: Option<Dur>,
 }
@@ -48,9 +52,12 @@ pub struct Availability {
 /// `objective` percent of the runs that did not fail finish within `threshold`,
 /// which must be one of the journey's `buckets`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Latency {
+    #[schemars(with = "Dur")]
     pub threshold: Spanned<Dur>,
+    #[schemars(with = "f64")]
     pub objective: Spanned<f64>,
     pub window: Option<Dur>,
 }

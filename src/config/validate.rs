@@ -19,12 +19,15 @@ use crate::vocab::Diagnostic;
 
 /// A probe file: one or more journeys.
 #[derive(Debug, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeFile {
+    #[schemars(with = "Vec<JourneySpec>")]
     pub journeys: Vec<Spanned<JourneySpec>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JourneySpec {
     pub name: String,
@@ -42,15 +45,18 @@ pub struct JourneySpec {
     pub vars: BTreeMap<String, String>,
     /// Re-run a failed run from the start (after its `finally`), within the same schedule slot.
     pub retries: Option<RetriesSpec>,
+    #[schemars(with = "Vec<StepSpec>")]
     pub steps: Vec<Spanned<StepSpec>>,
     /// Cleanup steps that always run, whatever happened before.
     #[serde(default)]
+    #[schemars(with = "Vec<StepSpec>")]
     pub finally: Vec<Spanned<StepSpec>>,
     /// Objectives for `vantage slo generate`; unset parts come from the agent's `slo`.
     pub slo: Option<super::slo::SloSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetriesSpec {
     /// Attempts in all, the first included: 2 means one retry.

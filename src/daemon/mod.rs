@@ -38,6 +38,7 @@ pub fn build_env(
         callbacks,
         env_overrides,
         browser: crate::browser::BrowserManager::new(&agent.browser, agent.artifacts_dir.clone()),
+        exchange_log: None,
     })
 }
 

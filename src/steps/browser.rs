@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 /// One headless-browser action; exactly one field is set.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserSpec {
     /// Load this absolute URL and wait for its `load` event.
@@ -44,6 +45,7 @@ pub struct BrowserSpec {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserFill {
     pub selector: String,
@@ -51,6 +53,7 @@ pub struct BrowserFill {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserSelect {
     pub selector: String,
@@ -61,6 +64,7 @@ pub struct BrowserSelect {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserPress {
     /// Element to send the key to; default: the focused element.
@@ -70,6 +74,7 @@ pub struct BrowserPress {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserWaitFor {
     pub selector: Option<String>,
@@ -83,6 +88,7 @@ pub struct BrowserWaitFor {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrowserAssert {
     pub selector: Option<String>,

@@ -29,6 +29,7 @@ use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackSpec {
     /// Wait at most this long for the inbound request.

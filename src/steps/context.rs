@@ -29,6 +29,40 @@ pub struct RunEnv {
     pub env_overrides: HashMap<String, String>,
     /// Runs chromedriver for browser steps (started lazily by the first one).
     pub browser: Arc<crate::browser::BrowserManager>,
+    /// Where each HTTP exchange goes, redacted, when someone reads them (`once --verbose`).
+    pub exchange_log: Option<ExchangeSink>,
+}
+
+/// Receives one HTTP exchange as text, already redacted.
+pub type ExchangeSink = Arc<dyn Fn(String) + Send + Sync>;
+
+/// How much of each body `once --verbose` shows.
+const BODY_START: usize = 512;
+
+/// Headers whose values are credentials whether or not they were marked secret.
+fn credential_header(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"].iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn push_headers<'a>(out: &mut String, mark: &str, headers: impl Iterator<Item = (&'a str, String)>) {
+    for (k, v) in headers {
+        let v = if credential_header(k) { REDACTED.to_string() } else { v };
+        out.push_str(&format!("{mark} {k}: {v}\n"));
+    }
+}
+
+fn push_body_start(out: &mut String, mark: &str, body: &[u8]) {
+    if body.is_empty() {
+        return;
+    }
+    let shown = &body[..body.len().min(BODY_START)];
+    let text: String = String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() && c != '\n' { '.' } else { c }).collect();
+    for line in text.lines() {
+        out.push_str(&format!("{mark} | {line}\n"));
+    }
+    if body.len() > shown.len() {
+        out.push_str(&format!("{mark} | … ({} bytes in all, first {BODY_START} shown)\n", body.len()));
+    }
 }
 
 pub const REDACTED: &str = "[REDACTED]";
@@ -118,6 +152,7 @@ impl RunEnv {
             callbacks: None,
             env_overrides: HashMap::new(),
             browser: crate::browser::BrowserManager::new(&Default::default(), None),
+            exchange_log: None,
         }
     }
 }
@@ -162,6 +197,26 @@ impl RunContext {
             self.secret_values.push(value.to_string());
             self.secret_values.sort_by_key(|s| std::cmp::Reverse(s.len()));
         }
+    }
+
+    /// The request half of an HTTP exchange for the exchange log; `None` when
+    /// nobody reads it. Call just before sending, then [`Self::log_exchange`].
+    pub fn exchange_request<B>(&self, req: &http::Request<B>, body: &[u8]) -> Option<String> {
+        self.env.exchange_log.as_ref()?;
+        let mut out = format!("> {} {}\n", req.method(), req.uri());
+        push_headers(&mut out, ">", req.headers().iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned())));
+        push_body_start(&mut out, ">", body);
+        Some(out)
+    }
+
+    /// Completes an exchange begun with [`Self::exchange_request`] and hands
+    /// it, redacted with this run's secrets, to the exchange log.
+    pub fn log_exchange(&self, request: Option<String>, status: u16, headers: &[(String, String)], body: &[u8]) {
+        let (Some(mut out), Some(sink)) = (request, self.env.exchange_log.as_ref()) else { return };
+        out.push_str(&format!("< {status}\n"));
+        push_headers(&mut out, "<", headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        push_body_start(&mut out, "<", body);
+        sink(self.redact(&out));
     }
 
     /// Replaces every secret this run has touched with `[REDACTED]`.
@@ -262,5 +317,15 @@ mod tests {
         ctx.set_var("pin", "12".into(), true);
         assert_eq!(ctx.var("token"), Some("s3cr3t-value"));
         assert_eq!(ctx.redact("got s3cr3t-value and 12"), format!("got {REDACTED} and 12"));
+    }
+
+    #[test]
+    fn exchange_log_cuts_long_bodies_and_hides_credential_headers() {
+        let mut out = String::new();
+        push_body_start(&mut out, "<", "x".repeat(BODY_START + 10).as_bytes());
+        assert!(out.ends_with(&format!("< | … ({} bytes in all, first {BODY_START} shown)\n", BODY_START + 10)), "{out}");
+        let mut out = String::new();
+        push_headers(&mut out, ">", [("Authorization", "Bearer abc".to_string()), ("accept", "*/*".to_string())].into_iter());
+        assert_eq!(out, "> Authorization: [REDACTED]\n> accept: */*\n");
     }
 }

@@ -24,6 +24,7 @@ use crate::vocab::{ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSpec {
     pub name: String,

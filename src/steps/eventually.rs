@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventuallySpec {
     /// Give up after this long.
@@ -25,6 +26,7 @@ pub struct EventuallySpec {
     pub backoff: Dur,
     #[serde(default = "default_backoff_max")]
     pub max_backoff: Dur,
+    #[schemars(with = "StepSpec")]
     pub step: Spanned<StepSpec>,
 }
 

@@ -28,6 +28,7 @@ use crate::vocab::{ErrorType, Observation, Phase, PhaseMetric, PhaseRecording, S
 
 /// A gRPC health check, as written in a probe file.
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcSpec {
     /// `host:port` of the gRPC server.
@@ -56,6 +57,7 @@ pub struct GrpcSpec {
 
 /// A serving status as written in probe files.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Expected {
     #[default]

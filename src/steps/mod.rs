@@ -39,8 +39,9 @@ macro_rules! step_kinds {
 
         /// One step as written in a probe file: a name, an optional timeout,
         /// exactly one kind, and the shared `assert` and `extract`.
-        #[derive(Debug, Clone, Deserialize)]
+        #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
         #[serde(deny_unknown_fields)]
+        #[schemars(transform = exactly_one_kind)]
         pub struct StepSpec {
             pub name: String,
             pub timeout: Option<Dur>,
@@ -88,6 +89,12 @@ step_kinds! {
     callback => callback::CallbackSpec,
     browser => browser::BrowserSpec,
     grpc => grpc::GrpcSpec,
+}
+
+/// The schema's form of the "exactly one kind" check `compile_step` makes.
+fn exactly_one_kind(schema: &mut schemars::Schema) {
+    let one: Vec<serde_json::Value> = KIND_NAMES.iter().map(|k| serde_json::json!({ "required": [k] })).collect();
+    schema.insert("oneOf".into(), one.into());
 }
 
 /// What a kind declares about itself, so no other module matches on its name.

@@ -16,6 +16,7 @@ use crate::vocab::{snippet, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpSpec {
     /// `host:port`

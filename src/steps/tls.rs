@@ -21,6 +21,7 @@ use crate::vocab::{remaining_secs, ErrorType, Observation, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// `host:port`

@@ -33,6 +33,7 @@ use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSpec {
     /// Name of the connection; later steps address it by this name.

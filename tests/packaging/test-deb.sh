@@ -100,6 +100,8 @@ expect_file /usr/share/doc/vantage/examples/prometheus/tests/vantage-slo.test.ya
 expect_file /usr/share/doc/vantage/examples/slo-specs/vantage-slo.sloth.yaml -rw-r--r--
 expect_file /usr/share/doc/vantage/examples/slo-specs/vantage-slo.openslo.yaml -rw-r--r--
 expect_file /usr/share/lintian/overrides/vantage -rw-r--r--
+expect_file /usr/share/vantage/schema/probes.schema.json -rw-r--r--
+expect_file /usr/share/vantage/schema/agent.schema.json -rw-r--r--
 if [ -f README.md ]; then
     expect_file /usr/share/doc/vantage/README.md -rw-r--r--
 fi
@@ -206,6 +208,11 @@ case "$ver_out" in
     *"$cargo_version"*) pass "vantage --version reports $cargo_version" ;;
     *) fail "vantage --version" "output containing $cargo_version" "$ver_out" ;;
 esac
+for w in probes agent; do
+    if "$root/usr/bin/vantage" schema "$w" | cmp -s - "$root/usr/share/vantage/schema/$w.schema.json"; then
+        pass "packaged $w.schema.json == vantage schema $w"
+    else fail "packaged $w.schema.json" "identical to 'vantage schema $w'" "differs"; fi
+done
 for m in vantage vantage-run vantage-check; do
     if gzip -dc "$root/usr/share/man/man1/$m.1.gz" 2>/dev/null | grep -q '^\.TH'; then pass "man page $m.1.gz is roff (.TH)"
     else fail "man page $m.1.gz" "gzipped roff with .TH" "$(gzip -dc "$root/usr/share/man/man1/$m.1.gz" 2>&1 | head -c 80)"; fi

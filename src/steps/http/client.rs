@@ -137,14 +137,15 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
         None => connect(ctx, url, &host, port, proxy.as_ref(), opts, totals, &mut cert).await?,
     };
 
-    let resp = loop {
+    let (resp, exchange) = loop {
         let request = build_request(ctx, req, &conn, &host)?;
+        let exchange = ctx.exchange_request(&request, req.body);
         ctx.waiting_for = "the response headers (time to first byte)";
         let t = Instant::now();
         match conn.try_send(request).await {
             Ok(r) => {
                 add_phase(totals, "ttfb", t.elapsed());
-                break r;
+                break (r, exchange);
             }
             Err(mut e) => {
                 let unsent = e.take_message().is_some();
@@ -178,6 +179,7 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
     let read = decode::read_body(resp, opts.max_body, opts.raw_body).await;
     add_phase(totals, "transfer", t.elapsed());
     let read = read.map_err(|e| e.in_words(t.elapsed()))?;
+    ctx.log_exchange(exchange, status, &resp_headers, &read.body);
     let version = conn.version();
     if keep_alive && !read.truncated {
         ctx.state.get_mut::<ConnectionCache>().conns.insert(key, conn);

@@ -32,6 +32,7 @@ use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSpec {
     #[serde(default = "default_method")]
@@ -65,6 +66,7 @@ pub struct HttpSpec {
 
 /// Which HTTP version a step speaks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(schemars::JsonSchema)]
 pub enum HttpVersion {
     #[default]
     Auto,
