@@ -12,7 +12,7 @@ use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
 use crate::steps::net::{connect_tcp, split_host_port};
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{snippet, ErrorType, Observation, Phase, StepError};
+use crate::vocab::{ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,12 +75,12 @@ impl TcpStep {
                     break;
                 }
                 if buf.len() >= MAX_READ {
-                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}` within the first {MAX_READ} bytes, got: {}", snippet(&String::from_utf8_lossy(&buf), 200)))
+                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}` within the first {MAX_READ} bytes, got: {}", ctx.excerpt(&String::from_utf8_lossy(&buf), 200)))
                         .with_observation(&obs));
                 }
                 let n = stream.read(&mut chunk).await.map_err(|e| StepError::new(ErrorType::Connect, format!("read from {address} failed: {e}")).with_observation(&obs))?;
                 if n == 0 {
-                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}`, the peer closed the connection after sending: {}", snippet(&String::from_utf8_lossy(&buf), 200)))
+                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}`, the peer closed the connection after sending: {}", ctx.excerpt(&String::from_utf8_lossy(&buf), 200)))
                         .with_observation(&obs));
                 }
                 buf.extend_from_slice(&chunk[..n]);

@@ -25,7 +25,7 @@ use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::{RunContext, RunStateSlot};
 use crate::steps::net::{connect_tcp, handshake};
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, StepError};
+use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,7 +302,7 @@ impl WebSocketStep {
                         Ok(()) => return Ok((at, text)),
                         Err(e) => {
                             seen += 1;
-                            last_mismatch = Some(format!("{} in {}", e.message, snippet(&text, 160)));
+                            last_mismatch = Some(format!("{} in {}", e.message, ctx.excerpt(&text, 160)));
                         }
                     }
                 }
