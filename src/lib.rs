@@ -3,6 +3,7 @@
 //! Data flows one way: config → scheduled run → steps → result → telemetry.
 //! Imports point one way too, each layer only down (README "Layout"):
 //! - [`vocab`]: the shared vocabulary (outcomes, errors, phases, results); a leaf
+//! - [`redact`]: secrets in every encoding they leave in; beside `vocab`
 //! - [`config`]: `agent`/`model`/`template` are the model layer; `validate`
 //!   and `load` compile probe files into journeys through the step registry
 //! - [`steps`]: one file per step kind, registered in one list in `steps/mod.rs`;
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod init;
 pub mod gameday;
 pub mod output;
+pub mod redact;
 pub mod runner;
 pub mod scheduler;
 pub mod slo;

@@ -329,3 +329,232 @@ async fn daemon_survives_collector_outage_reloads_and_shuts_down_cleanly() {
     col.wait_for_metric("synthetics.journey.runs", |p| p.attributes["journey.name"] == "tick" && p.attributes["outcome"] == "success" && p.value.unwrap_or(0.0) >= runs_at_stop as f64, WAIT);
     let _ = std::fs::remove_dir_all(dir);
 }
+/// The canary password in every form a secret leaves in, and a token the
+/// target hands out (extracted as secret by the very step that then fails).
+const PW: &str = "cAnary pw/\"q\"<&>+end";
+const TOKEN: &str = "tOken-canary \"json\"/<x>";
+
+/// A target that reflects `pw` back in one encoding (`enc`), after `pad` filler characters.
+async fn reflecting_target() -> std::net::SocketAddr {
+    use axum::extract::{ws::WebSocketUpgrade, Query};
+    use axum::routing::get;
+    use base64::Engine as _;
+    use std::collections::HashMap;
+    let app = axum::Router::new()
+        .route(
+            "/reflect",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                let pw = q.get("pw").cloned().unwrap_or_default();
+                let pad = "x".repeat(q.get("pad").and_then(|p| p.parse().ok()).unwrap_or(0));
+                let enc = match q.get("enc").map(String::as_str).unwrap_or("raw") {
+                    "pct" => percent_encoding::utf8_percent_encode(
+                        &pw,
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )
+                    .to_string(),
+                    "form" => url::form_urlencoded::byte_serialize(pw.as_bytes()).collect(),
+                    "json" => serde_json::json!({ "pw": pw }).to_string(),
+                    "html" => pw
+                        .replace('&', "&amp;")
+                        .replace('<', "&lt;")
+                        .replace('>', "&gt;")
+                        .replace('"', "&quot;"),
+                    "basic" => format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(format!("probe:{pw}"))
+                    ),
+                    _ => pw,
+                };
+                format!("{pad}{enc} tail")
+            }),
+        )
+        .route(
+            "/token",
+            get(|| async { axum::Json(serde_json::json!({ "token": TOKEN, "user": "probe" })) }),
+        )
+        .route(
+            "/ws",
+            get(|ws: WebSocketUpgrade| async {
+                ws.on_upgrade(|mut s| async move { while let Some(Ok(_)) = s.recv().await {} })
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Substrings no output may hold: each canary's distinctive start (in every
+/// encoding but base64 it survives as is, and cut excerpts keep a prefix) and the base64 forms.
+fn forbidden() -> Vec<String> {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("probe:{PW}"));
+    vec!["cAn".into(), "tOk".into(), b[8..24].to_string()]
+}
+
+fn leaks(text: &str) -> Vec<String> {
+    forbidden()
+        .into_iter()
+        .filter(|f| text.contains(f.as_str()))
+        .collect()
+}
+
+/// Issue 14: every encoding of a secret (percent/form, `| urlencode`, JSON,
+/// HTML, base64 of `user:password`, a prefix cut by an excerpt, the
+/// WebSocket `user:password@`), in every output: `once` text and JSON, the
+/// agent's logs, spans and metrics at a real collector, the daemon's `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_in_every_encoding_never_leave() {
+    let addr = reflecting_target().await;
+    let col = Collector::start();
+    let dir = tempdir();
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    write(&creds, "password", &format!("{PW}\n"));
+    let mut probes = String::from("journeys:\n");
+    // "cut": the secret starts at character 197 of a 200-character excerpt.
+    for (enc, pad) in [
+        ("raw", 0),
+        ("pct", 0),
+        ("form", 0),
+        ("json", 0),
+        ("html", 0),
+        ("basic", 0),
+        ("cut", 197),
+    ] {
+        probes.push_str(&format!(
+            r#"  - name: enc {enc}
+    interval: 2s
+    steps:
+      - name: reflect {enc}
+        http: {{url: "http://{addr}/reflect?enc={enc}&pad={pad}&pw=${{secret.password | urlencode}}"}}
+        assert: {{body_contains: "absent-marker"}}
+"#
+        ));
+    }
+    probes.push_str(&format!(
+        r#"  - name: extract then fail
+    interval: 2s
+    steps:
+      - name: token
+        http: {{url: "http://{addr}/token"}}
+        extract: {{token: {{json: "$.token", secret: true}}}}
+        assert: {{body_contains: "absent-marker"}}
+  - name: websocket userinfo
+    interval: 2s
+    steps:
+      - name: connect
+        websocket: {{connection: c, connect: "ws://probe:${{secret.password | urlencode}}@{addr}/ws"}}
+      - name: fail after
+        http: {{url: "http://{addr}/reflect?enc=json&pw=${{secret.password | urlencode}}"}}
+        assert: {{body_contains: "absent-marker"}}
+"#
+    ));
+    let probes = write(&dir, "probes.yaml", &probes);
+    for format in ["text", "json"] {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "--log-format",
+            "json",
+            "once",
+            "--format",
+            format,
+            "--otlp-endpoint",
+            &col.grpc_endpoint(),
+        ])
+        .arg(&probes)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("VANTAGE_LOG", "debug");
+        let out = run(cmd).await;
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        // Every journey failed and quoted the reflected body: the test sees what it guards.
+        assert!(
+            all.matches("[REDACTED]").count() >= 8,
+            "each failing step echoes its secret, redacted:\n{all}"
+        );
+        assert!(all.contains(" tail"), "{all}");
+        assert_eq!(
+            leaks(&all),
+            Vec::<String>::new(),
+            "canary leaked into `once --format {format}` output or logs:\n{all}"
+        );
+    }
+    col.wait_for_spans(
+        |s| {
+            s.name == "step connect"
+                && s.attributes
+                    .get("url.full")
+                    .is_some_and(|u| u.contains("probe:[REDACTED]@"))
+        },
+        WAIT,
+    );
+    col.wait_for_spans(|s| s.name == "step reflect cut", WAIT);
+    col.wait_for_metric(
+        "synthetics.journey.runs",
+        |p| p.attributes["journey.name"] == "enc basic" && p.attributes["outcome"] == "failure",
+        WAIT,
+    );
+    let log = col.raw_log();
+    assert_eq!(
+        leaks(&log),
+        Vec::<String>::new(),
+        "canary reached the collector (spans or metrics)"
+    );
+
+    // The daemon: /status and its logs.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let cfg = write(
+        &dir,
+        "agent.yaml",
+        &format!(
+            "probes: [probes.yaml]\nadmin: {{listen: \"{admin}\"}}\ncredentials_dir: \"{}\"\n",
+            creds.display()
+        ),
+    );
+    let log_path = dir.join("daemon.log");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .env("VANTAGE_LOG", "debug")
+        .stdout(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("daemon.err")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let st = loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "no /status with every journey failed in time"
+        );
+        if let Ok(r) = reqwest::get(format!("http://{admin}/status")).await {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                let text = v.to_string();
+                if text.matches("[REDACTED]").count() >= 8 {
+                    break text;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(leaks(&st), Vec::<String>::new(), "canary in /status: {st}");
+    let logs = format!(
+        "{}{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("daemon.err")).unwrap_or_default()
+    );
+    assert_eq!(
+        leaks(&logs),
+        Vec::<String>::new(),
+        "canary in the daemon's logs: {logs}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

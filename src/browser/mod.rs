@@ -19,6 +19,7 @@ pub mod procs;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,6 +59,8 @@ pub const CHROMIUM_ARGS: &[&str] = &[
     "--disable-sync",
     "--disable-extensions",
     "--window-size=1366,768",
+    // chromedriver drives Chromium over a pipe: no DevTools port another local user could reach.
+    "--remote-debugging-pipe",
 ];
 
 const DRIVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +72,8 @@ const SESSION_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Driver {
     pid: u32,
     port: u16,
+    /// `/<128 random bits>`: chromedriver answers nothing outside it.
+    base: String,
     child: Mutex<Option<Child>>,
     sessions: AtomicU32,
 }
@@ -81,7 +86,12 @@ impl fmt::Debug for Driver {
 
 impl Driver {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}{}/", self.port, self.base)
+    }
+
+    /// Loopback port (tests probe it as another user).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// False once it exited (reaps it) or was killed.
@@ -115,8 +125,16 @@ impl Driver {
 
     /// `GET /status` answers `ready: true` within `limit`.
     async fn ready(&self, limit: Duration) -> bool {
-        match tokio::time::timeout(limit, driver_request(self.port, "GET", "/status", None)).await {
-            Ok(Ok(v)) => v.pointer("/value/ready").and_then(Value::as_bool).unwrap_or(false),
+        match tokio::time::timeout(
+            limit,
+            driver_request(self.port, &format!("{}/status", self.base), None),
+        )
+        .await
+        {
+            Ok(Ok(v)) => v
+                .pointer("/value/ready")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             _ => false,
         }
     }
@@ -147,9 +165,15 @@ fn watch(d: std::sync::Weak<Driver>) {
 }
 
 /// A plain HTTP/1 request to chromedriver; the JSON answer.
-async fn driver_request(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+async fn driver_request(port: u16, path: &str, body: Option<Value>) -> Result<Value, String> {
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = http::Request::builder()
@@ -160,7 +184,12 @@ async fn driver_request(port: u16, method: &str, path: &str, body: Option<Value>
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
@@ -174,8 +203,16 @@ pub struct ChromeCmd {
 }
 
 impl WebDriverCompatibleCommand for ChromeCmd {
-    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
-        base.join(&format!("session/{}/{}", session.unwrap_or_default(), self.path))
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!(
+            "session/{}/{}",
+            session.unwrap_or_default(),
+            self.path
+        ))
     }
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
         (http::Method::POST, Some(self.body.to_string()))
@@ -202,14 +239,19 @@ pub struct BrowserManager {
 
 impl fmt::Debug for BrowserManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrowserManager").field("chromedriver", &self.chromedriver).field("chromium", &self.chromium).finish()
+        f.debug_struct("BrowserManager")
+            .field("chromedriver", &self.chromedriver)
+            .field("chromium", &self.chromium)
+            .finish()
     }
 }
 
 impl BrowserManager {
     /// Starts nothing: chromedriver is spawned by the first browser step.
     pub fn new(cfg: &BrowserConfig, artifacts_dir: Option<PathBuf>) -> Arc<BrowserManager> {
-        let dir = artifacts_dir.filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| std::env::temp_dir().join("vantage-artifacts"));
+        let dir = artifacts_dir
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(artifacts::default_dir);
         Arc::new(BrowserManager {
             chromedriver: cfg.chromedriver.clone(),
             chromium: cfg.chromium.clone(),
@@ -233,32 +275,81 @@ impl BrowserManager {
 
     /// Pid of the chromedriver serving new sessions, if one runs (tests kill it).
     pub fn driver_pid(&self) -> Option<u32> {
-        self.current.try_lock().ok()?.as_ref().filter(|d| d.alive()).map(|d| d.pid)
+        self.current
+            .try_lock()
+            .ok()?
+            .as_ref()
+            .filter(|d| d.alive())
+            .map(|d| d.pid)
+    }
+
+    /// Loopback port of the chromedriver serving new sessions (tests probe it as another user).
+    pub fn driver_port(&self) -> Option<u16> {
+        self.current
+            .try_lock()
+            .ok()?
+            .as_ref()
+            .filter(|d| d.alive())
+            .map(|d| d.port)
     }
 
     /// Sessions created and chromedrivers started so far.
     pub fn counts(&self) -> (u32, u32) {
-        (self.sessions_created.load(Ordering::Relaxed), self.drivers_started.load(Ordering::Relaxed))
+        (
+            self.sessions_created.load(Ordering::Relaxed),
+            self.drivers_started.load(Ordering::Relaxed),
+        )
     }
 
     /// Opens a session: waits for a free slot, makes sure chromedriver is healthy, starts Chromium.
     /// Records the phases `queue`, `driver_start` (when one was started) and `session_start`.
-    pub async fn open(self: &Arc<Self>, phases: &mut Vec<Phase>) -> Result<BrowserSession, StepError> {
+    pub async fn open(
+        self: &Arc<Self>,
+        phases: &mut Vec<Phase>,
+    ) -> Result<BrowserSession, StepError> {
         if let Some(m) = self.missing() {
             return Err(StepError::new(ErrorType::Browser, m));
         }
         if self.shut.load(Ordering::SeqCst) {
-            return Err(StepError::new(ErrorType::Browser, "the agent is shutting down: no new browser sessions"));
+            return Err(StepError::new(
+                ErrorType::Browser,
+                "the agent is shutting down: no new browser sessions",
+            ));
         }
         let t = Instant::now();
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| StepError::new(ErrorType::Browser, "browser slots closed"))?;
-        phases.push(Phase { name: "queue", duration: t.elapsed() });
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StepError::new(ErrorType::Browser, "browser slots closed"))?;
+        phases.push(Phase {
+            name: "queue",
+            duration: t.elapsed(),
+        });
         let driver = self.driver(phases).await?;
         let t = Instant::now();
-        let profile = std::env::temp_dir().join(format!("vantage-chromium-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir(&profile)
-            .map_err(|e| StepError::new(ErrorType::Browser, format!("cannot create the browser profile directory {}: {e}", profile.display())))?;
-        self.profiles.lock().unwrap_or_else(|e| e.into_inner()).insert(profile.clone());
+        let profile = std::env::temp_dir().join(format!(
+            "vantage-chromium-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        // Cookies and storage of logged-in probe accounts: the agent's alone.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&profile)
+            .map_err(|e| {
+                StepError::new(
+                    ErrorType::Browser,
+                    format!(
+                        "cannot create the browser profile directory {}: {e}",
+                        profile.display()
+                    ),
+                )
+            })?;
+        self.profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(profile.clone());
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
         // Browser traffic is marked as synthetic too, so analytics can filter it out.
@@ -271,13 +362,24 @@ impl BrowserManager {
         let (w, h) = VIEWPORT;
         // Fixes the viewport (not the window) at session start; a desktop one: no touch, same user agent.
         let metrics = json!({ "deviceMetrics": { "width": w, "height": h, "pixelRatio": 1, "mobile": false, "touch": false } });
-        let prefs = json!({ "homepage_is_newtabpage": false, "homepage": "about:blank", "session": { "restore_on_startup": 4, "startup_urls": ["about:blank"] } });
+        // Downloads off (3 = block all); the directory is the private profile in any case.
+        let prefs = json!({
+            "homepage_is_newtabpage": false, "homepage": "about:blank",
+            "session": { "restore_on_startup": 4, "startup_urls": ["about:blank"] },
+            "download_restrictions": 3,
+            "download": { "prompt_for_download": false, "default_directory": profile.join("downloads") },
+        });
         caps.insert("goog:chromeOptions".into(), json!({ "binary": self.chromium, "args": args, "mobileEmulation": metrics, "prefs": prefs }));
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "SEVERE" }));
         caps.insert("pageLoadStrategy".into(), json!("normal"));
         caps.insert("unhandledPromptBehavior".into(), json!("dismiss"));
-        caps.insert("timeouts".into(), json!({ "implicit": 0, "pageLoad": 120_000, "script": 120_000 }));
-        let mut builder = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        caps.insert(
+            "timeouts".into(),
+            json!({ "implicit": 0, "pageLoad": 120_000, "script": 120_000 }),
+        );
+        let mut builder = fantoccini::ClientBuilder::new(
+            hyper_util::client::legacy::connect::HttpConnector::new(),
+        );
         builder.capabilities(caps);
         let url = driver.url();
         let created = tokio::time::timeout(SESSION_CREATE_TIMEOUT, builder.connect(&url)).await;
@@ -292,7 +394,13 @@ impl BrowserManager {
                 if !driver.ready(STATUS_TIMEOUT).await {
                     driver.kill();
                 }
-                return Err(StepError::new(ErrorType::Browser, format!("chromedriver could not start Chromium ({}): {e}", self.chromium.display())));
+                return Err(StepError::new(
+                    ErrorType::Browser,
+                    format!(
+                        "chromedriver could not start Chromium ({}): {e}",
+                        self.chromium.display()
+                    ),
+                ));
             }
             Err(_) => {
                 // A hung start: this chromedriver is not to be trusted any more.
@@ -304,10 +412,35 @@ impl BrowserManager {
                 ));
             }
         };
+        // Downloads off for the whole browser, whatever a page or a pref says.
+        let deny = ChromeCmd {
+            path: "goog/cdp/execute",
+            body: json!({ "cmd": "Browser.setDownloadBehavior", "params": { "behavior": "deny" } }),
+        };
+        if let Err(e) = tokio::time::timeout(STATUS_TIMEOUT, client.issue_cmd(deny))
+            .await
+            .unwrap_or_else(|_| Err(CmdError::NotJson("timeout".into())))
+        {
+            let _ = client.clone().close().await;
+            self.discard_profile(&profile).await;
+            return Err(StepError::new(
+                ErrorType::Browser,
+                format!("could not turn downloads off in Chromium: {}", describe(&e)),
+            ));
+        }
         self.sessions_created.fetch_add(1, Ordering::Relaxed);
         let mut session = session;
-        session.inner = Some(Inner { client: client.clone(), driver, profile, permit, manager: self.clone() });
-        phases.push(Phase { name: "session_start", duration: t.elapsed() });
+        session.inner = Some(Inner {
+            client: client.clone(),
+            driver,
+            profile,
+            permit,
+            manager: self.clone(),
+        });
+        phases.push(Phase {
+            name: "session_start",
+            duration: t.elapsed(),
+        });
         Ok(session)
     }
 
@@ -319,12 +452,18 @@ impl BrowserManager {
                 tracing::warn!(pid = d.pid, "chromedriver exited; starting a new one");
                 *cur = None;
             } else if !d.ready(STATUS_TIMEOUT).await {
-                tracing::warn!(pid = d.pid, "chromedriver does not answer /status; killing it and starting a new one");
+                tracing::warn!(
+                    pid = d.pid,
+                    "chromedriver does not answer /status; killing it and starting a new one"
+                );
                 d.kill();
                 *cur = None;
             } else if d.sessions.load(Ordering::Relaxed) >= self.restart_after {
                 // Dropped here; it dies when its last session is closed.
-                tracing::debug!(pid = d.pid, "chromedriver served its sessions; starting a fresh one");
+                tracing::debug!(
+                    pid = d.pid,
+                    "chromedriver served its sessions; starting a fresh one"
+                );
                 *cur = None;
             }
         }
@@ -332,7 +471,10 @@ impl BrowserManager {
             let t = Instant::now();
             let d = Arc::new(self.spawn().await?);
             watch(Arc::downgrade(&d));
-            phases.push(Phase { name: "driver_start", duration: t.elapsed() });
+            phases.push(Phase {
+                name: "driver_start",
+                duration: t.elapsed(),
+            });
             let mut all = self.drivers.lock().unwrap_or_else(|e| e.into_inner());
             all.retain(|w| w.strong_count() > 0);
             all.push(Arc::downgrade(&d));
@@ -348,21 +490,58 @@ impl BrowserManager {
         for _ in 0..3 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
-                .map_err(|e| StepError::new(ErrorType::Browser, format!("no free loopback port for chromedriver: {e}")))?
+                .map_err(|e| {
+                    StepError::new(
+                        ErrorType::Browser,
+                        format!("no free loopback port for chromedriver: {e}"),
+                    )
+                })?
                 .port();
+            let secret = procs::random_hex128().map_err(|e| {
+                StepError::new(
+                    ErrorType::Browser,
+                    format!("no randomness for chromedriver's URL base: {e}"),
+                )
+            })?;
+            let base = format!("/{secret}");
             let child = Command::new(&self.chromedriver)
                 .arg(format!("--port={port}"))
-                .args(std::env::var("VANTAGE_CHROMEDRIVER_LOG").map(|p| vec![format!("--log-path={p}"), "--verbose".to_string()]).unwrap_or_default())
+                .arg(format!("--url-base={base}"))
+                .args(
+                    std::env::var("VANTAGE_CHROMEDRIVER_LOG")
+                        .map(|p| vec![format!("--log-path={p}"), "--verbose".to_string()])
+                        .unwrap_or_default(),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
-                .map_err(|e| StepError::new(ErrorType::Browser, format!("cannot start {}: {e}; {INSTALL_HINT}", self.chromedriver.display())))?;
-            let d = Driver { pid: child.id(), port, child: Mutex::new(Some(child)), sessions: AtomicU32::new(0) };
+                .map_err(|e| {
+                    StepError::new(
+                        ErrorType::Browser,
+                        format!(
+                            "cannot start {}: {e}; {INSTALL_HINT}",
+                            self.chromedriver.display()
+                        ),
+                    )
+                })?;
+            let d = Driver {
+                pid: child.id(),
+                port,
+                base,
+                child: Mutex::new(Some(child)),
+                sessions: AtomicU32::new(0),
+            };
             let start = Instant::now();
             while start.elapsed() < DRIVER_READY_TIMEOUT && d.alive() {
                 if d.ready(STATUS_TIMEOUT).await {
+                    // It parsed its flags: take the URL base out of its world-readable command line.
+                    match procs::scrub_arg(d.pid, secret.as_bytes()) {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(pid = d.pid, "chromedriver's URL base not found in its command line; other local users may read it there"),
+                        Err(e) => tracing::warn!(pid = d.pid, "cannot hide chromedriver's URL base from its command line ({e}); other local users may read it there"),
+                    }
                     self.drivers_started.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(pid = d.pid, port, "chromedriver started");
                     return Ok(d);
@@ -370,20 +549,32 @@ impl BrowserManager {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             last = if d.alive() {
-                format!("it did not answer on 127.0.0.1:{port}/status within {}", fmt_dur(DRIVER_READY_TIMEOUT))
+                format!(
+                    "it did not answer on 127.0.0.1:{port}/status within {}",
+                    fmt_dur(DRIVER_READY_TIMEOUT)
+                )
             } else {
                 format!("it exited right away (port {port} taken?)")
             };
             d.kill();
         }
-        Err(StepError::new(ErrorType::Browser, format!("chromedriver {} failed to start: {last}", self.chromedriver.display())))
+        Err(StepError::new(
+            ErrorType::Browser,
+            format!(
+                "chromedriver {} failed to start: {last}",
+                self.chromedriver.display()
+            ),
+        ))
     }
 
     async fn discard_profile(&self, profile: &Path) {
         procs::kill_profile_users(profile);
         let p = profile.to_path_buf();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(p)).await;
-        self.profiles.lock().unwrap_or_else(|e| e.into_inner()).remove(profile);
+        self.profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(profile);
     }
 
     /// Stops every chromedriver (and so every Chromium) this manager started; no new sessions after.
@@ -393,7 +584,8 @@ impl BrowserManager {
         let kill = || self.kill_all();
         kill();
         // A session being created right now registers its driver after this; catch it too.
-        if let Ok(mut cur) = tokio::time::timeout(Duration::from_secs(1), self.current.lock()).await {
+        if let Ok(mut cur) = tokio::time::timeout(Duration::from_secs(1), self.current.lock()).await
+        {
             if let Some(d) = cur.take() {
                 d.kill();
             }
@@ -402,11 +594,22 @@ impl BrowserManager {
     }
 
     fn kill_all(&self) {
-        let drivers: Vec<_> = self.drivers.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        let drivers: Vec<_> = self
+            .drivers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
         for d in drivers {
             d.kill();
         }
-        for p in self.profiles.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+        for p in self
+            .profiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
             procs::kill_profile_users(&p);
             let _ = std::fs::remove_dir_all(p);
         }
@@ -443,11 +646,16 @@ pub fn missing_binaries(chromedriver: &Path, chromium: &Path) -> Option<String> 
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// For `check`/`once`: the install message when a journey uses browser steps and the binaries are missing.
-pub fn missing_for(cfg: &BrowserConfig, journeys: &[crate::steps::compile::Journey]) -> Option<String> {
+pub fn missing_for(
+    cfg: &BrowserConfig,
+    journeys: &[crate::steps::compile::Journey],
+) -> Option<String> {
     let users: Vec<&str> = journeys
         .iter()
         .filter(|j| j.needs().browser)
@@ -457,7 +665,11 @@ pub fn missing_for(cfg: &BrowserConfig, journeys: &[crate::steps::compile::Journ
         return None;
     }
     let m = missing_binaries(&cfg.chromedriver, &cfg.chromium)?;
-    Some(format!("journey{} `{}`: {m}", if users.len() == 1 { "" } else { "s" }, users.join("`, `")))
+    Some(format!(
+        "journey{} `{}`: {m}",
+        if users.len() == 1 { "" } else { "s" },
+        users.join("`, `")
+    ))
 }
 
 struct Inner {
@@ -486,9 +698,21 @@ impl BrowserSession {
 
     /// Severe browser console messages since the last call (console.error, uncaught exceptions).
     pub async fn console_errors(&self, deadline: Instant) -> Vec<String> {
-        let cmd = ChromeCmd { path: "se/log", body: json!({ "type": "browser" }) };
-        match wd("reading the console log", deadline, self.client().issue_cmd(cmd)).await {
-            Ok(Value::Array(entries)) => entries.iter().filter_map(|e| e.get("message")?.as_str().map(str::to_string)).collect(),
+        let cmd = ChromeCmd {
+            path: "se/log",
+            body: json!({ "type": "browser" }),
+        };
+        match wd(
+            "reading the console log",
+            deadline,
+            self.client().issue_cmd(cmd),
+        )
+        .await
+        {
+            Ok(Value::Array(entries)) => entries
+                .iter()
+                .filter_map(|e| e.get("message")?.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -510,17 +734,33 @@ impl Drop for BrowserSession {
             Err(_) => {
                 procs::kill_profile_users(&i.profile);
                 let _ = std::fs::remove_dir_all(&i.profile);
-                i.manager.profiles.lock().unwrap_or_else(|e| e.into_inner()).remove(&i.profile);
+                i.manager
+                    .profiles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&i.profile);
             }
         }
     }
 }
 
 async fn close_inner(i: Inner) {
-    let Inner { client, driver, profile, permit, manager } = i;
-    let closed = matches!(tokio::time::timeout(SESSION_CLOSE_TIMEOUT, client.close()).await, Ok(Ok(())));
+    let Inner {
+        client,
+        driver,
+        profile,
+        permit,
+        manager,
+    } = i;
+    let closed = matches!(
+        tokio::time::timeout(SESSION_CLOSE_TIMEOUT, client.close()).await,
+        Ok(Ok(()))
+    );
     if !closed && driver.alive() && !driver.ready(STATUS_TIMEOUT).await {
-        tracing::warn!(pid = driver.pid, "chromedriver hangs while closing a session; killing it");
+        tracing::warn!(
+            pid = driver.pid,
+            "chromedriver hangs while closing a session; killing it"
+        );
         driver.kill();
     }
     // Whatever chromedriver did not stop (closed or not) goes now.
@@ -533,6 +773,8 @@ async fn close_inner(i: Inner) {
 #[derive(Default)]
 pub struct RunBrowser {
     pub session: Option<BrowserSession>,
+    /// Selectors of fields filled with secret text: blanked out of every later screenshot.
+    pub masked: Vec<String>,
 }
 
 impl crate::steps::context::RunStateSlot for RunBrowser {
@@ -547,11 +789,21 @@ impl crate::steps::context::RunStateSlot for RunBrowser {
 }
 
 /// Runs one WebDriver command, bounded by `deadline`; errors become `browser` step errors.
-pub async fn wd<T>(what: impl fmt::Display, deadline: Instant, fut: impl Future<Output = Result<T, CmdError>>) -> Result<T, StepError> {
+pub async fn wd<T>(
+    what: impl fmt::Display,
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, CmdError>>,
+) -> Result<T, StepError> {
     match tokio::time::timeout_at(deadline.into(), fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StepError::new(ErrorType::Browser, format!("{what}: {}", describe(&e)))),
-        Err(_) => Err(StepError::new(ErrorType::Browser, format!("{what}: the browser did not answer in time"))),
+        Ok(Err(e)) => Err(StepError::new(
+            ErrorType::Browser,
+            format!("{what}: {}", describe(&e)),
+        )),
+        Err(_) => Err(StepError::new(
+            ErrorType::Browser,
+            format!("{what}: the browser did not answer in time"),
+        )),
     }
 }
 

@@ -30,7 +30,9 @@ pub fn kill_pid(pid: u32, sig: i32) {
 
 /// `(pid, ppid, state)` of every process, from /proc/PID/stat.
 pub fn table() -> Vec<(u32, u32, char)> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     rd.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -69,7 +71,10 @@ pub fn with_arg(needle: &str) -> Vec<u32> {
         .filter(|&(_, _, state)| state != 'Z')
         .filter(|&(pid, _, _)| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes())))
+                .map(|c| {
+                    c.split(|b| *b == 0)
+                        .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                })
                 .unwrap_or(false)
         })
         .map(|(pid, _, _)| pid)
@@ -84,10 +89,66 @@ pub fn kill_profile_users(dir: &Path) {
     }
 }
 
+/// Overwrites `needle` in the argument area of process `pid` (ours, same
+/// user) with `x`s, so `/proc/PID/cmdline`, which every local user can read,
+/// no longer shows it. Only for values the process copied at startup
+/// (chromedriver parses its flags once). True when something was overwritten.
+pub fn scrub_arg(pid: u32, needle: &[u8]) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat
+        .rfind(')')
+        .ok_or_else(|| std::io::Error::other("odd /proc stat"))?
+        + 2..];
+    // Fields after the name start at field 3; arg_start and arg_end are fields 48 and 49.
+    let f: Vec<&str> = rest.split(' ').collect();
+    let num = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| std::io::Error::other("no argument area in /proc stat"))
+    };
+    let (start, end) = (num(48)?, num(49)?);
+    if end <= start || end - start > 1 << 20 {
+        return Err(std::io::Error::other("odd argument area"));
+    }
+    let mut mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))?;
+    let mut buf = vec![0u8; (end - start) as usize];
+    mem.seek(SeekFrom::Start(start))?;
+    mem.read_exact(&mut buf)?;
+    let mut changed = false;
+    let mut i = 0;
+    while needle.len() <= buf.len() && i + needle.len() <= buf.len() {
+        if &buf[i..i + needle.len()] == needle {
+            mem.seek(SeekFrom::Start(start + i as u64))?;
+            mem.write_all(&vec![b'x'; needle.len()])?;
+            changed = true;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// 128 random bits from the kernel, as 32 hex digits.
+pub fn random_hex128() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// Proportional set size (kB) of a process, from /proc/PID/smaps_rollup.
 pub fn pss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

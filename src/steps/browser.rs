@@ -20,7 +20,7 @@ use crate::config::template::Template;
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, PhaseMetric, StepError};
+use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, PhaseMetric, StepError};
 use serde::Deserialize;
 
 /// One headless-browser action; exactly one field is set.
@@ -42,6 +42,12 @@ pub struct BrowserSpec {
     pub eval: Option<String>,
     /// Save a PNG of the viewport into the artifacts directory under this name.
     pub screenshot: Option<String>,
+    /// CSS selectors of elements blanked out of this step's screenshot (the
+    /// `screenshot` action's, or the one saved when the step fails), as
+    /// Playwright's `mask` does. Password inputs and fields filled with a
+    /// secret are always blanked.
+    #[serde(default)]
+    pub mask: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +183,7 @@ pub struct BrowserStep {
     name: String,
     action: Action,
     timeout: Option<Duration>,
+    mask: Vec<String>,
 }
 
 /// WebDriver key codes by the names users write (W3C WebDriver §17.4.2).
@@ -292,7 +299,10 @@ impl BrowserStep {
             nonempty(c, "browser.screenshot", n);
             Action::Screenshot(n.to_string())
         };
-        Some(BrowserStep { name: name.to_string(), action, timeout })
+        for (i, m) in spec.mask.iter().enumerate() {
+            nonempty(c, &format!("browser.mask[{i}]"), m);
+        }
+        Some(BrowserStep { name: name.to_string(), action, timeout, mask: spec.mask.clone() })
     }
 
     /// The step's own deadline (its timeout minus a reserve to save the failure
@@ -330,7 +340,7 @@ impl BrowserStep {
             Err(mut e) => {
                 if e.error_type != ErrorType::Config {
                     if let Some(s) = ctx.state.get::<RunBrowser>().and_then(|b| b.session.as_ref()) {
-                        let (context, path) = failure_artifacts(ctx, s, &self.name, &e.message, hard).await;
+                        let (context, path) = failure_artifacts(ctx, s, &self.name, &self.mask, &e.message, hard).await;
                         e.message.push_str(&context);
                         if let Some(p) = path {
                             obs.attributes.push(KeyValue::new("synthetics.artifact.path", p));
@@ -347,6 +357,13 @@ impl BrowserStep {
             Action::Navigate(t) => {
                 let url = ctx.render(t)?;
                 let parsed = url::Url::parse(&url).map_err(|e| StepError::new(ErrorType::Config, format!("`{url}` is not an absolute URL: {e}")))?;
+                // The browser runs as the agent: a local scheme would show the agent's own files.
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(StepError::new(
+                        ErrorType::Config,
+                        format!("`{}:` URLs are refused: browser steps open only http and https pages (local schemes such as file: and chrome: would expose the agent's host)", parsed.scheme()),
+                    ));
+                }
                 obs.attributes.push(KeyValue::new("url.full", parsed.to_string()));
                 ctx.waiting_for = "the page to load";
                 let s = session(ctx)?;
@@ -378,6 +395,13 @@ impl BrowserStep {
             Action::Fill { selector, text } => {
                 let sel = ctx.render(selector)?;
                 let text = ctx.render(text)?;
+                if ctx.redact(&text) != text {
+                    // Typed secret text never reaches a screenshot: this field is blanked from now on.
+                    let b = ctx.state.get_mut::<RunBrowser>();
+                    if !b.masked.contains(&sel) {
+                        b.masked.push(sel.clone());
+                    }
+                }
                 let s = session(ctx)?;
                 let el = find(s, &sel, "to fill it", deadline).await?;
                 wd(format!("clearing `{sel}`"), deadline, el.clear()).await?;
@@ -413,9 +437,10 @@ impl BrowserStep {
                 let sel = selector.as_ref().map(|t| ctx.render(t)).transpose()?;
                 let text = text.as_ref().map(|t| ctx.render(t)).transpose()?;
                 ctx.waiting_for = "the element to appear";
+                let redactor = &ctx.redactor().clone();
                 let s = session(ctx)?;
                 let what = describe_wait(sel.as_deref(), text.as_deref(), *visible);
-                let waited = wait_for(s, sel.as_deref(), text.as_deref(), *visible, *within, deadline, &what).await?;
+                let waited = wait_for(s, redactor, sel.as_deref(), text.as_deref(), *visible, *within, deadline, &what).await?;
                 obs.phases.push(Phase { name: if sel.is_some() { "wait_selector" } else { "wait_text" }, duration: waited });
                 if !s.after_input {
                     // LCP stops at the first input; until then a later paint may still be the largest.
@@ -436,8 +461,9 @@ impl BrowserStep {
             }
             Action::Screenshot(name) => {
                 let journey = ctx.journey.clone();
+                let mask = self.masks(ctx);
                 let s = session(ctx)?;
-                let png = wd("taking a screenshot", deadline, s.client().screenshot()).await?;
+                let png = masked_screenshot(s, &mask, deadline).await?;
                 let path = s.manager().artifacts.save(&journey, &self.name, name, &[("png", &png)]).map_err(|e| StepError::new(ErrorType::Browser, format!("cannot save the screenshot: {e}")))?;
                 obs.attributes.push(KeyValue::new("synthetics.artifact.path", path.display().to_string()));
             }
@@ -459,7 +485,7 @@ impl BrowserStep {
                 let want = ctx.render(t)?;
                 let title = wd("reading the page title", deadline, session(ctx)?.client().title()).await?;
                 if !title.contains(&want) {
-                    return fail(format!("expected the page title to contain `{want}`; it is `{}`", snippet(&title, 120)));
+                    return fail(format!("expected the page title to contain `{want}`; it is `{}`", ctx.excerpt(&title, 120)));
                 }
             }
             Check::Element { selector, text, visible } => {
@@ -469,7 +495,7 @@ impl BrowserStep {
                 let state = wd(format!("inspecting `{sel}`"), deadline, s.client().execute(ELEMENT_JS, vec![json!(sel)])).await?;
                 let count = state.get("count").and_then(Value::as_u64).unwrap_or(0);
                 let shown = state.get("visible").and_then(Value::as_bool).unwrap_or(false);
-                let got = state.get("text").and_then(Value::as_str).unwrap_or_default();
+                let got = state.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
                 if count == 0 && *visible != Some(false) {
                     return fail(format!("expected an element matching `{sel}`; none exists"));
                 }
@@ -483,13 +509,41 @@ impl BrowserStep {
                 }
                 if let Some(w) = &want {
                     if !got.contains(w.as_str()) {
-                        return fail(format!("expected `{sel}` to contain the text `{w}`; its text is `{}`", snippet(got, 160)));
+                        return fail(format!("expected `{sel}` to contain the text `{w}`; its text is `{}`", ctx.excerpt(&got, 160)));
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Selectors blanked out of a screenshot: the step's `mask`, password inputs, fields filled with a secret.
+fn masks(ctx: &RunContext, step_mask: &[String]) -> Vec<String> {
+    let mut m = step_mask.to_vec();
+    m.push("input[type=password]".into());
+    if let Some(b) = ctx.state.get::<RunBrowser>() {
+        m.extend(b.masked.iter().cloned());
+    }
+    m
+}
+
+impl BrowserStep {
+    fn masks(&self, ctx: &RunContext) -> Vec<String> {
+        masks(ctx, &self.mask)
+    }
+}
+
+/// A PNG of the viewport with every element matching `mask` covered first.
+/// No screenshot when masking fails: better none than one showing a secret.
+async fn masked_screenshot(s: &BrowserSession, mask: &[String], deadline: Instant) -> Result<Vec<u8>, StepError> {
+    let c = s.client();
+    if let Value::String(bad) = wd("masking elements for the screenshot", deadline, c.execute(MASK_JS, vec![json!(mask)])).await? {
+        return Err(StepError::new(ErrorType::Browser, format!("screenshot not taken: mask selector `{bad}` is not a valid CSS selector")));
+    }
+    let png = wd("taking a screenshot", deadline, c.screenshot()).await;
+    let _ = wd("removing the screenshot masks", deadline, c.execute(UNMASK_JS, vec![])).await;
+    png
 }
 
 fn session(ctx: &mut RunContext) -> Result<&mut BrowserSession, StepError> {
@@ -526,7 +580,8 @@ fn describe_wait(sel: Option<&str>, text: Option<&str>, visible: bool) -> String
 }
 
 /// Polls the page until the condition holds; returns how long it took.
-async fn wait_for(s: &BrowserSession, sel: Option<&str>, text: Option<&str>, visible: bool, within: Duration, deadline: Instant, what: &str) -> Result<Duration, StepError> {
+#[allow(clippy::too_many_arguments)]
+async fn wait_for(s: &BrowserSession, redactor: &crate::redact::Redactor, sel: Option<&str>, text: Option<&str>, visible: bool, within: Duration, deadline: Instant, what: &str) -> Result<Duration, StepError> {
     let start = Instant::now();
     let until = deadline.min(start + within);
     let mut last_state = String::new();
@@ -542,7 +597,7 @@ async fn wait_for(s: &BrowserSession, sel: Option<&str>, text: Option<&str>, vis
                     Some(n) => format!(
                         "{n} element{} matched but not as required (first one's text: `{}`)",
                         if n == 1 { "" } else { "s" },
-                        snippet(v.get("text").and_then(Value::as_str).unwrap_or_default(), 80)
+                        redactor.excerpt(v.get("text").and_then(Value::as_str).unwrap_or_default(), 80)
                     ),
                     None => "the text is not on the page".into(),
                 };
@@ -568,15 +623,15 @@ async fn wait_for(s: &BrowserSession, sel: Option<&str>, text: Option<&str>, vis
 
 /// Screenshot, URL, title and console errors of a failed step. Returns the
 /// text to append to the error message and the screenshot's path.
-async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, message: &str, deadline: Instant) -> (String, Option<String>) {
+async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, mask: &[String], message: &str, deadline: Instant) -> (String, Option<String>) {
     let c = s.client();
     let url = wd("", deadline, c.current_url()).await.map(|u| u.to_string()).unwrap_or_else(|_| "unknown".into());
     let title = wd("", deadline, c.title()).await.unwrap_or_default();
     let console = s.console_errors(deadline).await;
-    let png = wd("", deadline, c.screenshot()).await;
-    let mut context = format!(" (page {}, title `{}`", snippet(&url, 200), snippet(&title, 80));
+    let png = masked_screenshot(s, &masks(ctx, mask), deadline).await;
+    let mut context = format!(" (page {}, title `{}`", ctx.excerpt(&url, 200), ctx.excerpt(&title, 80));
     if let Some(first) = console.first() {
-        context.push_str(&format!("; {} console error{}, first: {}", console.len(), if console.len() == 1 { "" } else { "s" }, snippet(first, 160)));
+        context.push_str(&format!("; {} console error{}, first: {}", console.len(), if console.len() == 1 { "" } else { "s" }, ctx.excerpt(first, 160)));
     }
     context.push(')');
     let notes = ctx.redact(&format!(
@@ -663,10 +718,30 @@ const WAIT_JS: &str = concat!(
   for (const e of els) {
     if ((text == null || (e.innerText || e.textContent || '').includes(text)) && (!visible || vis(e))) return { ok: true };
   }
-  return { ok: false, count: els.length, text: els[0] ? (els[0].innerText || els[0].textContent || '').slice(0, 200) : null };
+  return { ok: false, count: els.length, text: els[0] ? (els[0].innerText || els[0].textContent || '').slice(0, 20000) : null };
 }
 return { ok: !!document.body && (document.body.innerText || '').includes(text) };"#
 );
+
+/// `[selectors]` → covers every match with an opaque box above everything (fixed to
+/// its viewport position); the first invalid selector as a string, else null.
+const MASK_JS: &str = r#"
+for (const sel of arguments[0]) {
+  let els;
+  try { els = document.querySelectorAll(sel); } catch (e) { return sel; }
+  for (const e of els) {
+    const r = e.getBoundingClientRect();
+    if (!r.width && !r.height) continue;
+    const d = document.createElement('div');
+    d.setAttribute('data-vantage-mask', '');
+    d.style.cssText = `all:initial;position:fixed;left:${r.left}px;top:${r.top}px;width:${r.width}px;height:${r.height}px;background:#ff00ff;z-index:2147483647;pointer-events:none;display:block`;
+    document.documentElement.appendChild(d);
+  }
+}
+return null;
+"#;
+
+const UNMASK_JS: &str = "for (const d of document.querySelectorAll('[data-vantage-mask]')) d.remove();";
 
 /// `[selector]` → `{count, visible, text}` of the first match.
 const ELEMENT_JS: &str = concat!(

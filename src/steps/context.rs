@@ -65,7 +65,8 @@ fn push_body_start(out: &mut String, mark: &str, body: &[u8]) {
     }
 }
 
-pub const REDACTED: &str = "[REDACTED]";
+use crate::redact::Redactor;
+pub use crate::redact::REDACTED;
 
 /// Per-run state a step kind keeps from one of its steps to the next
 /// (open connections, a browser session). One value per type and run.
@@ -94,7 +95,8 @@ impl RunState {
             }
         };
         let slot: &mut dyn Any = self.slots[i].1.as_mut();
-        slot.downcast_mut::<T>().expect("slots are keyed by their type")
+        slot.downcast_mut::<T>()
+            .expect("slots are keyed by their type")
     }
 
     /// The run's `T`, if a step created it.
@@ -119,7 +121,7 @@ pub struct RunContext {
     pub run_id: String,
     pub journey: String,
     vars: HashMap<String, String>,
-    secret_values: Vec<String>,
+    secrets: Redactor,
     pub cookies: Arc<reqwest::cookie::Jar>,
     /// Each stateful kind's per-run state (connections, a browser session), closed at the end of the run.
     pub state: RunState,
@@ -144,9 +146,12 @@ impl RunEnv {
             agent_id: "test".into(),
             location: "test".into(),
             credentials_dir: None,
-            resolver: crate::steps::dns::uncached_resolver(Some(([127, 0, 0, 1], 53).into())).expect("loopback resolver"),
+            resolver: crate::steps::dns::uncached_resolver(Some(([127, 0, 0, 1], 53).into()))
+                .expect("loopback resolver"),
             tls: crate::steps::tls::TlsConfigs::new().expect("TLS setup"),
-            tracer: opentelemetry_sdk::trace::SdkTracerProvider::builder().build().tracer("test"),
+            tracer: opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .build()
+                .tracer("test"),
             user_agent: crate::user_agent(),
             default_step_timeout: Duration::from_secs(10),
             callbacks: None,
@@ -169,7 +174,7 @@ impl RunContext {
             run_id: uuid::Uuid::new_v4().simple().to_string(),
             journey: journey.to_string(),
             vars: HashMap::new(),
-            secret_values: Vec::new(),
+            secrets: Redactor::new(),
             cookies: Arc::new(reqwest::cookie::Jar::default()),
             state: RunState::default(),
             trace_cx: OtelContext::new(),
@@ -191,12 +196,10 @@ impl RunContext {
         self.vars.get(name).map(String::as_str)
     }
 
-    fn add_secret(&mut self, value: &str) {
-        // Very short values would redact innocent text everywhere; they are still never logged on purpose.
-        if value.len() >= 4 && !self.secret_values.iter().any(|s| s == value) {
-            self.secret_values.push(value.to_string());
-            self.secret_values.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
+    /// Marks `value` secret for the rest of the run (values under 4 bytes are ignored:
+    /// they would redact innocent text everywhere; they are still never logged on purpose).
+    pub fn add_secret(&mut self, value: &str) {
+        self.secrets.add(value);
     }
 
     /// The request half of an HTTP exchange for the exchange log; `None` when
@@ -219,15 +222,20 @@ impl RunContext {
         sink(self.redact(&out));
     }
 
-    /// Replaces every secret this run has touched with `[REDACTED]`.
+    /// Replaces every secret this run has touched, in every encoding it may
+    /// have taken (see [`crate::redact`]), with `[REDACTED]`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secret_values {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), REDACTED);
-            }
-        }
-        out
+        self.secrets.redact(text)
+    }
+
+    /// The first `max` characters of `text`, redacted before it is cut.
+    pub fn excerpt(&self, text: &str, max: usize) -> String {
+        self.secrets.excerpt(text, max)
+    }
+
+    /// The run's secrets, for code that forms messages away from the context.
+    pub fn redactor(&self) -> &Redactor {
+        &self.secrets
     }
 
     /// Expands a template against this run.
@@ -248,7 +256,11 @@ impl RunContext {
             VarRef::RunId => self.run_id.clone(),
             VarRef::Uuid => uuid::Uuid::new_v4().to_string(),
             VarRef::Now => humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            VarRef::NowUnix => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs().to_string(),
+            VarRef::NowUnix => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                .to_string(),
             VarRef::Env(n) => self
                 .env
                 .env_overrides
@@ -256,7 +268,12 @@ impl RunContext {
                 .cloned()
                 .map(Ok)
                 .unwrap_or_else(|| std::env::var(n))
-                .map_err(|_| StepError::new(ErrorType::Config, format!("environment variable `{n}` is not set in the agent's environment")))?,
+                .map_err(|_| {
+                    StepError::new(
+                        ErrorType::Config,
+                        format!("environment variable `{n}` is not set in the agent's environment"),
+                    )
+                })?,
             VarRef::Secret(n) => {
                 let v = read_secret(self.env.credentials_dir.as_deref(), n)?;
                 secrets.push(v.clone());
@@ -264,7 +281,10 @@ impl RunContext {
             }
             VarRef::Var(n) => self.vars.get(n).cloned().ok_or_else(|| {
                 // Validation rejects undefined names, so this means an earlier step failed or was skipped.
-                let mut e = StepError::new(ErrorType::Config, format!("variable `{n}` has no value in this run"));
+                let mut e = StepError::new(
+                    ErrorType::Config,
+                    format!("variable `{n}` has no value in this run"),
+                );
                 e.unset_variable = Some(n.clone());
                 e
             })?,
@@ -276,7 +296,12 @@ fn read_secret(dir: Option<&std::path::Path>, name: &str) -> Result<String, Step
     let dir = dir
         .ok_or_else(|| StepError::new(ErrorType::Config, format!("secret `{name}` is used but no credentials directory is set (set `credentials_dir`, or run under systemd with LoadCredential=)")))?;
     let path = dir.join(name);
-    let raw = std::fs::read_to_string(&path).map_err(|e| StepError::new(ErrorType::Config, format!("cannot read secret `{name}` from {}: {e}", path.display())))?;
+    let raw = std::fs::read_to_string(&path).map_err(|e| {
+        StepError::new(
+            ErrorType::Config,
+            format!("cannot read secret `{name}` from {}: {e}", path.display()),
+        )
+    })?;
     Ok(raw.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -316,7 +341,10 @@ mod tests {
         ctx.set_var("token", "s3cr3t-value".into(), true);
         ctx.set_var("pin", "12".into(), true);
         assert_eq!(ctx.var("token"), Some("s3cr3t-value"));
-        assert_eq!(ctx.redact("got s3cr3t-value and 12"), format!("got {REDACTED} and 12"));
+        assert_eq!(
+            ctx.redact("got s3cr3t-value and 12"),
+            format!("got {REDACTED} and 12")
+        );
     }
 
     #[test]

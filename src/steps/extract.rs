@@ -6,7 +6,7 @@ use crate::config::model::ExtractSpec;
 use crate::steps::assertions::JsonSelector;
 use crate::steps::compile::Checker;
 use crate::steps::context::RunContext;
-use crate::vocab::{snippet, ErrorType, Observation, StepError};
+use crate::vocab::{ErrorType, Observation, StepError};
 
 #[derive(Debug)]
 enum Source {
@@ -26,9 +26,17 @@ pub struct Extraction {
 impl Extraction {
     pub fn compile(name: &str, spec: &ExtractSpec, c: &mut Checker) -> Option<Extraction> {
         let field = format!("extract.{name}");
-        let given = [spec.json.is_some(), spec.header.is_some(), spec.cookie.is_some(), spec.regex.is_some()];
+        let given = [
+            spec.json.is_some(),
+            spec.header.is_some(),
+            spec.cookie.is_some(),
+            spec.regex.is_some(),
+        ];
         if given.iter().filter(|g| **g).count() != 1 {
-            c.error(&field, "expected exactly one of `json`, `header`, `cookie` or `regex`");
+            c.error(
+                &field,
+                "expected exactly one of `json`, `header`, `cookie` or `regex`",
+            );
             return None;
         }
         let source = if let Some(p) = &spec.json {
@@ -40,11 +48,18 @@ impl Extraction {
         } else {
             let r = c.regex(&format!("{field}.regex"), spec.regex.as_deref()?)?;
             if r.captures_len() > 2 {
-                c.error(&format!("{field}.regex"), "expected at most one capture group (the value to keep)");
+                c.error(
+                    &format!("{field}.regex"),
+                    "expected at most one capture group (the value to keep)",
+                );
             }
             Source::Regex(r)
         };
-        Some(Extraction { name: name.to_string(), source, secret: spec.secret })
+        Some(Extraction {
+            name: name.to_string(),
+            source,
+            secret: spec.secret,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -52,24 +67,65 @@ impl Extraction {
     }
 
     pub fn apply(&self, ctx: &mut RunContext, obs: &Observation) -> Result<(), StepError> {
-        let missing = |what: String| StepError::new(ErrorType::Assertion, format!("could not extract `{}`: {what}", self.name));
-        let value = match &self.source {
-            Source::Json(text, sel) => {
-                let doc: serde_json::Value = serde_json::from_slice(&obs.body).map_err(|e| missing(format!("the body is not JSON ({e}): {}", snippet(&obs.body_text(), 120))))?;
-                let found = sel.select(&doc);
-                let v = found.first().ok_or_else(|| missing(format!("JSON path `{text}` matched nothing in {}", snippet(&doc.to_string(), 200))))?;
-                v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
-            }
-            Source::Header(h) => obs.header(h).map(str::to_string).ok_or_else(|| missing(format!("no `{h}` header in the response")))?,
-            Source::Cookie(name) => cookie_value(ctx, obs, name).ok_or_else(|| missing(format!("no cookie `{name}` was set")))?,
-            Source::Regex(r) => {
-                let body = obs.body_text();
-                let caps = r.captures(&body).ok_or_else(|| missing(format!("/{r}/ did not match {}", snippet(&body, 200))))?;
-                caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_str().to_string()).unwrap_or_default()
-            }
-        };
+        let value = self.value(ctx, obs)?;
         ctx.set_var(&self.name, value, self.secret);
         Ok(())
+    }
+
+    /// Marks the value secret before the step's assertions form any message
+    /// (one of them may quote the very body the secret comes from).
+    pub fn mark_secret(&self, ctx: &mut RunContext, obs: &Observation) {
+        if self.secret {
+            if let Ok(v) = self.value(ctx, obs) {
+                ctx.add_secret(&v);
+            }
+        }
+    }
+
+    fn value(&self, ctx: &RunContext, obs: &Observation) -> Result<String, StepError> {
+        let missing = |what: String| {
+            StepError::new(
+                ErrorType::Assertion,
+                format!("could not extract `{}`: {what}", self.name),
+            )
+        };
+        let value = match &self.source {
+            Source::Json(text, sel) => {
+                let doc: serde_json::Value = serde_json::from_slice(&obs.body).map_err(|e| {
+                    missing(format!(
+                        "the body is not JSON ({e}): {}",
+                        ctx.excerpt(&obs.body_text(), 120)
+                    ))
+                })?;
+                let found = sel.select(&doc);
+                let v = found.first().ok_or_else(|| {
+                    missing(format!(
+                        "JSON path `{text}` matched nothing in {}",
+                        ctx.excerpt(&doc.to_string(), 200)
+                    ))
+                })?;
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            }
+            Source::Header(h) => obs
+                .header(h)
+                .map(str::to_string)
+                .ok_or_else(|| missing(format!("no `{h}` header in the response")))?,
+            Source::Cookie(name) => cookie_value(ctx, obs, name)
+                .ok_or_else(|| missing(format!("no cookie `{name}` was set")))?,
+            Source::Regex(r) => {
+                let body = obs.body_text();
+                let caps = r.captures(&body).ok_or_else(|| {
+                    missing(format!("/{r}/ did not match {}", ctx.excerpt(&body, 200)))
+                })?;
+                caps.get(1)
+                    .or_else(|| caps.get(0))
+                    .map(|m| m.as_str().to_string())
+                    .unwrap_or_default()
+            }
+        };
+        Ok(value)
     }
 }
 
@@ -95,7 +151,10 @@ mod tests {
     #[test]
     fn extractions_set_variables_and_secrets_are_redacted() {
         let step = test_step("name: s\ntcp: {address: \"127.0.0.1:1\"}\nextract:\n  id: {json: $.id}\n  token: {regex: \"token=(\\\\w+)\", secret: true}\n");
-        let obs = Observation { body: bytes::Bytes::from_static(br#"{"id": 42, "note": "token=abc123xyz"}"#), ..Default::default() };
+        let obs = Observation {
+            body: bytes::Bytes::from_static(br#"{"id": 42, "note": "token=abc123xyz"}"#),
+            ..Default::default()
+        };
         let mut ctx = RunContext::new_test();
         for x in &step.extract {
             x.apply(&mut ctx, &obs).expect("extracts");

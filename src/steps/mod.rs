@@ -184,6 +184,10 @@ pub trait StepKind: Send + Sync + fmt::Debug {
 pub async fn attempt(ctx: &mut RunContext, step: &Step) -> Result<(Observation, Verdict), StepError> {
     let t = Instant::now();
     let obs = step.kind.execute(ctx).await?;
+    // Secrets this step extracts are known before its assertions quote the body.
+    for x in &step.extract {
+        x.mark_secret(ctx, &obs);
+    }
     step.assertions.check_content(ctx, &obs).map_err(|e| e.with_observation(&obs))?;
     let elapsed = obs.reported_duration.unwrap_or_else(|| t.elapsed());
     let verdict = step.assertions.check_timing(elapsed).map_err(|e| e.with_observation(&obs))?;

@@ -12,7 +12,7 @@ use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
 use crate::steps::net::{connect_tcp, describe_io, split_host_port};
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{snippet, ErrorType, Observation, Phase, StepError};
+use crate::vocab::{ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,15 +76,15 @@ impl TcpStep {
                     break;
                 }
                 if buf.len() >= MAX_READ {
-                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}` within the first {MAX_READ} bytes, got: {}", snippet(&String::from_utf8_lossy(&buf), 200)))
+                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}` within the first {MAX_READ} bytes, got: {}", ctx.excerpt(&String::from_utf8_lossy(&buf), 200)))
                         .with_observation(&obs));
                 }
                 let n = stream.read(&mut chunk).await.map_err(|e| {
-                    let got = if buf.is_empty() { String::new() } else { format!(": {}", snippet(&String::from_utf8_lossy(&buf), 200)) };
+                    let got = if buf.is_empty() { String::new() } else { format!(": {}", ctx.excerpt(&String::from_utf8_lossy(&buf), 200)) };
                     StepError::new(ErrorType::Connect, format!("expected `{want}` from {address}, got {} after {} bytes{got}", describe_io(&e), buf.len())).with_observation(&obs)
                 })?;
                 if n == 0 {
-                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}`, the peer closed the connection after {} bytes: {}", buf.len(), snippet(&String::from_utf8_lossy(&buf), 200)))
+                    return Err(StepError::new(ErrorType::Assertion, format!("expected `{want}`, the peer closed the connection after {} bytes: {}", buf.len(), ctx.excerpt(&String::from_utf8_lossy(&buf), 200)))
                         .with_observation(&obs));
                 }
                 buf.extend_from_slice(&chunk[..n]);

@@ -29,7 +29,7 @@ use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::{RunContext, RunStateSlot};
 use crate::steps::net::{connect_tcp, describe_io, handshake};
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{fmt_dur, snippet, ErrorType, Observation, Phase, StepError};
+use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -376,7 +376,7 @@ impl WebSocketStep {
                 Ok(()) => return Ok((at, candidate.body_text().into_owned(), dropped())),
                 Err(e) => {
                     seen += 1;
-                    last_mismatch = Some(format!("{} in {}", e.message, snippet(&candidate.body_text(), 160)));
+                    last_mismatch = Some(format!("{} in {}", e.message, ctx.excerpt(&candidate.body_text(), 160)));
                 }
             }
         }
