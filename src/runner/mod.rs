@@ -322,6 +322,10 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let run_left = deadline.map(|(d, _)| d.saturating_duration_since(started));
     let limit = run_left.map_or(step_limit, |left| left.min(step_limit));
     ctx.step_deadline = Some(started + limit);
+    ctx.step_deadline_reason = match deadline {
+        Some((_, run_timeout)) if limit < step_limit => format!("journey timeout of {} reached", fmt_dur(run_timeout)),
+        _ => format!("timed out after {}", fmt_dur(limit)),
+    };
     let raw =
         tokio::time::timeout(limit, AssertUnwindSafe(attempt(ctx, step)).catch_unwind()).await;
     let res = match raw {
@@ -334,14 +338,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
             tracing::error!(journey = %ctx.journey, run_id = %ctx.run_id, step = %step.name, "{msg}");
             Err(StepError::new(ErrorType::Internal, msg))
         }
-        Err(_) => {
-            let during = if ctx.waiting_for.is_empty() { String::new() } else { format!(" while waiting for {}", ctx.waiting_for) };
-            let msg = match deadline {
-                Some((_, run_timeout)) if limit < step_limit => format!("journey timeout of {} reached{during}", fmt_dur(run_timeout)),
-                _ => format!("timed out after {}{during}", fmt_dur(limit)),
-            };
-            Err(StepError::new(ErrorType::Timeout, msg))
-        }
+        Err(_) => Err(StepError::new(ErrorType::Timeout, ctx.deadline_message())),
     };
     let duration = started.elapsed();
 

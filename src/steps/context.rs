@@ -134,6 +134,9 @@ pub struct RunContext {
     /// When the step in progress will be cut off (step timeout or the run's deadline),
     /// so waiting steps can give up just before with a full message.
     pub step_deadline: Option<Instant>,
+    /// What reaching `step_deadline` means, in words ("timed out after 300ms",
+    /// "journey timeout of 1.00s reached"); set by the runner with the deadline.
+    pub step_deadline_reason: String,
     pub started: SystemTime,
 }
 
@@ -181,6 +184,7 @@ impl RunContext {
             step_starts: HashMap::new(),
             waiting_for: "",
             step_deadline: None,
+            step_deadline_reason: String::new(),
             started: SystemTime::now(),
         }
     }
@@ -224,6 +228,14 @@ impl RunContext {
 
     /// Replaces every secret this run has touched, in every encoding it may
     /// have taken (see [`crate::redact`]), with `[REDACTED]`.
+    /// The message for a step cut off at its deadline, naming what it was waiting for;
+    /// the same words whether the runner or the step itself gives up.
+    pub fn deadline_message(&self) -> String {
+        let during = if self.waiting_for.is_empty() { String::new() } else { format!(" while waiting for {}", self.waiting_for) };
+        let reason = if self.step_deadline_reason.is_empty() { "timed out" } else { self.step_deadline_reason.as_str() };
+        format!("{reason}{during}")
+    }
+
     pub fn redact(&self, text: &str) -> String {
         self.secrets.redact(text)
     }

@@ -9,7 +9,7 @@ mod client;
 mod decode;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -28,7 +28,7 @@ use crate::config::template::{JsonTemplate, Template};
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
 use crate::steps::{KindInfo, Needs, StepKind};
-use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
+use crate::vocab::{ErrorType, Observation, Phase, StepError};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,7 +253,6 @@ impl HttpStep {
         let mut obs = Observation::default();
         let mut phase_totals: Vec<Phase> = Vec::new();
         let mut chain = vec![url.clone()];
-        let started = Instant::now();
         let cut = ctx.step_deadline.and_then(|d| d.checked_sub(CUT_MARGIN));
         loop {
             let req = Req { method: &method, url: &url, headers: &headers, body: &body, content_type };
@@ -262,7 +261,7 @@ impl HttpStep {
                 Some(at) => tokio::time::timeout_at(at.into(), client::send(ctx, &req, &opts, &mut phase_totals)).await,
                 None => Ok(client::send(ctx, &req, &opts, &mut phase_totals).await),
             };
-            let sent = sent.unwrap_or_else(|_| Err(StepError::new(ErrorType::Timeout, format!("timed out after {} while waiting for {}", fmt_dur(started.elapsed()), ctx.waiting_for))));
+            let sent = sent.unwrap_or_else(|_| Err(StepError::new(ErrorType::Timeout, ctx.deadline_message())));
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
