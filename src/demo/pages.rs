@@ -28,20 +28,7 @@ button{margin-top:1rem;padding:.5rem 1.2rem}.error{color:#b00020}
 li.incident{padding:.3rem 0}li[data-status=triggered]{color:#b00020}li[data-status=resolved]{color:#6b7280}
 </style>";
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::vocab::escape_markup as escape;
 
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(

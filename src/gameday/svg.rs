@@ -12,12 +12,7 @@ const ROW: f64 = 24.0;
 const LANE: f64 = 16.0;
 const MAX_ROWS: usize = 18;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use crate::vocab::escape_markup as esc;
 
 fn nice_step(span_s: f64) -> f64 {
     let raw = span_s / 10.0;
