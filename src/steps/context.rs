@@ -41,7 +41,7 @@ pub struct RunEnv {
 }
 
 /// The value in `cell`, made by `make` the first time.
-fn once<'a, T>(cell: &'a OnceLock<T>, make: impl FnOnce() -> Result<T, String>) -> Result<&'a T, String> {
+fn once<T>(cell: &OnceLock<T>, make: impl FnOnce() -> Result<T, String>) -> Result<&T, String> {
     if let Some(v) = cell.get() {
         return Ok(v);
     }

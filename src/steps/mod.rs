@@ -7,7 +7,8 @@
 //! check and its message, and the dispatch to each kind's `compile`.
 //!
 //! Nothing outside this directory names a kind: the runner, telemetry and
-//! the daemon read what kinds declare ([`KindInfo`], [`StepKind::nested`]).
+//! the daemon read what kinds declare ([`KindInfo`], [`StepKind::nested`]);
+//! `tests/architecture.rs` fails on a kind name matched anywhere else.
 //! Shared pieces: [`context`] (the run context), [`compile`] (checker,
 //! runnable steps), [`assertions`], [`extract`], [`net`].
 
