@@ -117,7 +117,7 @@ async fn bench(base: &str, runs: usize, concurrency: usize) {
     let total = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    env.browser.shutdown().await;
+    env.shutdown().await;
 
     let failed: Vec<_> = results.iter().filter(|r| r.0 != Outcome::Success).collect();
     if let Some(f) = failed.first() {

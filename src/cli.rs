@@ -687,7 +687,7 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         print!("{}", crate::output::junit(&results));
     }
     stop.cancel();
-    env.browser.shutdown().await;
+    env.shutdown().await;
     telemetry.shutdown(std::time::Duration::from_secs(10)).await;
     Ok(if failed { 1 } else { 0 })
 }

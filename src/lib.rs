@@ -39,6 +39,15 @@ pub mod steps;
 pub mod telemetry;
 pub mod vocab;
 
+// The public surface: what a program embedding the agent uses (the demo uses
+// nothing else; tests/architecture.rs checks it).
+pub use browser::missing_for as browser_missing_for;
+pub use config::validate::compile_files;
+pub use config::{AgentConfig, Dur, Journey};
+pub use daemon::{run as run_agent, RunOptions};
+pub use scheduler::RunObserver;
+pub use vocab::{escape_markup, fmt_dur, Outcome, RunResult};
+
 /// The host name from the `gethostname` system call (for `host.name` and the
 /// default agent id). Not from `/proc/sys/kernel/hostname`: the shipped unit's
 /// `ProcSubset=pid` hides it, and every agent would then share one name.

@@ -192,6 +192,10 @@ impl Scheduler {
     /// Makes `journeys` the running set: unchanged ones keep their phase and
     /// counters, changed ones restart, removed ones stop. Returns (added, changed, removed).
     pub fn apply(&mut self, journeys: Vec<Journey>) -> (usize, usize, usize) {
+        // A reload may bring a kind the running journeys did not need (a first browser step).
+        if let Err(e) = self.shared.env.prepare(crate::steps::Needs::of(&journeys)) {
+            tracing::warn!("{e}; the steps that need it fail until it can be built");
+        }
         let mut incoming: HashMap<String, Journey> = journeys.into_iter().map(|j| (j.name.clone(), j)).collect();
         let mut removed = 0;
         let names: Vec<String> = self.journeys.keys().cloned().collect();

@@ -236,7 +236,7 @@ async fn mixed_http_and_browser_journey_passes_and_shares_variables() {
     assert!(!describe(&r).contains("hunter2-secret"));
     let shots: Vec<_> = std::fs::read_dir(s.dir.join("artifacts")).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(shots.iter().any(|p| p.to_string_lossy().ends_with("-timeline.png")), "{shots:?}");
-    s.env.browser.shutdown().await;
+    s.env.browser().shutdown().await;
     assert_eq!(settle(0).await, 0, "browser processes left after shutdown: {:?}", browser_processes());
 }
 
@@ -260,7 +260,7 @@ async fn timeline_that_never_renders_fails_with_browser_error_and_screenshot() {
     assert!(path.starts_with(s.dir.join("artifacts").to_str().unwrap()));
     let notes = std::fs::read_to_string(Path::new(path).with_extension("txt")).unwrap();
     assert!(notes.contains("timeline: backend unavailable"), "{notes}");
-    s.env.browser.shutdown().await;
+    s.env.browser().shutdown().await;
     assert_eq!(settle(0).await, 0);
 }
 
@@ -279,7 +279,7 @@ async fn killed_chromedriver_fails_that_run_and_the_next_run_passes() {
     // Wait until the run's session exists and it is waiting, then kill chromedriver's whole group.
     let start = Instant::now();
     let pid = loop {
-        if let (Some(pid), (1, _)) = (env.browser.driver_pid(), env.browser.counts()) {
+        if let (Some(pid), (1, _)) = (env.browser().driver_pid(), env.browser().counts()) {
             break pid;
         }
         assert!(start.elapsed() < Duration::from_secs(20), "no browser session started");
@@ -293,8 +293,8 @@ async fn killed_chromedriver_fails_that_run_and_the_next_run_passes() {
     assert!(r.message.as_deref().unwrap_or_default().contains("chromedriver"), "{}", describe(&r));
     let r = run(by_name(&js, "timeline"), &env).await;
     assert_eq!(r.outcome, Outcome::Success, "the run after the kill: {}", describe(&r));
-    assert_eq!(env.browser.counts().1, 2, "a new chromedriver was started");
-    env.browser.shutdown().await;
+    assert_eq!(env.browser().counts().1, 2, "a new chromedriver was started");
+    env.browser().shutdown().await;
     assert_eq!(settle(0).await, 0);
 }
 
@@ -313,13 +313,13 @@ async fn no_browser_processes_left_after_twenty_runs_and_shutdown() {
         let want = if i % 5 == 4 { Outcome::Failure } else { Outcome::Success };
         assert_eq!(r.outcome, want, "run {i}: {}", describe(&r));
     }
-    let (sessions, drivers) = s.env.browser.counts();
+    let (sessions, drivers) = s.env.browser().counts();
     assert_eq!(sessions, 20);
     assert!(drivers >= 4, "chromedriver restarted every 5 sessions: {drivers} started");
     // Between runs only the idle chromedriver remains.
     let after_runs = settle(baseline + 1).await;
     assert_eq!(after_runs, baseline + 1, "after 20 runs: {:?}", browser_processes());
-    s.env.browser.shutdown().await;
+    s.env.browser().shutdown().await;
     assert_eq!(settle(baseline).await, baseline, "after shutdown: {:?}", browser_processes());
     let profiles: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()

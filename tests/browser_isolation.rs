@@ -191,7 +191,7 @@ journeys:
             start.elapsed() < Duration::from_secs(20),
             "no browser session came up"
         );
-        if let (Some(pid), Some(port)) = (env.browser.driver_pid(), env.browser.driver_port()) {
+        if let (Some(pid), Some(port)) = (env.browser().driver_pid(), env.browser().driver_port()) {
             let kids: Vec<u32> = procs::descendants(pid);
             let has_chromium = kids.iter().any(|k| {
                 std::fs::read(format!("/proc/{k}/cmdline"))
@@ -295,6 +295,6 @@ journeys:
         assert!(listing.contains("Permission denied"), "{listing}");
     }
 
-    env.browser.shutdown().await;
+    env.browser().shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

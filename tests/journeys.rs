@@ -241,7 +241,7 @@ async fn a_name_that_does_not_exist_fails_as_dns() {
     let dns = s.demo.overrides["VANTAGE_DEMO_DNS"].clone();
     // The agent's own resolver points at the demo's DNS server (loopback only).
     let mut env = vantage::daemon::build_env(&AgentConfig::default(), opentelemetry::trace::TracerProvider::tracer(&opentelemetry_sdk::trace::SdkTracerProvider::builder().build(), "t"), None, Default::default()).unwrap();
-    env.resolver = vantage::steps::dns::uncached_resolver(Some(dns.parse().unwrap())).unwrap();
+    env.set_resolver(vantage::steps::dns::uncached_resolver(Some(dns.parse().unwrap())).unwrap());
     let yaml = format!(
         "journeys:\n  - name: nx\n    interval: 10s\n    steps:\n      - name: fetch\n        http: {{url: \"http://nope.vantage.test:{}/\"}}\n  - name: nx-dns\n    interval: 10s\n    steps:\n      - name: lookup\n        dns: {{name: nope.vantage.test, resolver: \"{dns}\"}}\n",
         s.demo.callback_port

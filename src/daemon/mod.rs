@@ -26,20 +26,7 @@ pub fn build_env(
     callbacks: Option<Arc<CallbackHub>>,
     env_overrides: HashMap<String, String>,
 ) -> anyhow::Result<RunEnv> {
-    Ok(RunEnv {
-        agent_id: agent.agent_id(),
-        location: agent.location.clone(),
-        credentials_dir: agent.credentials_dir(),
-        resolver: crate::steps::dns::uncached_resolver(None).map_err(anyhow::Error::msg)?,
-        tls: crate::steps::tls::TlsConfigs::new().map_err(anyhow::Error::msg).context("TLS setup")?,
-        tracer,
-        user_agent: crate::user_agent(),
-        default_step_timeout: agent.step_timeout.0,
-        callbacks,
-        env_overrides,
-        browser: crate::browser::BrowserManager::new(&agent.browser, agent.artifacts_dir.clone()),
-        exchange_log: None,
-    })
+    Ok(RunEnv::build(agent, tracer, callbacks, env_overrides))
 }
 
 /// A reload request from the admin endpoint, answered with the outcome.
@@ -189,11 +176,13 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         f(h.addr);
     }
     let env = Arc::new(build_env(&agent, telemetry.tracer.clone(), callbacks, std::mem::take(&mut opts.env_overrides))?);
-    let browser = env.browser.clone();
+    // Only what the journeys declare (`Needs`): no browser manager without a browser step.
+    env.prepare(crate::steps::Needs::of(&journeys)).map_err(anyhow::Error::msg)?;
+    let resources = env.clone();
     if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
         tracing::warn!("{m}");
     }
-    let page = crate::statuspage::StatusPage::new(agent.status_page.clone(), agent.agent_id(), agent.location.clone(), Some(browser.clone()));
+    let page = crate::statuspage::StatusPage::new(agent.status_page.clone(), agent.agent_id(), agent.location.clone(), resources.browser_if_made());
     // Every finished run also goes to the admin `/events` stream.
     let events = admin::EventHub::new(admin::EVENT_BUFFER, admin::MAX_SUBSCRIBERS, shutdown.clone());
     let observer = events_observer(events.clone(), env.agent_id.clone(), env.location.clone(), opts.observer.take());
@@ -266,7 +255,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     let started = tokio::time::Instant::now();
     let in_flight = sched.shutdown(grace, finally_budget).await;
     let left = (grace + finally_budget).saturating_sub(started.elapsed());
-    if tokio::time::timeout(left.max(Duration::from_millis(200)), browser.shutdown()).await.is_err() {
+    if tokio::time::timeout(left.max(Duration::from_millis(200)), resources.shutdown()).await.is_err() {
         tracing::warn!("browser shutdown did not finish in time");
     }
     shutdown.cancel();

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::validate::compile_files;
-use crate::config::{AgentConfig, Journey};
-use crate::daemon::{self, RunOptions};
-use crate::vocab::{fmt_dur, Outcome, RunResult};
+use crate::{compile_files, fmt_dur, run_agent, AgentConfig, Dur, Journey, Outcome, RunObserver, RunOptions, RunResult};
 
 use super::{DemoOptions, DemoServer};
 
@@ -145,14 +142,14 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
     agent.admin.listen = admin_addr.to_string();
     agent.callback.listen = Some(format!("127.0.0.1:{}", env.callback_port).parse()?);
     // Without Chromium the other journeys still run; say how to get the browser ones.
-    if let Some(why) = crate::browser::missing_for(&agent.browser, &journeys) {
+    if let Some(why) = crate::browser_missing_for(&agent.browser, &journeys) {
         journeys.retain(|j| !j.needs().browser);
         println!("browser journeys skipped: {why}");
     }
     if let Some(ep) = otlp {
         agent.telemetry.otlp.endpoint = Some(ep);
         agent.telemetry.otlp.protocol = Some(protocol);
-        agent.telemetry.otlp.export_interval = Some(crate::config::Dur(Duration::from_secs(5)));
+        agent.telemetry.otlp.export_interval = Some(Dur(Duration::from_secs(5)));
     }
     let tty = std::io::stdout().is_terminal();
     let page_url = format!("http://127.0.0.1:{admin_port}/");
@@ -165,7 +162,7 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
         println!("agent admin endpoint on http://{admin_addr} (/metrics, /status, /events)");
     }
     let b = board.clone();
-    let observer: crate::scheduler::RunObserver = Arc::new(move |_j, r| {
+    let observer: RunObserver = Arc::new(move |_j, r| {
         let mut board = b.lock().expect("board lock");
         let row = board.rows.entry(r.journey.clone()).or_default();
         row.last = Some(r.outcome);
@@ -197,7 +194,7 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
             s.cancel();
         });
     }
-    let code = daemon::run(RunOptions {
+    let code = run_agent(RunOptions {
         preloaded: Some((agent, journeys)),
         env_overrides: env.overrides.clone(),
         observer: Some(observer),

@@ -28,7 +28,7 @@ button{margin-top:1rem;padding:.5rem 1.2rem}.error{color:#b00020}
 li.incident{padding:.3rem 0}li[data-status=triggered]{color:#b00020}li[data-status=resolved]{color:#6b7280}
 </style>";
 
-use crate::vocab::escape_markup as escape;
+use crate::escape_markup as escape;
 
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(

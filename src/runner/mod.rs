@@ -551,6 +551,29 @@ pub(crate) mod tests {
         assert_eq!(conns.load(Ordering::SeqCst), 3);
     }
 
+    #[tokio::test]
+    async fn the_environment_builds_only_what_the_loaded_journeys_declare() {
+        use opentelemetry::trace::TracerProvider;
+        let tcp = journey("journeys:\n  - name: t\n    interval: 10s\n    steps:\n      - {name: a, tcp: {address: \"127.0.0.1:1\"}}\n");
+        assert_eq!(Needs::of([&tcp]), Needs::RESOLVER);
+        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build().tracer("t");
+        let env = RunEnv::build(&Default::default(), tracer, None, Default::default());
+        env.prepare(Needs::of([&tcp])).expect("resolver");
+        assert!(env.resolver.get().is_some());
+        assert!(env.tls.get().is_none() && env.browser_if_made().is_none(), "no TLS roots, no browser for a tcp journey");
+
+        // A browser step nested in `eventually` counts like any other.
+        let page = journey("journeys:\n  - name: p\n    interval: 600s\n    timeout: 60s\n    steps:\n      - name: e\n        eventually:\n          within: 30s\n          step: {name: open, browser: {navigate: \"http://127.0.0.1:1/\"}}\n");
+        let needs = Needs::of([&tcp, &page]);
+        assert!(needs.browser && needs.resolver && !needs.tls && !needs.callback_listener, "{needs:?}");
+        env.prepare(needs).expect("browser manager");
+        let made = env.browser_if_made().expect("a browser manager for the browser step");
+        env.prepare(needs).expect("again");
+        assert!(Arc::ptr_eq(&made, env.browser()), "built once");
+        assert_eq!(made.counts(), (0, 0), "no chromedriver until a session is needed");
+        env.shutdown().await;
+    }
+
     /// Echoes text messages, on any number of connections.
     async fn echo_server() -> u16 {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

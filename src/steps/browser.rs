@@ -168,7 +168,7 @@ pub const METRICS: &[PhaseMetric] = &[
 pub const INFO: KindInfo = KindInfo {
     name: "browser",
     span_kind: opentelemetry::trace::SpanKind::Internal,
-    needs: Needs { callback_listener: false, browser: true },
+    needs: Needs { browser: true, ..Needs::NONE },
     phases: crate::vocab::PhaseRecording::Own(METRICS),
     default_status: None,
 };
@@ -319,7 +319,7 @@ impl BrowserStep {
         obs.attributes.push(KeyValue::new("browser.action", self.action.name()));
         let (deadline, hard) = self.deadlines(ctx);
         if ctx.state.get_mut::<RunBrowser>().session.is_none() {
-            let mgr = ctx.env.browser.clone();
+            let mgr = ctx.env.browser().clone();
             ctx.waiting_for = "a free browser (browser.max_concurrent)";
             let opened = tokio::time::timeout_at(deadline.into(), mgr.open(&mut obs.phases)).await;
             let session = match opened {

@@ -202,7 +202,7 @@ async fn receive(
 pub const INFO: KindInfo = KindInfo {
     name: "callback",
     span_kind: opentelemetry::trace::SpanKind::Internal,
-    needs: Needs { callback_listener: true, browser: false },
+    needs: Needs { callback_listener: true, ..Needs::NONE },
     phases: crate::vocab::PhaseRecording::None,
     default_status: None,
 };

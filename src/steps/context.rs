@@ -5,7 +5,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::BoxFuture;
@@ -15,22 +15,121 @@ use crate::config::template::{Template, VarRef};
 use crate::vocab::{ErrorType, StepError};
 
 /// Agent-wide things a run needs; built once, shared by every run.
+///
+/// The shared resources kinds declare in [`Needs`](crate::steps::Needs)
+/// (resolver, TLS client configs, browser) are built by [`RunEnv::prepare`]
+/// for what the loaded journeys declare, else on first use (a reload may
+/// bring a kind the first load had not), and each at most once.
 pub struct RunEnv {
     pub agent_id: String,
     pub location: String,
     pub credentials_dir: Option<PathBuf>,
-    pub resolver: hickory_resolver::TokioResolver,
-    pub tls: crate::steps::tls::TlsConfigs,
+    pub(crate) resolver: OnceLock<hickory_resolver::TokioResolver>,
+    pub(crate) tls: OnceLock<crate::steps::tls::TlsConfigs>,
     pub tracer: opentelemetry_sdk::trace::Tracer,
     pub user_agent: String,
     pub default_step_timeout: Duration,
     pub callbacks: Option<Arc<crate::steps::callback::CallbackHub>>,
     /// Values for `${env.NAME}` that take precedence over the process environment (the demo sets its URLs here).
     pub env_overrides: HashMap<String, String>,
-    /// Runs chromedriver for browser steps (started lazily by the first one).
-    pub browser: Arc<crate::browser::BrowserManager>,
+    /// Runs chromedriver for browser steps; the manager is made for the first
+    /// browser step, chromedriver is started by the first session.
+    pub(crate) browser: OnceLock<Arc<crate::browser::BrowserManager>>,
+    pub(crate) browser_config: (crate::config::agent::BrowserConfig, Option<PathBuf>),
     /// Where each HTTP exchange goes, redacted, when someone reads them (`once --verbose`).
     pub exchange_log: Option<ExchangeSink>,
+}
+
+/// The value in `cell`, made by `make` the first time.
+fn once<T>(cell: &OnceLock<T>, make: impl FnOnce() -> Result<T, String>) -> Result<&T, String> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = make()?;
+    Ok(cell.get_or_init(|| v))
+}
+
+impl RunEnv {
+    /// What every run shares, from the agent config; the resources kinds need
+    /// are built later, by [`RunEnv::prepare`] or on first use.
+    pub fn build(
+        agent: &crate::config::agent::AgentConfig,
+        tracer: opentelemetry_sdk::trace::Tracer,
+        callbacks: Option<Arc<crate::steps::callback::CallbackHub>>,
+        env_overrides: HashMap<String, String>,
+    ) -> RunEnv {
+        RunEnv {
+            agent_id: agent.agent_id(),
+            location: agent.location.clone(),
+            credentials_dir: agent.credentials_dir(),
+            resolver: OnceLock::new(),
+            tls: OnceLock::new(),
+            tracer,
+            user_agent: crate::user_agent(),
+            default_step_timeout: agent.step_timeout.0,
+            callbacks,
+            env_overrides,
+            browser: OnceLock::new(),
+            browser_config: (agent.browser.clone(), agent.artifacts_dir.clone()),
+            exchange_log: None,
+        }
+    }
+
+    /// Builds now what `needs` declares (the sum over the loaded journeys),
+    /// so that a broken resolver configuration stops the agent at startup
+    /// rather than failing every run. Resources already built are kept.
+    pub fn prepare(&self, needs: crate::steps::Needs) -> Result<(), String> {
+        if needs.resolver {
+            self.try_resolver()?;
+        }
+        if needs.tls {
+            self.try_tls()?;
+        }
+        if needs.browser {
+            self.browser();
+        }
+        Ok(())
+    }
+
+    fn try_resolver(&self) -> Result<&hickory_resolver::TokioResolver, String> {
+        once(&self.resolver, || crate::steps::dns::uncached_resolver(None))
+    }
+
+    fn try_tls(&self) -> Result<&crate::steps::tls::TlsConfigs, String> {
+        once(&self.tls, || crate::steps::tls::TlsConfigs::new().map_err(|e| format!("TLS setup: {e}")))
+    }
+
+    /// The system resolver (`/etc/resolv.conf`), shared by every run.
+    pub fn resolver(&self) -> Result<&hickory_resolver::TokioResolver, StepError> {
+        self.try_resolver().map_err(|e| StepError::new(ErrorType::Config, e))
+    }
+
+    /// Replaces the system resolver (tests point it at their own DNS server).
+    pub fn set_resolver(&mut self, r: hickory_resolver::TokioResolver) {
+        self.resolver = OnceLock::from(r);
+    }
+
+    /// The TLS client configurations (system roots loaded once).
+    pub fn tls(&self) -> Result<&crate::steps::tls::TlsConfigs, StepError> {
+        self.try_tls().map_err(|e| StepError::new(ErrorType::Config, e))
+    }
+
+    /// The browser manager, made on first use (it starts no process by itself).
+    pub fn browser(&self) -> &Arc<crate::browser::BrowserManager> {
+        self.browser.get_or_init(|| crate::browser::BrowserManager::new(&self.browser_config.0, self.browser_config.1.clone()))
+    }
+
+    /// The browser manager if a journey needed one (the status page serves its artifacts).
+    pub fn browser_if_made(&self) -> Option<Arc<crate::browser::BrowserManager>> {
+        self.browser.get().cloned()
+    }
+
+    /// Releases what was built: stops chromedriver and the browsers, if any.
+    pub async fn shutdown(&self) {
+        if let Some(b) = self.browser.get() {
+            b.shutdown().await;
+        }
+    }
 }
 
 /// Receives one HTTP exchange as text, already redacted.
@@ -145,23 +244,13 @@ impl RunEnv {
     /// asks 127.0.0.1:53 (tests replace it with their own), spans to nowhere.
     pub fn new_test() -> RunEnv {
         use opentelemetry::trace::TracerProvider;
-        RunEnv {
-            agent_id: "test".into(),
-            location: "test".into(),
-            credentials_dir: None,
-            resolver: crate::steps::dns::uncached_resolver(Some(([127, 0, 0, 1], 53).into()))
-                .expect("loopback resolver"),
-            tls: crate::steps::tls::TlsConfigs::new().expect("TLS setup"),
-            tracer: opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .build()
-                .tracer("test"),
-            user_agent: crate::user_agent(),
-            default_step_timeout: Duration::from_secs(10),
-            callbacks: None,
-            env_overrides: HashMap::new(),
-            browser: crate::browser::BrowserManager::new(&Default::default(), None),
-            exchange_log: None,
-        }
+        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build().tracer("test");
+        let mut env = RunEnv::build(&Default::default(), tracer, None, HashMap::new());
+        env.agent_id = "test".into();
+        env.location = "test".into();
+        env.default_step_timeout = Duration::from_secs(10);
+        env.set_resolver(crate::steps::dns::uncached_resolver(Some(([127, 0, 0, 1], 53).into())).expect("loopback resolver"));
+        env
     }
 }
 

@@ -44,7 +44,7 @@ fn default_record_type() -> String {
 }
 
 /// What `dns` declares to the runner, telemetry and daemon.
-pub const INFO: KindInfo = KindInfo { name: "dns", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+pub const INFO: KindInfo = KindInfo { name: "dns", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::RESOLVER, phases: crate::vocab::PhaseRecording::None, default_status: None };
 
 /// Builds a `dns` step from its config (the registry calls this).
 pub fn compile(spec: &DnsSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
@@ -174,7 +174,7 @@ impl DnsStep {
         let name = ctx.render(&self.name)?;
         let mut server = None;
         let resolver = match &self.server {
-            None => ctx.env.resolver.clone(),
+            None => ctx.env.resolver()?.clone(),
             Some(t) => {
                 let text = ctx.render(t)?;
                 let sa = parse_server(&text).ok_or_else(|| StepError::new(ErrorType::Config, format!("`resolver`: expected `ip` or `ip:port`, got `{text}`")))?;

@@ -82,7 +82,7 @@ impl Expected {
 pub const METRICS: &[PhaseMetric] = &[PhaseMetric::new("rpc", "synthetics.grpc.rpc.duration", "Time of the gRPC health check call (HTTP/2 handshake, request and response)", None)];
 
 /// What `grpc` declares to the runner, telemetry and daemon.
-pub const INFO: KindInfo = KindInfo { name: "grpc", span_kind: opentelemetry::trace::SpanKind::Client, needs: Needs::NONE, phases: PhaseRecording::Own(METRICS), default_status: None };
+pub const INFO: KindInfo = KindInfo { name: "grpc", span_kind: opentelemetry::trace::SpanKind::Client, needs: Needs::NETWORK, phases: PhaseRecording::Own(METRICS), default_status: None };
 
 /// Builds a `grpc` step from its config (the registry calls this).
 pub fn compile(spec: &GrpcSpec, _step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
@@ -156,7 +156,7 @@ impl GrpcStep {
                 Some(s) => ctx.render(s)?,
                 None => host.clone(),
             };
-            let mut cfg = (*ctx.env.tls.pick(self.tls_verify, ca.as_deref())?).clone();
+            let mut cfg = (*ctx.env.tls()?.pick(self.tls_verify, ca.as_deref())?).clone();
             cfg.alpn_protocols = vec![b"h2".to_vec()];
             let (stream, facts) = handshake(ctx, tcp, &name, Arc::new(cfg), &mut obs.phases).await.map_err(|e| keep(e, &obs))?;
             obs.cert_not_after = facts.not_after;

@@ -7,7 +7,8 @@
 //! check and its message, and the dispatch to each kind's `compile`.
 //!
 //! Nothing outside this directory names a kind: the runner, telemetry and
-//! the daemon read what kinds declare ([`KindInfo`], [`StepKind::nested`]).
+//! the daemon read what kinds declare ([`KindInfo`], [`StepKind::nested`]);
+//! `tests/architecture.rs` fails on a kind name matched anywhere else.
 //! Shared pieces: [`context`] (the run context), [`compile`] (checker,
 //! runnable steps), [`assertions`], [`extract`], [`net`].
 
@@ -113,19 +114,39 @@ pub struct KindInfo {
 }
 
 /// What a step (or a journey, summed over its steps) needs from the agent.
+/// The run environment builds only what the loaded journeys need
+/// ([`context::RunEnv::prepare`]); nothing outside this directory asks which kind needs what.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Needs {
     /// The inbound callback listener (`callback.listen`), with the run registered before its first step.
     pub callback_listener: bool,
     /// Chromium and chromedriver.
     pub browser: bool,
+    /// The system resolver, for names in URLs and addresses.
+    pub resolver: bool,
+    /// The TLS client configurations (the system's trusted roots).
+    pub tls: bool,
 }
 
 impl Needs {
-    pub const NONE: Needs = Needs { callback_listener: false, browser: false };
+    pub const NONE: Needs = Needs { callback_listener: false, browser: false, resolver: false, tls: false };
+    /// Name lookups only (`dns` without its own server).
+    pub const RESOLVER: Needs = Needs { resolver: true, ..Needs::NONE };
+    /// Outbound connections that may speak TLS: the resolver and the TLS configs.
+    pub const NETWORK: Needs = Needs { resolver: true, tls: true, ..Needs::NONE };
 
     pub fn or(self, other: Needs) -> Needs {
-        Needs { callback_listener: self.callback_listener || other.callback_listener, browser: self.browser || other.browser }
+        Needs {
+            callback_listener: self.callback_listener || other.callback_listener,
+            browser: self.browser || other.browser,
+            resolver: self.resolver || other.resolver,
+            tls: self.tls || other.tls,
+        }
+    }
+
+    /// What a set of journeys needs, nested steps included.
+    pub fn of<'a>(journeys: impl IntoIterator<Item = &'a compile::Journey>) -> Needs {
+        journeys.into_iter().fold(Needs::NONE, |n, j| n.or(j.needs()))
     }
 }
 

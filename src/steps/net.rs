@@ -33,7 +33,7 @@ pub async fn connect_tcp(ctx: &mut RunContext, host: &str, port: u16, phases: &m
         Err(_) => {
             ctx.waiting_for = "the DNS answer";
             let t = Instant::now();
-            let lookup = ctx.env.resolver.lookup_ip(host).await.map_err(|e| {
+            let lookup = ctx.env.resolver()?.lookup_ip(host).await.map_err(|e| {
                 let why = if e.is_nx_domain() { "no such domain (NXDOMAIN)".to_string() } else { e.to_string() };
                 StepError::new(ErrorType::Dns, format!("could not resolve `{host}`: {why}"))
             })?;
@@ -172,7 +172,7 @@ async fn presented_chain(
 ) -> Vec<CertificateDer<'static>> {
     let fetch = async {
         let tcp = TcpStream::connect(peer).await.ok()?;
-        let s = tokio_rustls::TlsConnector::from(ctx.env.tls.insecure.clone())
+        let s = tokio_rustls::TlsConnector::from(ctx.env.tls().ok()?.insecure.clone())
             .connect(name, tcp)
             .await
             .ok()?;

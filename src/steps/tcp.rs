@@ -30,7 +30,7 @@ pub struct TcpSpec {
 const MAX_READ: usize = 64 * 1024;
 
 /// What `tcp` declares to the runner, telemetry and daemon.
-pub const INFO: KindInfo = KindInfo { name: "tcp", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+pub const INFO: KindInfo = KindInfo { name: "tcp", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::RESOLVER, phases: crate::vocab::PhaseRecording::None, default_status: None };
 
 /// Builds a `tcp` step from its config (the registry calls this).
 pub fn compile(spec: &TcpSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {

@@ -120,7 +120,7 @@ impl ServerCertVerifier for AcceptAny {
 }
 
 /// What `tls` declares to the runner, telemetry and daemon.
-pub const INFO: KindInfo = KindInfo { name: "tls", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+pub const INFO: KindInfo = KindInfo { name: "tls", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NETWORK, phases: crate::vocab::PhaseRecording::None, default_status: None };
 
 /// Builds a `tls` step from its config (the registry calls this).
 pub fn compile(spec: &TlsSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
@@ -170,7 +170,7 @@ impl TlsStep {
             None => None,
         };
         // The shared configs offer `http/1.1` for HTTP and WebSocket; this step offers only what it says.
-        let mut config = (*ctx.env.tls.pick(self.verify, ca.as_deref())?).clone();
+        let mut config = (*ctx.env.tls()?.pick(self.verify, ca.as_deref())?).clone();
         config.alpn_protocols = self.alpn.clone();
         let config = Arc::new(config);
         let mut obs = Observation::default();

@@ -132,7 +132,7 @@ impl RunStateSlot for Connections {
 }
 
 /// What `websocket` declares to the runner, telemetry and daemon.
-pub const INFO: KindInfo = KindInfo { name: "websocket", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::None, default_status: None };
+pub const INFO: KindInfo = KindInfo { name: "websocket", span_kind: opentelemetry::trace::SpanKind::Internal, needs: Needs::NETWORK, phases: crate::vocab::PhaseRecording::None, default_status: None };
 
 /// Builds a `websocket` step from its config (the registry calls this).
 pub fn compile(spec: &WebSocketSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
@@ -276,7 +276,7 @@ impl WebSocketStep {
         }
         let (tcp, _) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
         let io: Box<dyn Io> = if secure {
-            let cfg = ctx.env.tls.pick(true, None)?;
+            let cfg = ctx.env.tls()?.pick(true, None)?;
             Box::new(handshake(ctx, tcp, &host, cfg, &mut obs.phases).await?.0)
         } else {
             Box::new(tcp)

@@ -387,7 +387,7 @@ async fn over_tls<IO>(
 where
     IO: crate::steps::net::TlsTransport + Send + 'static,
 {
-    let base = ctx.env.tls.pick(opts.tls.verify, opts.tls.ca_file.as_deref())?;
+    let base = ctx.env.tls()?.pick(opts.tls.verify, opts.tls.ca_file.as_deref())?;
     let mut cfg = (*base).clone();
     cfg.alpn_protocols = match opts.version {
         HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

@@ -142,7 +142,7 @@ enum Body {
 
 /// What `http` declares to the runner, telemetry and daemon.
 pub const INFO: KindInfo =
-    KindInfo { name: "http", span_kind: opentelemetry::trace::SpanKind::Client, needs: Needs::NONE, phases: crate::vocab::PhaseRecording::PhaseHistogram, default_status: Some((200, 399)) };
+    KindInfo { name: "http", span_kind: opentelemetry::trace::SpanKind::Client, needs: Needs::NETWORK, phases: crate::vocab::PhaseRecording::PhaseHistogram, default_status: Some((200, 399)) };
 
 /// Builds a `http` step from its config (the registry calls this).
 pub fn compile(spec: &HttpSpec, step: &StepCx, c: &mut Checker) -> Option<Box<dyn StepKind>> {
