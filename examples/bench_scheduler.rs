@@ -3,9 +3,12 @@
 //! (blackhole exporter). Prints runs/s, CPU seconds per 1,000 runs, peak RSS,
 //! PSS, and scheduling lateness p50/p99.
 //!
-//!   cargo build --release && cargo run --release --example bench_scheduler -- 1000 30
+//!   cargo build --release --bins --example bench_scheduler && target/release/examples/bench_scheduler 1000 20
 //!
 //! Arguments: journeys (default 1000), measured seconds (default 30), warm-up 10 s.
+//! `VANTAGE_BIN` picks the agent binary (A/B against another build),
+//! `BENCH_OTLP=0` runs without the collector, `BENCH_AGENT_YAML` is appended
+//! to the agent config (e.g. `status_page: {history: 1}`) to price a feature.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -95,7 +98,7 @@ async fn main() {
     let admin = format!("127.0.0.1:{}", free_port());
     std::fs::write(
         dir.join("agent.yaml"),
-        format!("id: bench\nlocation: bench\nprobes: [probes.yaml]\nconcurrency: 256\nadmin: {{listen: \"{admin}\"}}\n{otlp}"),
+        format!("id: bench\nlocation: bench\nprobes: [probes.yaml]\nconcurrency: 256\nadmin: {{listen: \"{admin}\"}}\n{otlp}{}\n", std::env::var("BENCH_AGENT_YAML").unwrap_or_default()),
     )
     .unwrap();
     let agent = Killer(

@@ -140,6 +140,16 @@ impl Redactor {
         out
     }
 
+    /// `Some(redacted)` only when redaction changes `text`: spares a copy of
+    /// every clean span attribute, the common case, on every run.
+    pub fn redacted_if_changed(&self, text: &str) -> Option<String> {
+        if self.secrets.is_empty() && !has_url_userinfo_shape(text) {
+            return None;
+        }
+        let r = self.redact(text);
+        (r != text).then_some(r)
+    }
+
     /// The first `max` characters of the redacted `text` (redaction first, so no secret is cut in half).
     pub fn excerpt(&self, text: &str, max: usize) -> String {
         self.redact(&snippet(&self.redact(text), max))
@@ -185,6 +195,11 @@ impl Redactor {
     }
 }
 
+/// Whether `text` could hold `scheme://user:password@` at all (the regex needs both).
+fn has_url_userinfo_shape(text: &str) -> bool {
+    text.contains("://") && text.contains('@')
+}
+
 /// `scheme://user:password@host` → `scheme://user:[REDACTED]@host`, secret or not
 /// (OpenTelemetry's `url.full` must not carry credentials either).
 pub fn strip_url_passwords(text: &str) -> String {
@@ -192,7 +207,7 @@ pub fn strip_url_passwords(text: &str) -> String {
         regex::Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\[\]]*):([^/\s@]*)@")
             .expect("valid regex")
     });
-    if !text.contains("://") {
+    if !has_url_userinfo_shape(text) {
         return text.to_string();
     }
     USERINFO_RE
@@ -373,6 +388,20 @@ mod tests {
             r.redact("wss://bob:pa%40ss@h:1/x?q=1 and http://h/a@b"),
             format!("wss://bob:{REDACTED}@h:1/x?q=1 and http://h/a@b")
         );
+    }
+
+    #[test]
+    fn redacted_if_changed_is_none_only_for_clean_text() {
+        let mut r = Redactor::new();
+        assert_eq!(r.redacted_if_changed("http://127.0.0.1:8080/ok"), None);
+        assert_eq!(
+            r.redacted_if_changed("http://bob:pw@h/x"),
+            Some(format!("http://bob:{REDACTED}@h/x"))
+        );
+        assert_eq!(r.redacted_if_changed("mail bob@h"), None);
+        r.add("s3cr3t-value");
+        assert_eq!(r.redacted_if_changed("http://h/?k=s3cr3t-value"), Some(format!("http://h/?k={REDACTED}")));
+        assert_eq!(r.redacted_if_changed("http://h/?k=other"), None);
     }
 
     #[test]

@@ -171,8 +171,14 @@ impl EventHub {
 
     /// Publishes a run; never blocks, costs nothing without subscribers.
     pub fn publish(&self, ev: RunEvent) {
+        self.publish_with(|| ev);
+    }
+
+    /// Like [`Self::publish`], but the event is only built when someone listens
+    /// (most agents have no `/events` subscriber; this runs for every run).
+    pub fn publish_with(&self, ev: impl FnOnce() -> RunEvent) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(ev));
+            let _ = self.tx.send(Arc::new(ev()));
         }
     }
 
@@ -274,6 +280,24 @@ mod tests {
         hub.publish(ev(1));
         hub.publish(ev(2));
         assert_eq!(a.next().await, Some(Delivery::Run(Arc::new(ev(1)))));
+        assert_eq!(a.next().await, Some(Delivery::Run(Arc::new(ev(2)))));
+    }
+
+    #[tokio::test]
+    async fn events_are_built_only_when_someone_listens() {
+        let hub = EventHub::new(8, 2, CancellationToken::new());
+        let built = std::cell::Cell::new(0);
+        hub.publish_with(|| {
+            built.set(built.get() + 1);
+            ev(1)
+        });
+        assert_eq!(built.get(), 0, "no subscriber: the event is not built");
+        let mut a = hub.subscribe().unwrap();
+        hub.publish_with(|| {
+            built.set(built.get() + 1);
+            ev(2)
+        });
+        assert_eq!(built.get(), 1);
         assert_eq!(a.next().await, Some(Delivery::Run(Arc::new(ev(2)))));
     }
 

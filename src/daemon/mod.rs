@@ -266,7 +266,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
 
 fn events_observer(hub: admin::EventHub, agent_id: String, location: String, inner: Option<RunObserver>) -> RunObserver {
     Arc::new(move |j, r| {
-        hub.publish(admin::RunEvent::from_result(&agent_id, &location, r));
+        hub.publish_with(|| admin::RunEvent::from_result(&agent_id, &location, r));
         if let Some(o) = &inner {
             o(j, r);
         }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Journey, Step};
 use crate::steps::attempt;
+use crate::steps::context::DeadlineReason;
 use crate::vocab::{fmt_dur, StepError, Verdict};
 use context::{RunContext, RunEnv};
 use result::{ErrorType, Outcome, RunResult, StepResult};
@@ -323,8 +324,8 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let limit = run_left.map_or(step_limit, |left| left.min(step_limit));
     ctx.step_deadline = Some(started + limit);
     ctx.step_deadline_reason = match deadline {
-        Some((_, run_timeout)) if limit < step_limit => format!("journey timeout of {} reached", fmt_dur(run_timeout)),
-        _ => format!("timed out after {}", fmt_dur(limit)),
+        Some((_, run_timeout)) if limit < step_limit => DeadlineReason::JourneyTimeout(run_timeout),
+        _ => DeadlineReason::StepLimit(limit),
     };
     let raw =
         tokio::time::timeout(limit, AssertUnwindSafe(attempt(ctx, step)).catch_unwind()).await;
@@ -401,13 +402,10 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
 
 fn redact_kv(ctx: &RunContext, kv: KeyValue) -> KeyValue {
     match &kv.value {
-        Value::String(s) => {
-            let r = ctx.redact(s.as_str());
-            if r != s.as_str() {
-                return KeyValue::new(kv.key, r);
-            }
-            kv
-        }
+        Value::String(s) => match ctx.redactor().redacted_if_changed(s.as_str()) {
+            Some(r) => KeyValue::new(kv.key, r),
+            None => kv,
+        },
         _ => kv,
     }
 }

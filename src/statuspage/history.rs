@@ -26,7 +26,43 @@ pub struct StepSample {
     pub outcome: Outcome,
 }
 
-/// One run, compact: ~100 bytes plus 8 per step.
+/// A run's step samples: up to two inline (no allocation per kept run for
+/// most journeys), more on the heap.
+#[derive(Debug, Clone)]
+pub enum StepSamples {
+    Inline(u8, [StepSample; 2]),
+    Heap(Box<[StepSample]>),
+}
+
+impl StepSamples {
+    fn new(samples: impl ExactSizeIterator<Item = StepSample>) -> StepSamples {
+        let n = samples.len();
+        if n > 2 {
+            return StepSamples::Heap(samples.collect());
+        }
+        let blank = StepSample {
+            ms: 0.0,
+            outcome: Outcome::Success,
+        };
+        let mut inline = [blank; 2];
+        for (slot, s) in inline.iter_mut().zip(samples) {
+            *slot = s;
+        }
+        StepSamples::Inline(n as u8, inline)
+    }
+}
+
+impl std::ops::Deref for StepSamples {
+    type Target = [StepSample];
+    fn deref(&self) -> &[StepSample] {
+        match self {
+            StepSamples::Inline(n, s) => &s[..*n as usize],
+            StepSamples::Heap(s) => s,
+        }
+    }
+}
+
+/// One run, compact: 96 bytes, plus 8 per step beyond two.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Start of the run, Unix milliseconds.
@@ -37,7 +73,7 @@ pub struct Entry {
     pub run_id: u128,
     pub trace_id: u128,
     /// Aligned with `names`.
-    pub steps: Box<[StepSample]>,
+    pub steps: StepSamples,
     pub names: Arc<[StepName]>,
     pub detail: Option<Box<Detail>>,
 }
@@ -67,14 +103,10 @@ pub struct StepDetail {
 
 impl Entry {
     pub fn from_result(r: &RunResult, names: &Arc<[StepName]>) -> Entry {
-        let steps = r
-            .steps
-            .iter()
-            .map(|s| StepSample {
-                ms: ms(s.duration),
-                outcome: s.outcome,
-            })
-            .collect();
+        let steps = StepSamples::new(r.steps.iter().map(|s| StepSample {
+            ms: ms(s.duration),
+            outcome: s.outcome,
+        }));
         let detail = (r.outcome == Outcome::Failure).then(|| {
             Box::new(Detail {
                 message: r.message.clone().unwrap_or_default(),
@@ -188,17 +220,21 @@ impl History {
     }
 
     pub fn push(&mut self, r: &RunResult) {
-        let names: Vec<StepName> = r
-            .steps
-            .iter()
-            .map(|s| StepName {
-                name: s.name.clone(),
-                cleanup: s.cleanup,
-                delivery: delivery(s.kind),
-            })
-            .collect();
-        if *self.names != *names {
-            self.names = Arc::from(names);
+        // Compared in place: the names rarely change, and this runs for every run.
+        let same = self.names.len() == r.steps.len()
+            && self.names.iter().zip(&r.steps).all(|(n, s)| {
+                n.name == s.name && n.cleanup == s.cleanup && n.delivery == delivery(s.kind)
+            });
+        if !same {
+            self.names = r
+                .steps
+                .iter()
+                .map(|s| StepName {
+                    name: s.name.clone(),
+                    cleanup: s.cleanup,
+                    delivery: delivery(s.kind),
+                })
+                .collect();
         }
         let entry = Entry::from_result(r, &self.names);
         if self.runs.len() == self.cap {
@@ -353,6 +389,42 @@ pub(crate) mod tests {
         );
         // Runs of the same steps share one list of names.
         assert!(Arc::ptr_eq(&h.runs()[0].names, &h.runs()[2].names));
+    }
+
+    #[test]
+    fn changed_steps_get_new_names_and_older_runs_keep_theirs() {
+        let mut h = History::new(10);
+        h.push(&run(0, Outcome::Success, 100));
+        let mut renamed = run(1, Outcome::Success, 100);
+        renamed.steps[1].name = "checkout".into();
+        h.push(&renamed);
+        let mut fewer = run(2, Outcome::Success, 100);
+        fewer.steps.truncate(1);
+        h.push(&fewer);
+        h.push(&run(3, Outcome::Success, 100));
+        let names = |i: usize| h.runs()[i].names.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(0), ["lead in CRM", "pay"]);
+        assert_eq!(names(1), ["lead in CRM", "checkout"]);
+        assert_eq!(names(2), ["lead in CRM"]);
+        assert_eq!(names(3), ["lead in CRM", "pay"]);
+        assert!(!Arc::ptr_eq(&h.runs()[0].names, &h.runs()[3].names));
+        assert_eq!(h.runs()[1].failed_step(), None);
+    }
+
+    #[test]
+    fn step_samples_stay_inline_up_to_two_and_keep_their_order() {
+        let sample = |i: u32| StepSample {
+            ms: i as f32,
+            outcome: Outcome::Success,
+        };
+        for n in 0..5u32 {
+            let s = StepSamples::new((0..n).map(sample));
+            assert_eq!(s.len(), n as usize);
+            assert_eq!(s.iter().map(|x| x.ms as u32).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
+            assert_eq!(matches!(s, StepSamples::Inline(..)), n <= 2);
+        }
+        // The compact record stays within the size its cost figures assume.
+        assert!(std::mem::size_of::<Entry>() <= 96, "{}", std::mem::size_of::<Entry>());
     }
 
     #[test]

@@ -120,8 +120,11 @@ impl StatusPage {
             };
             t.history.push(r);
         }
-        let event = serde_json::json!({ "journey": r.journey, "outcome": r.outcome.as_str(), "run_id": r.run_id }).to_string();
-        let _ = self.events.send(Arc::from(event));
+        // Built only for open pages: this runs for every run of every journey.
+        if self.events.receiver_count() > 0 {
+            let event = serde_json::json!({ "journey": r.journey, "outcome": r.outcome.as_str(), "run_id": r.run_id }).to_string();
+            let _ = self.events.send(Arc::from(event));
+        }
     }
 
     fn artifacts(&self) -> Option<&crate::browser::artifacts::Artifacts> {

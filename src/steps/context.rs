@@ -214,6 +214,17 @@ impl RunState {
     }
 }
 
+/// Why the step in progress will be cut off at its deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum DeadlineReason {
+    #[default]
+    Unset,
+    /// The step's own limit ("timed out after 300ms").
+    StepLimit(Duration),
+    /// The run's timeout comes first ("journey timeout of 1.00s reached").
+    JourneyTimeout(Duration),
+}
+
 /// State carried from step to step within one run.
 pub struct RunContext {
     pub env: Arc<RunEnv>,
@@ -233,9 +244,9 @@ pub struct RunContext {
     /// When the step in progress will be cut off (step timeout or the run's deadline),
     /// so waiting steps can give up just before with a full message.
     pub step_deadline: Option<Instant>,
-    /// What reaching `step_deadline` means, in words ("timed out after 300ms",
-    /// "journey timeout of 1.00s reached"); set by the runner with the deadline.
-    pub step_deadline_reason: String,
+    /// What reaching `step_deadline` means; set by the runner with the deadline,
+    /// put in words by [`Self::deadline_message`] only when a step is cut off.
+    pub step_deadline_reason: DeadlineReason,
     pub started: SystemTime,
 }
 
@@ -273,7 +284,7 @@ impl RunContext {
             step_starts: HashMap::new(),
             waiting_for: "",
             step_deadline: None,
-            step_deadline_reason: String::new(),
+            step_deadline_reason: DeadlineReason::Unset,
             started: SystemTime::now(),
         }
     }
@@ -321,8 +332,11 @@ impl RunContext {
     /// the same words whether the runner or the step itself gives up.
     pub fn deadline_message(&self) -> String {
         let during = if self.waiting_for.is_empty() { String::new() } else { format!(" while waiting for {}", self.waiting_for) };
-        let reason = if self.step_deadline_reason.is_empty() { "timed out" } else { self.step_deadline_reason.as_str() };
-        format!("{reason}{during}")
+        match self.step_deadline_reason {
+            DeadlineReason::Unset => format!("timed out{during}"),
+            DeadlineReason::StepLimit(d) => format!("timed out after {}{during}", crate::vocab::fmt_dur(d)),
+            DeadlineReason::JourneyTimeout(d) => format!("journey timeout of {} reached{during}", crate::vocab::fmt_dur(d)),
+        }
     }
 
     pub fn redact(&self, text: &str) -> String {
@@ -434,6 +448,18 @@ mod tests {
         ctx.state.close_all().await;
         assert_eq!(CLOSED.load(Ordering::SeqCst), before + 1);
         assert!(ctx.state.get::<Counter>().is_none());
+    }
+
+    #[test]
+    fn deadline_messages_name_the_limit_and_what_the_step_waited_for() {
+        let mut ctx = RunContext::new_test();
+        assert_eq!(ctx.deadline_message(), "timed out");
+        ctx.step_deadline_reason = DeadlineReason::StepLimit(Duration::from_millis(300));
+        ctx.waiting_for = "the response body";
+        assert_eq!(ctx.deadline_message(), "timed out after 300ms while waiting for the response body");
+        ctx.step_deadline_reason = DeadlineReason::JourneyTimeout(Duration::from_secs(1));
+        ctx.waiting_for = "";
+        assert_eq!(ctx.deadline_message(), format!("journey timeout of {} reached", crate::vocab::fmt_dur(Duration::from_secs(1))));
     }
 
     #[tokio::test]

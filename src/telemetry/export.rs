@@ -447,7 +447,10 @@ fn failed(sh: &Shared, why: &str) -> Result<(), ()> {
 impl SpanProcessor for SpanBuffer {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
-    fn on_end(&self, span: SpanData) {
+    fn on_end(&self, mut span: SpanData) {
+        // Attributes are pushed one by one while the step runs, so the vector
+        // has up to twice the room it needs; buffered spans keep only what they use.
+        span.attributes.shrink_to_fit();
         let len = {
             let mut q = self.sh.queue.lock().expect("span queue");
             if q.1.len() >= self.sh.cap {

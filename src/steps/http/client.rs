@@ -134,7 +134,9 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
     let mut cert = None;
     let mut conn = match pooled {
         Some(c) => c,
-        None => connect(ctx, url, &host, port, proxy.as_ref(), opts, totals, &mut cert).await?,
+        // Boxed: connecting (TLS, HTTP/2, proxy tunnel) is most of this future's
+        // size, needed only briefly, and every run in flight would carry it.
+        None => Box::pin(connect(ctx, url, &host, port, proxy.as_ref(), opts, totals, &mut cert)).await?,
     };
 
     let (resp, exchange) = loop {
@@ -153,7 +155,7 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
                 let idempotent = matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE);
                 if reused && (unsent || (idempotent && closed_before_response(&err))) {
                     reused = false;
-                    conn = connect(ctx, url, &host, port, proxy.as_ref(), opts, totals, &mut cert).await?;
+                    conn = Box::pin(connect(ctx, url, &host, port, proxy.as_ref(), opts, totals, &mut cert)).await?;
                     continue;
                 }
                 return Err(StepError::new(ErrorType::Protocol, format!("no response from `{}`: {}", display_url(url), hyper_cause(&err))));
