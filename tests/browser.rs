@@ -380,6 +380,6 @@ journeys:
     let msg = r.message.clone().unwrap();
     assert!(msg.contains(&format!("loading http://{refused}/: the page did not load: connection refused")), "{msg}");
     assert!(!msg.contains("unknown error") && !msg.contains("net::ERR_"), "{msg}");
-    s.env.browser.shutdown().await;
+    s.env.browser().shutdown().await;
     assert_eq!(settle(0).await, 0);
 }
