@@ -175,7 +175,8 @@ fn find(n: &Spanned<Node>, target: usize) -> Option<&Spanned<Node>> {
 /// innermost node it came from.
 #[derive(Debug)]
 pub struct TreeError {
-    inner: serde_saphyr::Error,
+    // Boxed: the library's error is large, and every deserializer call returns this.
+    inner: Box<serde_saphyr::Error>,
     missing: bool,
     node: Option<usize>,
     loc: Option<Location>,
@@ -183,7 +184,7 @@ pub struct TreeError {
 
 impl TreeError {
     fn new(inner: serde_saphyr::Error) -> Self {
-        TreeError { inner, missing: false, node: None, loc: None }
+        TreeError { inner: Box::new(inner), missing: false, node: None, loc: None }
     }
 
     fn at(mut self, n: &Spanned<Node>) -> Self {
