@@ -103,7 +103,7 @@ pub enum Command {
     },
     /// Start the built-in demo service on loopback and run the shipped journeys against it, live.
     #[cfg(feature = "demo")]
-    #[command(after_help = "Examples:\n  vantage demo --otlp-endpoint http://127.0.0.1:4317\n  vantage demo --gameday          inject three faults, print how fast each was known (about a minute)")]
+    #[command(after_help = "Examples:\n  vantage demo --port 8080        then, elsewhere: VANTAGE_TARGET=http://127.0.0.1:8080 vantage once probes/user-search.yaml\n  vantage demo --otlp-endpoint http://127.0.0.1:4317\n  vantage demo --gameday          inject three faults, print how fast each was known (about a minute)")]
     Demo {
         /// Run the built-in game day instead: CRM stall, ACK endpoint failing, WebSocket drop; journeys every 5s.
         #[arg(long)]
@@ -117,6 +117,9 @@ pub enum Command {
         /// Serve the demo service on this address (default: a free loopback port), e.g. 127.0.0.1:8080 for a scenario file.
         #[arg(long, conflicts_with = "gameday")]
         listen: Option<std::net::SocketAddr>,
+        /// Serve the demo service on this loopback port (127.0.0.1:PORT), so `vantage once` can be pointed at it.
+        #[arg(long, conflicts_with_all = ["gameday", "listen"])]
+        port: Option<u16>,
         /// Also serve the agent's admin endpoint (/metrics, /status, /events) here, e.g. 127.0.0.1:9464 for Prometheus.
         #[arg(long, conflicts_with = "gameday")]
         admin: Option<std::net::SocketAddr>,
@@ -333,8 +336,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             crate::gameday::demo::run(out, std::time::Duration::from_secs(hold.max(1))).await
         }
         #[cfg(feature = "demo")]
-        Command::Demo { otlp_endpoint, otlp_protocol, duration, listen, admin, .. } => {
+        Command::Demo { otlp_endpoint, otlp_protocol, duration, listen, port, admin, .. } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "error");
+            let listen = listen.or(port.map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p))));
             crate::demo::run_demo(otlp_endpoint, otlp_protocol, duration, listen, admin).await
         }
         Command::Gameday { scenario, out } => {

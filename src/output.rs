@@ -56,6 +56,47 @@ pub fn text(r: &RunResult) -> String {
     out
 }
 
+/// Columns the terminal has (`COLUMNS`), 80 when unknown; never below 40.
+pub fn terminal_width() -> usize {
+    std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse().ok()).unwrap_or(80).max(40)
+}
+
+/// `s` cut to `width` characters, an ellipsis marking the cut.
+pub fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut cut: String = s.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// `s` folded at spaces into lines of at most `width` characters, each
+/// indented by `indent`; a word longer than a line is cut with an ellipsis.
+/// Empty for an empty `s`; every line ends with a newline.
+pub fn fold(s: &str, width: usize, indent: usize) -> String {
+    let room = width.saturating_sub(indent).max(1);
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in s.split_whitespace() {
+        let word = fit(word, room);
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > room {
+            out.push_str(&format!("{pad}{line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("{pad}{line}\n"));
+    }
+    out
+}
+
 /// A run as one JSON object (the `once --format json` contract).
 pub fn json(r: &RunResult) -> serde_json::Value {
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
@@ -149,7 +190,7 @@ fn xml(s: &str) -> String {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::junit;
+    use super::{fit, fold, junit};
     use crate::vocab::{ErrorType, Outcome, PhaseRecording, RunResult, StepResult};
 
     fn step(name: &str, outcome: Outcome, error: Option<&str>) -> StepResult {
@@ -168,6 +209,16 @@ mod tests {
             skipped: false,
             started: SystemTime::now(),
         }
+    }
+
+    #[test]
+    fn fit_and_fold_keep_within_the_width() {
+        assert_eq!(fit("incident-lifecycle", 24), "incident-lifecycle");
+        assert_eq!(fit("a-very-long-journey-name-indeed", 10), "a-very-lo…");
+        let folded = fold("form 12ms · login 30ms · session 4ms · logout 3ms", 24, 4);
+        assert_eq!(folded, "    form 12ms · login\n    30ms · session 4ms ·\n    logout 3ms\n");
+        assert!(fold("", 80, 4).is_empty());
+        assert_eq!(fold(&"x".repeat(30), 20, 4), format!("    {}…\n", "x".repeat(15)));
     }
 
     #[test]

@@ -77,7 +77,9 @@ async fn serve() -> SocketAddr {
         .route("/broken/timeline", get(|| async { Html(timeline(false)) }))
         .route("/api/incidents", get(|| async { Json(serde_json::json!([{ "id": "inc-1", "title": "Checkout latency" }, { "id": "inc-2", "title": "DNS" }])) }))
         .route("/api/incident", get(|| async { Json(serde_json::json!({ "id": "inc-1" })) }))
-        .route("/api/echo", get(|Query(q): Query<HashMap<String, String>>| async move { Json(q) }));
+        .route("/api/echo", get(|Query(q): Query<HashMap<String, String>>| async move { Json(q) }))
+        .route("/failing/timeline", get(|| async { Html("<!doctype html><title>Incident timeline</title><ul id=timeline></ul><script>fetch('/api/timeline').then(r => r.json()).then(() => {}).catch(e => console.error('timeline: ' + e));</script>") }))
+        .route("/api/timeline", get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -339,4 +341,45 @@ async fn missing_chromium_fails_browser_steps_with_the_install_command() {
     assert!(msg.contains("apt-get install chromium chromium-driver") && msg.contains("/nonexistent/chromium"), "{msg}");
     let m = vantage::browser::missing_for(&vantage::config::BrowserConfig { chromium: "/nonexistent/chromium".into(), ..Default::default() }, &js).unwrap();
     assert!(m.contains("apt-get install chromium chromium-driver"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_names_the_request_that_failed_in_plain_words() {
+    let _g = SERIAL.lock().await;
+    require_chromium();
+    let addr = serve().await;
+    let s = setup(|_| {});
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let js = compile(&format!(
+        r##"
+journeys:
+  - name: failing api
+    interval: 60s
+    timeout: 30s
+    steps:
+      - name: open
+        browser: {{navigate: "http://{addr}/failing/timeline"}}
+      - name: first incident
+        browser: {{wait_for: {{selector: "#timeline li", within: 2s}}}}
+  - name: refused
+    interval: 60s
+    timeout: 30s
+    steps:
+      - name: open
+        browser: {{navigate: "http://{refused}/"}}
+"##
+    ));
+    let r = run(by_name(&js, "failing api"), &s.env).await;
+    assert_eq!(r.outcome, Outcome::Failure);
+    let msg = r.message.clone().unwrap();
+    let named = format!("expected `#timeline li` to appear within 2.00s; it did not (no element matched); the request for http://{addr}/api/timeline answered 500 (page http://{addr}/failing/timeline");
+    assert!(msg.contains(&named), "{msg}");
+    assert!(!msg.contains("Failed to load resource"), "{msg}");
+    let r = run(by_name(&js, "refused"), &s.env).await;
+    assert_eq!(r.outcome, Outcome::Failure);
+    let msg = r.message.clone().unwrap();
+    assert!(msg.contains(&format!("loading http://{refused}/: the page did not load: connection refused")), "{msg}");
+    assert!(!msg.contains("unknown error") && !msg.contains("net::ERR_"), "{msg}");
+    s.env.browser().shutdown().await;
+    assert_eq!(settle(0).await, 0);
 }

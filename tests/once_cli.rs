@@ -148,3 +148,49 @@ fn verbose_prints_each_exchange_with_secrets_redacted() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("> GET"), "{err}");
 }
+
+/// A `vantage demo` child, killed and reaped on drop.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_port_pins_the_target_and_once_runs_against_it() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vantage"))
+        .args(["demo", "--port", &port.to_string(), "--duration", "60"])
+        .env("COLUMNS", "80")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _demo = Demo(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with(&format!("demo service on http://127.0.0.1:{port}")), "{first}");
+    let hint = lines.by_ref().map(|l| l.unwrap()).find(|l| l.starts_with("to run a journey against it: ")).expect("says how to point once at it");
+    let want = format!("to run a journey against it: vantage once PROBE --env VANTAGE_TARGET=http://127.0.0.1:{port} --credentials-dir ");
+    assert!(hint.starts_with(&want), "{hint}");
+    let creds = hint[want.len()..].to_string();
+    let (code, out, err) = vantage(&["once", "probes/user-search.yaml", "--env", &format!("VANTAGE_TARGET=http://127.0.0.1:{port}"), "--credentials-dir", &creds]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("PASS user-search in "), "{out}");
+}
+
+#[test]
+fn demo_port_says_plainly_when_the_port_is_taken() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let (code, _, err) = vantage(&["demo", "--port", &port.to_string(), "--duration", "1"]);
+    assert_ne!(code, 0);
+    let want = format!("cannot serve the demo service on 127.0.0.1:{port}: port {port} is already taken by another program (another `vantage demo`?); choose a free one with --port, or stop that program");
+    assert!(err.contains(&want), "{err}");
+    drop(held);
+}

@@ -204,3 +204,46 @@ fn shipped_files_name_the_installed_schema_in_their_modeline() {
         "# yaml-language-server: $schema=/usr/share/vantage/schema/agent.schema.json"
     );
 }
+
+#[test]
+fn check_reports_every_structural_problem_with_its_location() {
+    let dir = Scratch::new();
+    let p = dir.path().join("broken.yaml");
+    let journey = |name: &str, extra: &str, step: &str| {
+        format!("  - name: {name}\n    interval: 30s\n{extra}    steps:\n      - name: s\n{step}")
+    };
+    let tcp = "        tcp: {address: \"127.0.0.1:1\"}\n";
+    let text = [
+        "journeys:\n".to_string(),
+        journey("one", "    colour: red\n", &format!("{tcp}        asert: {{max_duration: 1s}}\n")),
+        journey("two", "", "        http: {url: \"http://127.0.0.1:1/${tokn}\"}\n"),
+        journey("three", "", &format!("{tcp}        timeout: 30 parsecs\n")),
+        journey("four", "", tcp),
+        journey("five", "", "        http: {method: GET}\n"),
+    ]
+    .concat();
+    std::fs::write(&p, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let f = p.display().to_string();
+    let want = [
+        format!("error: {f}:4:5: unknown field `colour`, expected one of name, interval, timeout, labels, buckets, locations, vars, retries, steps, finally, slo"),
+        format!("error: {f}:8:9: unknown field `asert`, expected one of name, timeout, http, dns, tcp, tls, websocket, eventually, callback, browser, grpc, assert, extract"),
+        format!("error: {f}:12:9: journey `two`, step `s`: `http.url`: unknown variable `${{tokn}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, uuid, now, now.unix, env.NAME, secret.NAME)"),
+        format!("error: {f}:19:18: expected a duration like `500ms`, `10s` or `1m`, got `30 parsecs` (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"),
+        format!("error: {f}:29:15: missing field `url`"),
+        "5 problems found".to_string(),
+    ];
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().collect::<Vec<_>>(), want, "\n{err}");
+
+    // The agent config too: every problem, not the first.
+    let agent = dir.path().join("agent.yaml");
+    std::fs::write(&agent, "location: eu-west-1\nconcurency: 4\nadmin: {listen: \"127.0.0.1:0\", tokn: x}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg("--config").arg(&agent).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let a = agent.display().to_string();
+    assert!(err.contains(&format!("error: {a}:2:1: unknown field `concurency`")), "{err}");
+    assert!(err.contains(&format!("error: {a}:3:32: unknown field `tokn`")), "{err}");
+}

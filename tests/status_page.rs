@@ -443,6 +443,10 @@ async fn a_person_sees_the_grid_failures_screenshots_leads_and_live_updates() {
         "{words}"
     );
     assert!(words.contains("the lead reached the CRM in"), "{words}");
+    // Words a marketer reads, not the probe's JSONPath or step kinds.
+    for jargon in ["$.", "JSONPath", "eventually", "callback", "assert"] {
+        assert!(!words.contains(jargon), "`{jargon}` on the marketing view: {words}");
+    }
     assert!(
         !words.contains("checkout"),
         "only lead-capture journeys belong here: {words}"

@@ -815,6 +815,11 @@ pub fn describe(e: &CmdError) -> String {
         }
         CmdError::Standard(w) => {
             let msg = w.message.lines().next().unwrap_or_default().to_string();
+            // chromedriver's `unknown error: net::ERR_CONNECTION_REFUSED` when a page does not load.
+            if let Some(code) = msg.split("net::ERR_").nth(1) {
+                let code: String = code.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                return format!("the page did not load: {}", code.split('_').map(str::to_ascii_lowercase).collect::<Vec<_>>().join(" "));
+            }
             if w.error == fantoccini::error::ErrorStatus::InvalidSessionId {
                 format!("the browser session is gone ({msg}); Chromium crashed or was killed")
             } else {

@@ -8,6 +8,7 @@ pub mod slo;
 pub mod model;
 pub mod schema;
 pub mod template;
+pub mod tree;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -33,7 +34,14 @@ pub fn is_bundle_url(p: &Path) -> bool {
 /// Parses the agent config file alone (paths made relative to it, key locations kept).
 pub fn parse_agent(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| vec![io_diag(path, &e)])?;
-    let mut a = serde_saphyr::from_str::<AgentConfig>(&text).map_err(|e| vec![validate::parse_error(path, &e)])?;
+    let mut a = serde_saphyr::from_str::<AgentConfig>(&text).map_err(|e| {
+        // Report every structural problem, not only the parser's first.
+        let problems = tree::parse(&text).map(|root| tree::deserialize_all::<AgentConfig>(&root, &text).1).unwrap_or_default();
+        if problems.is_empty() {
+            return vec![validate::parse_error(path, &e)];
+        }
+        problems.into_iter().map(|p| Diagnostic { file: path.into(), line: p.line, column: p.column, message: p.message }).collect()
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     a.probes = a.probes.iter().map(|p| if is_bundle_url(p) { p.clone() } else { base.join(p) }).collect();
     a.telemetry.otlp.ca_file = a.telemetry.otlp.ca_file.take().map(|p| base.join(p));

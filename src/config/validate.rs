@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use crate::config::model::Dur;
+use crate::config::tree;
 use crate::steps::compile::compile_step;
 pub use crate::steps::compile::{Checker, Journey, Step};
 use crate::steps::StepSpec;
@@ -116,14 +117,22 @@ pub fn compile_files(files: &[(PathBuf, String)]) -> Result<Vec<Journey>, Vec<Di
     let mut journeys = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for (path, text) in files {
-        let parsed: ProbeFile = match serde_saphyr::from_str(text) {
-            Ok(p) => p,
+        let first = diags.len();
+        let mut broken = false;
+        let sound = match serde_saphyr::from_str::<ProbeFile>(text) {
+            Ok(p) => p.journeys,
             Err(e) => {
-                diags.push(parse_error(path, &e));
-                continue;
+                broken = true;
+                let (sound, problems) = structural_problems(path, text);
+                if problems.is_empty() {
+                    // Nothing more found than the parser's own error (e.g. a syntax error).
+                    diags.push(parse_error(path, &e));
+                }
+                diags.extend(problems);
+                sound
             }
         };
-        for spec in &parsed.journeys {
+        for spec in &sound {
             let mut c = Checker::new(path, &mut diags);
             let j = compile_journey(&mut c, spec);
             if let Some(first) = seen.get(&j.name) {
@@ -135,12 +144,51 @@ pub fn compile_files(files: &[(PathBuf, String)]) -> Result<Vec<Journey>, Vec<Di
             }
             journeys.push(j);
         }
+        if broken {
+            // Structural problems and the sound journeys' semantic ones, in file order.
+            diags[first..].sort_by_key(|d| (d.line, d.column));
+        }
     }
     if diags.is_empty() {
         Ok(journeys)
     } else {
         Err(diags)
     }
+}
+
+/// Every structural problem of a probe file that does not parse as a whole,
+/// each journey read on its own so one bad entry does not hide the others;
+/// also the journeys that are sound, for the semantic checks.
+fn structural_problems(path: &Path, text: &str) -> (Vec<Spanned<JourneySpec>>, Vec<Diagnostic>) {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outline {
+        journeys: Vec<serde::de::IgnoredAny>,
+    }
+    let Ok(root) = tree::parse(text) else { return (Vec::new(), Vec::new()) };
+    let diag = |p: tree::Problem| Diagnostic { file: path.to_path_buf(), line: p.line, column: p.column, message: p.message };
+    let (_, problems) = tree::deserialize_all::<Outline>(&root, text);
+    let mut diags: Vec<Diagnostic> = problems.into_iter().map(diag).collect();
+    let mut sound = Vec::new();
+    for item in journey_nodes(&root) {
+        match tree::deserialize_all::<JourneySpec>(item, text) {
+            (Some(spec), p) if p.is_empty() => sound.push(Spanned::new(spec, item.referenced, item.defined)),
+            (_, p) => diags.extend(p.into_iter().map(diag)),
+        }
+    }
+    (sound, diags)
+}
+
+fn journey_nodes(root: &Spanned<tree::Node>) -> &[Spanned<tree::Node>] {
+    let tree::Node::Map(entries) = &root.value else { return &[] };
+    entries
+        .iter()
+        .find_map(|(k, v)| match (&k.value, &v.value) {
+            (tree::Node::Str(k), tree::Node::Seq(items)) if k == "journeys" => Some(items.as_slice()),
+            _ => None,
+        })
+        .unwrap_or(&[])
 }
 
 /// A serde/YAML error as a diagnostic, location split out of the message.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{compile_files, fmt_dur, run_agent, AgentConfig, Dur, Journey, Outcome, RunObserver, RunOptions, RunResult};
+use crate::{compile_files, fit, fmt_dur, fold, run_agent, terminal_width, AgentConfig, Dur, Journey, Outcome, RunObserver, RunOptions, RunResult};
 
 use super::{DemoOptions, DemoServer};
 
@@ -48,7 +48,7 @@ pub async fn start_demo_env_on(http_addr: std::net::SocketAddr) -> anyhow::Resul
     let password = uuid::Uuid::new_v4().simple().to_string();
     std::fs::write(dir.join("demo_password"), &password)?;
     let callback_port = free_port()?;
-    let server = DemoServer::start(DemoOptions {
+    let server = match DemoServer::start(DemoOptions {
         password,
         webhook_url: Some(format!("http://127.0.0.1:{callback_port}/hooks/crm")),
         http_addr,
@@ -56,7 +56,14 @@ pub async fn start_demo_env_on(http_addr: std::net::SocketAddr) -> anyhow::Resul
         dns_addr: Some("127.0.0.1:0".parse()?),
         ..DemoOptions::default()
     })
-    .await?;
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+    };
     let ca = dir.join("demo-ca.pem");
     std::fs::write(&ca, server.ca_pem().unwrap_or_default())?;
     let base = server.base_url();
@@ -101,20 +108,41 @@ struct Row {
     detail: String,
 }
 
-fn render(board: &Board) -> String {
+/// The live table, `width` columns wide at most: names are cut with an
+/// ellipsis so outcome and duration stay in view; the steps go on a detail
+/// line below, folded.
+fn render(board: &Board, width: usize) -> String {
     let mut out = String::from("\x1b[H\x1b[2J");
-    out.push_str("Vantage demo: shipped journeys against the built-in demo service (Ctrl-C stops)\n");
-    out.push_str(&format!("Status page: {}\n\n", board.page));
-    out.push_str(&format!("{:<22} {:<9} {:>9} {:>6} {:>6}  {}\n", "JOURNEY", "LAST", "DURATION", "RUNS", "FAILS", "STEPS"));
+    for line in ["Vantage demo: shipped journeys against the built-in demo service (Ctrl-C stops)", &format!("Status page: {}", board.page)] {
+        out.push_str(&fit(line, width));
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&format!("{:<NAME$} {:<9} {:>9} {:>6} {:>6}\n", "JOURNEY", "LAST", "DURATION", "RUNS", "FAILS"));
     for (name, r) in &board.rows {
         let last = r.last.map(|o| o.as_str()).unwrap_or("waiting");
-        out.push_str(&format!("{:<22} {:<9} {:>7.0}ms {:>6} {:>6}  {}\n", name, last, r.last_ms, r.runs, r.fails, r.detail));
+        out.push_str(&format!("{:<NAME$} {:<9} {:>7.0}ms {:>6} {:>6}\n", fit(name, NAME), last, r.last_ms, r.runs, r.fails));
+        out.push_str(&fold(&r.detail, width, 4));
     }
     if !board.failures.is_empty() {
         out.push_str("\nRecent failures:\n");
         for f in &board.failures {
-            out.push_str(&format!("  {f}\n"));
+            out.push_str(&fold(f, width, 2));
         }
+    }
+    out
+}
+
+/// Width of the journey column.
+const NAME: usize = 24;
+
+/// One run as plain lines (stdout not a terminal): journey, outcome and
+/// duration first, then the steps and any message, folded to `width`.
+fn run_lines(r: &RunResult, width: usize) -> String {
+    let mut out = format!("{:<NAME$} {:<8} {:>7.0}ms\n", fit(&r.journey, NAME), r.outcome.as_str(), r.duration.as_secs_f64() * 1000.0);
+    out.push_str(&fold(&step_summary(r), width, 4));
+    if let Some(m) = &r.message {
+        out.push_str(&fold(m, width, 4));
     }
     out
 }
@@ -152,6 +180,7 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
         agent.telemetry.otlp.export_interval = Some(Dur(Duration::from_secs(5)));
     }
     let tty = std::io::stdout().is_terminal();
+    let width = terminal_width();
     let page_url = format!("http://127.0.0.1:{admin_port}/");
     let board = Arc::new(Mutex::new(Board { page: page_url.clone(), ..Board::default() }));
     for j in &journeys {
@@ -161,6 +190,7 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
     if admin.is_some() {
         println!("agent admin endpoint on http://{admin_addr} (/metrics, /status, /events)");
     }
+    println!("to run a journey against it: vantage once PROBE --env VANTAGE_TARGET={} --credentials-dir {}", env.server.base_url().trim_end_matches('/'), env.credentials_dir.display());
     let b = board.clone();
     let observer: RunObserver = Arc::new(move |_j, r| {
         let mut board = b.lock().expect("board lock");
@@ -179,10 +209,9 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
         }
         let mut out = std::io::stdout().lock();
         if tty {
-            let _ = out.write_all(render(&board).as_bytes());
+            let _ = out.write_all(render(&board, width).as_bytes());
         } else {
-            let msg = r.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-            let _ = writeln!(out, "{:<20} {:<8} {:>7.0}ms  {}{msg}", r.journey, r.outcome.as_str(), r.duration.as_secs_f64() * 1000.0, step_summary(r));
+            let _ = out.write_all(run_lines(r, width).as_bytes());
         }
         let _ = out.flush();
     });
@@ -208,4 +237,28 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
     let (runs, fails): (u64, u64) = board.rows.values().fold((0, 0), |(r, f), row| (r + row.runs, f + row.fails));
     println!("\ndemo finished: {runs} runs, {fails} failed");
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_fits_80_columns_with_outcome_and_duration_in_view() {
+        let mut board = Board { page: "http://127.0.0.1:9464/".into(), ..Board::default() };
+        let detail = (1..=9).map(|i| format!("step-number-{i}-with-a-long-name 12ms")).collect::<Vec<_>>().join(" · ");
+        board.rows.insert(
+            "checkout-with-a-very-long-journey-name-for-the-eu-shop".into(),
+            Row { last: Some(Outcome::Failure), last_ms: 1234.0, runs: 7, fails: 2, detail },
+        );
+        board.failures.push_back(format!("checkout [http] {}", "the server answered 500 to POST /api/cart ".repeat(4)));
+        let text = render(&board, 80);
+        let text = text.strip_prefix("\x1b[H\x1b[2J").expect("clears the screen first");
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
+        }
+        let row = text.lines().find(|l| l.starts_with("checkout")).unwrap();
+        assert_eq!(row, "checkout-with-a-very-lo… failure      1234ms      7      2");
+        assert!(text.contains("\n    step-number-1-with-a-long-name 12ms · step-number-2-with-a-long-name 12ms ·\n"), "{text}");
+    }
 }

@@ -76,6 +76,16 @@ pub struct DemoServer {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Why the demo service cannot listen where it was asked to, in words.
+fn bind_error(addr: SocketAddr, e: std::io::Error) -> std::io::Error {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("port {} is already taken by another program (another `vantage demo`?); choose a free one with --port, or stop that program", addr.port()),
+        std::io::ErrorKind::PermissionDenied => format!("not allowed to listen on port {} (ports below 1024 need privileges); choose one above 1023", addr.port()),
+        _ => e.to_string(),
+    };
+    std::io::Error::new(e.kind(), format!("cannot serve the demo service on {addr}: {why}"))
+}
+
 impl DemoServer {
     /// Bind every listener, spawn the servers and the CRM worker, and return
     /// once all sockets are bound (so the URLs are immediately usable).
@@ -86,7 +96,7 @@ impl DemoServer {
         let router = router(app.clone());
         let mut tasks = Vec::new();
 
-        let listener = tokio::net::TcpListener::bind(opts.http_addr).await?;
+        let listener = tokio::net::TcpListener::bind(opts.http_addr).await.map_err(|e| bind_error(opts.http_addr, e))?;
         let http_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(serve(
             listener,

@@ -629,9 +629,16 @@ async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, mas
     let title = wd("", deadline, c.title()).await.unwrap_or_default();
     let console = s.console_errors(deadline).await;
     let png = masked_screenshot(s, &masks(ctx, mask), deadline).await;
-    let mut context = format!(" (page {}, title `{}`", ctx.excerpt(&url, 200), ctx.excerpt(&title, 80));
-    if let Some(first) = console.first() {
-        context.push_str(&format!("; {} console error{}, first: {}", console.len(), if console.len() == 1 { "" } else { "s" }, ctx.excerpt(first, 160)));
+    // The request that failed explains the failure better than whatever the page logged about it.
+    let failed = failed_requests(&console);
+    let mut context = failed.first().map(|f| format!("; {}", ctx.excerpt(f, 240))).unwrap_or_default();
+    context.push_str(&format!(" (page {}, title `{}`", ctx.excerpt(&url, 200), ctx.excerpt(&title, 80)));
+    if failed.len() > 1 {
+        context.push_str(&format!("; {} failed requests", failed.len()));
+    }
+    let others: Vec<&String> = console.iter().filter(|m| failed_request(m).is_none()).collect();
+    if let Some(first) = others.first() {
+        context.push_str(&format!("; {} console error{}, first: {}", others.len(), if others.len() == 1 { "" } else { "s" }, ctx.excerpt(first, 160)));
     }
     context.push(')');
     let notes = ctx.redact(&format!(
@@ -680,6 +687,38 @@ impl StepKind for BrowserStep {
 
 /// Navigation timing, FCP and LCP so far, in one call (milliseconds since navigation start).
 /// Leaves a buffered LCP observer on the page for later `wait_for` steps.
+/// Chromium's console lines about requests that failed, in plain words,
+/// documents and XHR/fetch first, a missing favicon (noise) last.
+fn failed_requests(console: &[String]) -> Vec<String> {
+    let mut found: Vec<(bool, String)> = console.iter().filter_map(|m| failed_request(m)).collect();
+    found.sort_by_key(|(noise, _)| *noise);
+    found.into_iter().map(|(_, words)| words).collect()
+}
+
+/// `URL - Failed to load resource: the server responded with a status of 500 (…)`
+/// or `URL - Failed to load resource: net::ERR_CONNECTION_REFUSED`, as
+/// "the request for URL answered 500" / "…failed: connection refused";
+/// the flag marks noise (the favicon).
+fn failed_request(line: &str) -> Option<(bool, String)> {
+    let (url, what) = line.split_once(" - Failed to load resource: ")?;
+    let url = url.trim();
+    let noise = url.split(['?', '#']).next().is_some_and(|u| u.ends_with("/favicon.ico"));
+    let words = if let Some(rest) = what.strip_prefix("the server responded with a status of ") {
+        let status: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        format!("the request for {url} answered {status}")
+    } else if let Some(code) = what.trim().strip_prefix("net::ERR_") {
+        format!("the request for {url} failed: {}", net_error_words(code))
+    } else {
+        format!("the request for {url} failed: {}", what.trim())
+    };
+    Some((noise, words))
+}
+
+/// `CONNECTION_REFUSED` → `connection refused`.
+fn net_error_words(code: &str) -> String {
+    code.split('_').map(str::to_ascii_lowercase).collect::<Vec<_>>().join(" ")
+}
+
 const NAV_TIMING_JS: &str = r#"
 const done = arguments[arguments.length - 1];
 const v = window.__vantage = window.__vantage || { lcp: null };
@@ -753,6 +792,24 @@ return { count: els.length, visible: !!e && vis(e), text: e ? (e.innerText || e.
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failed_requests_are_named_in_plain_words_favicon_last() {
+        let console = [
+            "http://127.0.0.1:8080/favicon.ico - Failed to load resource: the server responded with a status of 404 (Not Found)".to_string(),
+            "http://127.0.0.1:8080/incidents/timeline 12:7 \"timeline: backend unavailable\"".to_string(),
+            "http://127.0.0.1:8080/api/timeline - Failed to load resource: the server responded with a status of 500 (Internal Server Error)".to_string(),
+            "http://127.0.0.1:1/api/live - Failed to load resource: net::ERR_CONNECTION_REFUSED".to_string(),
+        ];
+        assert_eq!(
+            super::failed_requests(&console),
+            [
+                "the request for http://127.0.0.1:8080/api/timeline answered 500",
+                "the request for http://127.0.0.1:1/api/live failed: connection refused",
+                "the request for http://127.0.0.1:8080/favicon.ico answered 404",
+            ]
+        );
+    }
+
     use crate::steps::compile::{test_step, test_step_errors};
 
     #[test]
