@@ -329,7 +329,7 @@ impl WebSocketStep {
     }
 
     async fn receive(&self, ctx: &mut RunContext, within: Duration) -> Result<(Instant, String, u64), StepError> {
-        let deadline = Instant::now() + within;
+        let deadline = crate::vocab::later(Instant::now(), within);
         let mut last_mismatch: Option<String> = None;
         let mut seen = 0u32;
         ctx.waiting_for = "a matching WebSocket message";
