@@ -26,7 +26,7 @@ use tower::ServiceExt;
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Connections served at once; beyond, the least recently active one not being answered is shed.
     pub max_connections: usize,
     /// The whole request head must arrive within this (also the keep-alive wait for the next request).
     pub header_timeout: Duration,
@@ -41,7 +41,7 @@ pub struct Limits {
 
 impl Limits {
     pub const ADMIN: Limits = Limits {
-        max_connections: 64,
+        max_connections: 128,
         header_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
         max_body: 64 * 1024,
@@ -57,11 +57,13 @@ impl Limits {
         idle_timeout: Duration::from_secs(30),
     };
 
-    /// These limits with the connection cap kept to at most an eighth of the
-    /// process's descriptor limit, so journeys always have descriptors left.
+    /// These limits with the connection cap kept to at most a sixteenth of the
+    /// process's descriptor limit: a listener holds at most three times its cap
+    /// (served, shed and closing, in their grace), so both together stay under
+    /// 3/8 and journeys always have descriptors left.
     pub fn within_descriptors(mut self) -> Limits {
         if let Some((soft, _)) = nofile_limit() {
-            self.max_connections = self.max_connections.min((soft / 8).max(4) as usize);
+            self.max_connections = self.max_connections.min((soft / 16).max(4) as usize);
         }
         self
     }
@@ -73,17 +75,37 @@ const MAX_BUF: usize = 16 * 1024;
 /// Told of every request the listener itself refuses (413, 408, 503, 400), before any handler runs.
 pub type OnReject = Arc<dyn Fn(StatusCode) + Send + Sync>;
 
+/// Binds a listening socket with a deep accept queue (the kernel caps it at
+/// `net.core.somaxconn`): during a connection flood the queue must not
+/// overflow, or the kernel drops the SYN of a real request and its client
+/// waits a whole retransmission second.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
 /// Serves `app` on `listener` under `limits` until `shutdown`.
 pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
     spawn_with(listener, app, limits, shutdown, None)
 }
 
 /// [`spawn`], telling `on_reject` of the requests refused for their body.
+///
+/// The accept loop never waits for a slot: it takes every connection off the
+/// kernel queue at once. At the cap, a new connection that has sent bytes
+/// sheds the least recently active connection that is not being answered
+/// (idle, still sending its head, or trickling a body); one that has sent
+/// nothing gets a short grace to start, then is closed. A request whose head
+/// has arrived is never shed, so a client with a complete request (a health
+/// check) is answered however many idle or slow connections arrive.
+/// Descriptors stay bounded: served plus shed-but-not-yet-closed connections
+/// never exceed twice the cap, plus at most the cap in their grace.
 pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>) {
     let limits = limits.within_descriptors();
     let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject)), read_body));
-    let conns = Arc::new(Semaphore::new(limits.max_connections));
-    let table = Arc::new(Table::default());
+    let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: std::sync::atomic::AtomicUsize::new(0) });
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -98,38 +120,95 @@ pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: 
                     continue;
                 }
             };
-            let permit = match conns.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    // At the cap: shed the oldest connection that is not being answered
-                    // (idle, or still sending its head), so a client with a request gets in.
-                    table.evict_oldest_idle();
-                    match tokio::time::timeout(Duration::from_secs(1), conns.clone().acquire_owned()).await {
-                        Ok(Ok(p)) => p,
-                        _ => continue, // every slot is answering a request: refuse this one
-                    }
+            if acceptor.table.open() < limits.max_connections {
+                acceptor.serve(stream);
+            } else if has_data(&stream) {
+                if acceptor.shed_and_serve(stream) {
+                    // Let the new connection's task read its head before the next accept
+                    // can shed it: a burst must not shed requests it has not looked at.
+                    tokio::task::yield_now().await;
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let app = app.clone();
-            let shutdown = shutdown.clone();
-            let conn = table.add();
-            let table = table.clone();
-            tokio::spawn(async move {
-                serve_connection(stream, app, limits, shutdown, conn.clone()).await;
-                table.remove(&conn);
-                drop(permit);
-            });
+            } else if acceptor.waiting.load(Ordering::Relaxed) < limits.max_connections {
+                // At the cap and nothing sent yet: served only if a request starts
+                // within a moment, without holding up the accept loop meanwhile.
+                acceptor.waiting.fetch_add(1, Ordering::Relaxed);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let sent = tokio::time::timeout(WAITING_GRACE, stream.readable()).await.is_ok_and(|r| r.is_ok()) && has_data(&stream);
+                    acceptor.waiting.fetch_sub(1, Ordering::Relaxed);
+                    if sent {
+                        if acceptor.table.open() < acceptor.limits.max_connections {
+                            acceptor.serve(stream);
+                        } else {
+                            acceptor.shed_and_serve(stream);
+                        }
+                    }
+                });
+            }
+            // else: dropped, closed at once.
         }
     });
 }
 
+/// Connections accepted at the cap that have sent nothing yet wait at most this
+/// for a first byte; beyond `max_connections` of them they are closed at once.
+const WAITING_GRACE: Duration = Duration::from_millis(250);
+
+/// Whether bytes are waiting on the socket (a non-blocking peek).
+fn has_data(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a byte we own, on a socket we own; MSG_DONTWAIT never blocks.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n > 0
+}
+
+struct Acceptor {
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    table: Table,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Acceptor {
+    fn serve(self: &Arc<Self>, stream: tokio::net::TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let conn = self.table.add();
+        let me = self.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, me.app.clone(), me.limits, me.shutdown.clone(), conn.clone()).await;
+            me.table.remove(&conn);
+        });
+    }
+
+    /// At the cap: sheds the least recently active connection without a complete
+    /// request and serves `stream`; closes `stream` when every one has a request
+    /// (or shed ones have not closed yet). True if served.
+    fn shed_and_serve(self: &Arc<Self>, stream: tokio::net::TcpStream) -> bool {
+        if self.table.open() >= 2 * self.limits.max_connections || !self.table.shed_least_active() {
+            return false;
+        }
+        self.serve(stream);
+        true
+    }
+}
+
 /// A served connection, as the accept loop sees it.
-#[derive(Default)]
 struct Conn {
     /// Requests being answered on it.
     busy: std::sync::atomic::AtomicUsize,
     evict: CancellationToken,
+    /// When it was accepted; `last` is in milliseconds since then.
+    started: Instant,
+    /// Milliseconds after `started` when a byte last moved (read or written).
+    last: Arc<AtomicU64>,
+}
+
+impl Conn {
+    fn last_active(&self) -> Instant {
+        self.started + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
 }
 
 /// The connection a request came on, for the middleware.
@@ -152,34 +231,45 @@ impl Drop for Evictable {
     }
 }
 
-/// Served connections, oldest first.
-#[derive(Default)]
+/// Served connections, and how many shed ones have not closed yet.
 struct Table {
-    live: std::sync::Mutex<std::collections::VecDeque<Arc<Conn>>>,
+    live: std::sync::Mutex<Vec<Arc<Conn>>>,
+    /// Served plus shed-but-still-open connections (descriptors held).
+    open: std::sync::atomic::AtomicUsize,
 }
 
 impl Table {
+    fn new() -> Table {
+        Table { live: std::sync::Mutex::new(Vec::new()), open: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     fn add(&self) -> Arc<Conn> {
-        let c = Arc::new(Conn::default());
-        self.live.lock().expect("listener table").push_back(c.clone());
+        let c = Arc::new(Conn { busy: Default::default(), evict: CancellationToken::new(), started: Instant::now(), last: Arc::new(AtomicU64::new(0)) });
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().expect("listener table").push(c.clone());
         c
     }
 
+    /// When its task ends (served, timed out or shed).
     fn remove(&self, c: &Arc<Conn>) {
         let mut live = self.live.lock().expect("listener table");
         if let Some(i) = live.iter().position(|x| Arc::ptr_eq(x, c)) {
-            live.remove(i);
+            live.swap_remove(i);
         }
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn evict_oldest_idle(&self) -> bool {
+    /// Sheds the least recently active connection not being answered; false if every one is.
+    fn shed_least_active(&self) -> bool {
         let mut live = self.live.lock().expect("listener table");
-        let Some(i) = live.iter().position(|c| c.busy.load(Ordering::Relaxed) == 0) else {
-            return false;
-        };
-        if let Some(c) = live.remove(i) {
-            c.evict.cancel();
-        }
+        let victim = live.iter().enumerate().filter(|(_, c)| c.busy.load(Ordering::Relaxed) == 0).min_by_key(|(_, c)| c.last_active()).map(|(i, _)| i);
+        let Some(i) = victim else { return false };
+        let c = live.swap_remove(i);
+        c.evict.cancel();
         true
     }
 }
@@ -191,8 +281,8 @@ async fn serve_connection(
     shutdown: CancellationToken,
     me: Arc<Conn>,
 ) {
-    let started = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    let started = me.started;
+    let activity = me.last.clone();
     let io = TokioIo::new(Tracked {
         inner: stream,
         started,
@@ -543,7 +633,7 @@ mod tests {
         }
         .within_descriptors();
         assert!(
-            l.max_connections as u64 <= soft / 8 || l.max_connections == 4,
+            l.max_connections as u64 <= soft / 16 || l.max_connections == 4,
             "{} vs {soft}",
             l.max_connections
         );

@@ -46,7 +46,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: Cancellat
         Some(p) => app.merge(crate::statuspage::router(p.clone(), shutdown.clone())),
         None => app,
     };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = crate::listener::bind(addr)?;
     let bound = listener.local_addr()?;
     let access = Arc::new(super::access::Access::new(bound, state.credentials_dir.as_deref()));
     if !access.writable() {

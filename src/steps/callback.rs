@@ -113,7 +113,7 @@ pub struct CallbackHub {
 impl CallbackHub {
     /// Binds `addr` and serves until `shutdown` fires, within [`Limits::CALLBACK`].
     pub async fn start(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken, on_request: Option<OnRequest>) -> std::io::Result<Arc<CallbackHub>> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = crate::listener::bind(addr)?;
         let hub = Arc::new(CallbackHub { on_request, slots: Mutex::new(HashMap::new()), notify: Notify::new(), counters: CallbackCounters::default(), addr: listener.local_addr()? });
         let limits = Limits::CALLBACK;
         let app = axum::Router::new().fallback(receive).layer(axum::extract::DefaultBodyLimit::max(limits.max_body)).with_state(hub.clone());
