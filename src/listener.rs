@@ -97,7 +97,8 @@ pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: Cance
 /// kernel queue at once. At the cap, a new connection that has sent bytes
 /// sheds the least recently active connection that is not being answered
 /// (idle, still sending its head, or trickling a body); one that has sent
-/// nothing gets a short grace to start, then is closed. A request whose head
+/// nothing gets a short grace to start, then is closed (when more than the
+/// cap wait so, the longest-waiting goes first). A request whose head
 /// has arrived is never shed, so a client with a complete request (a health
 /// check) is answered however many idle or slow connections arrive.
 /// Descriptors stay bounded: served plus shed-but-not-yet-closed connections
@@ -105,7 +106,7 @@ pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: Cance
 pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>) {
     let limits = limits.within_descriptors();
     let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject)), read_body));
-    let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: std::sync::atomic::AtomicUsize::new(0) });
+    let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: Default::default(), next_id: AtomicU64::new(0) });
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -123,29 +124,33 @@ pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: 
             if acceptor.table.open() < limits.max_connections {
                 acceptor.serve(stream);
             } else if has_data(&stream) {
-                if acceptor.shed_and_serve(stream) {
+                if acceptor.shed_and_serve(stream).await {
                     // Let the new connection's task read its head before the next accept
                     // can shed it: a burst must not shed requests it has not looked at.
                     tokio::task::yield_now().await;
                 }
-            } else if acceptor.waiting.load(Ordering::Relaxed) < limits.max_connections {
-                // At the cap and nothing sent yet: served only if a request starts
-                // within a moment, without holding up the accept loop meanwhile.
-                acceptor.waiting.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // At the cap and nothing sent yet (a request may be a moment behind its
+                // handshake): it waits for a first byte without holding up the accept
+                // loop, displacing the longest-waiting such connection when too many wait.
+                let (id, gone) = acceptor.wait_for_data();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let sent = tokio::time::timeout(WAITING_GRACE, stream.readable()).await.is_ok_and(|r| r.is_ok()) && has_data(&stream);
-                    acceptor.waiting.fetch_sub(1, Ordering::Relaxed);
+                    let sent = tokio::select! {
+                        r = tokio::time::timeout(WAITING_GRACE, stream.readable()) => r.is_ok_and(|r| r.is_ok()) && has_data(&stream),
+                        _ = gone.cancelled() => false,
+                    };
+                    acceptor.done_waiting(id);
                     if sent {
                         if acceptor.table.open() < acceptor.limits.max_connections {
                             acceptor.serve(stream);
                         } else {
-                            acceptor.shed_and_serve(stream);
+                            acceptor.shed_and_serve(stream).await;
                         }
                     }
                 });
+                tokio::task::yield_now().await;
             }
-            // else: dropped, closed at once.
         }
     });
 }
@@ -168,7 +173,9 @@ struct Acceptor {
     limits: Limits,
     shutdown: CancellationToken,
     table: Table,
-    waiting: std::sync::atomic::AtomicUsize,
+    /// Connections accepted at the cap that have not sent a byte yet, oldest first.
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    next_id: AtomicU64,
 }
 
 impl Acceptor {
@@ -183,14 +190,43 @@ impl Acceptor {
     }
 
     /// At the cap: sheds the least recently active connection without a complete
-    /// request and serves `stream`; closes `stream` when every one has a request
-    /// (or shed ones have not closed yet). True if served.
-    fn shed_and_serve(self: &Arc<Self>, stream: tokio::net::TcpStream) -> bool {
+    /// request and serves `stream`; closes `stream` when every one has a request.
+    /// Shed connections close within a moment; until fewer than twice the cap
+    /// are open, this waits (at most ~50 ms). True if served.
+    async fn shed_and_serve(self: &Arc<Self>, stream: tokio::net::TcpStream) -> bool {
+        for _ in 0..50 {
+            if self.table.open() < 2 * self.limits.max_connections {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         if self.table.open() >= 2 * self.limits.max_connections || !self.table.shed_least_active() {
             return false;
         }
         self.serve(stream);
         true
+    }
+
+    /// Registers a connection waiting for its first byte; the longest-waiting one
+    /// is told to go when more than `max_connections` wait.
+    fn wait_for_data(&self) -> (u64, CancellationToken) {
+        let token = CancellationToken::new();
+        let mut w = self.waiting.lock().expect("listener waiting");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        w.push_back((id, token.clone()));
+        while w.len() > self.limits.max_connections {
+            if let Some((_, old)) = w.pop_front() {
+                old.cancel();
+            }
+        }
+        (id, token)
+    }
+
+    fn done_waiting(&self, id: u64) {
+        let mut w = self.waiting.lock().expect("listener waiting");
+        if let Some(i) = w.iter().position(|(x, _)| *x == id) {
+            w.remove(i);
+        }
     }
 }
 
