@@ -13,8 +13,9 @@
 //! - [`scheduler`]: when journeys run
 //! - [`telemetry`]: OTLP metrics and traces, and the Prometheus view
 //! - [`slo`]: objectives on journeys → Prometheus rules (`vantage slo generate`)
-//! - [`daemon`]: signals, systemd notify, reload, admin HTTP
+//! - [`daemon`]: signals, systemd notify, reload, admin HTTP (bearer token, Host check)
 //! - [`statuspage`]: the status page on the admin endpoint (run history for people)
+//! - [`listener`]: the bounded HTTP listener of the admin and callback servers; a leaf like `vocab`
 //! - `demo` (cargo feature `demo`, on by default): the embedded demo target,
 //!   beside the layers, using only their public surface
 //! - [`gameday`]: inject faults, measure time-to-know/detect/recover (`demo --gameday` needs `demo`)
@@ -25,6 +26,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod listener;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod init;

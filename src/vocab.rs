@@ -212,9 +212,73 @@ pub fn escape_markup(s: &str) -> String {
     out
 }
 
-/// Shortens text for messages: first `max` characters, and a note of what was cut.
+/// Text from the network made safe for a message, a log line or a terminal:
+/// terminal escape sequences (CSI, OSC, other `ESC x`, their 8-bit forms) are
+/// dropped, other control characters and bidi overrides too, and line breaks
+/// and tabs become spaces, so a peer can neither forge log lines nor drive the
+/// operator's terminal.
+pub fn clean_text(text: &str) -> String {
+    if !text.chars().any(needs_cleaning) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => skip_csi(&mut chars),
+                Some(']' | 'P' | 'X' | '^' | '_') => skip_string(&mut chars),
+                _ => {}
+            },
+            '\u{9b}' => skip_csi(&mut chars),
+            '\u{9d}' | '\u{90}' | '\u{98}' | '\u{9e}' | '\u{9f}' => skip_string(&mut chars),
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if needs_cleaning(c) => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// True when [`clean_text`] would return `text` unchanged (checked without allocating).
+pub fn is_clean(text: &str) -> bool {
+    !text.chars().any(needs_cleaning)
+}
+
+fn needs_cleaning(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{61c}')
+}
+
+/// Skips a CSI sequence's parameters and intermediates up to its final byte.
+fn skip_csi(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    for c in chars.by_ref() {
+        if ('\u{40}'..='\u{7e}').contains(&c) || !(' '..='\u{7e}').contains(&c) {
+            return;
+        }
+    }
+}
+
+/// Skips an OSC/DCS-style string up to BEL or ST (`ESC \\` or U+009C).
+fn skip_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{7}' | '\u{9c}' => return,
+            '\u{1b}' => {
+                if chars.peek() == Some(&'\\') {
+                    chars.next();
+                }
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Shortens text for messages: first `max` characters, and a note of what was
+/// cut; cleaned of control characters and terminal escapes first ([`clean_text`]).
 pub fn snippet(text: &str, max: usize) -> String {
-    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat = clean_text(text);
     let count = flat.chars().count();
     if count <= max {
         flat
@@ -247,6 +311,12 @@ pub fn ms_from_page(ms: f64) -> Duration {
         return Duration::ZERO;
     }
     Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX)
+}
+
+/// `start + d`, or a moment decades away when that overflows: durations from
+/// config or a page never panic.
+pub fn later(start: std::time::Instant, d: Duration) -> std::time::Instant {
+    start.checked_add(d).or_else(|| start.checked_add(Duration::from_secs(100 * 365 * 86400))).unwrap_or(start)
 }
 
 /// Seconds from now until `t` (negative when past).
@@ -329,6 +399,37 @@ mod tests {
     fn snippets_flatten_control_characters_and_say_what_was_cut() {
         assert_eq!(snippet("a\nb", 10), "a b");
         assert_eq!(snippet("abcdef", 3), "abc… (6 chars)");
+    }
+
+    #[test]
+    fn terminal_escapes_and_controls_never_reach_a_message() {
+        // Colour, cursor movement, clear screen, window title (OSC, BEL- and ST-terminated), 8-bit CSI.
+        let hostile = "ok\u{1b}[31mred\u{1b}[0m \u{1b}[2J\u{1b}[1;1H\u{1b}]0;pwned\u{7}\u{1b}]8;;http://x\u{1b}\\link\u{9b}2Kend";
+        assert_eq!(clean_text(hostile), "okred linkend");
+        // Forged log lines, NUL, DEL, backspace, bidi overrides (Trojan Source).
+        assert_eq!(
+            clean_text("a\r\nlevel=error fake\u{0}\u{7f}\u{8}"),
+            "a  level=error fake"
+        );
+        assert_eq!(clean_text("abc\u{202e}fed\u{2066}x\u{2069}"), "abcfedx");
+        // A lone ESC at the end, an unterminated OSC: dropped, no panic.
+        assert_eq!(clean_text("tail\u{1b}"), "tail");
+        assert_eq!(clean_text("x\u{1b}]0;never ends"), "x");
+        assert_eq!(clean_text("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        assert_eq!(snippet("\u{1b}[31mabcdef", 3), "abc… (6 chars)");
+    }
+
+    #[test]
+    fn durations_from_config_or_a_page_never_panic() {
+        let now = std::time::Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        assert_eq!(later(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        for ms in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -0.0, 1e300, f64::MAX, 1.5] {
+            let _ = ms_from_page(ms);
+        }
+        assert_eq!(ms_from_page(1500.0), Duration::from_millis(1500));
+        assert_eq!(ms_from_page(-5.0), Duration::ZERO);
+        assert_eq!(ms_from_page(f64::NAN), Duration::ZERO);
     }
 
     #[test]

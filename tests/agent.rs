@@ -294,7 +294,7 @@ fn validation_reports_every_problem_with_its_location() {
     let diags = compile_files(&[(PathBuf::from("p.yaml"), yaml.into())]).unwrap_err();
     let got: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
     let want = [
-        "p.yaml:5:9: journey `a`, step `one`: `http.url`: unknown variable `${tokn}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, uuid, now, now.unix, env.NAME, secret.NAME)",
+        "p.yaml:5:9: journey `a`, step `one`: `http.url`: unknown variable `${tokn}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)",
         "p.yaml:11:9: journey `a`, step `two`: `name`: duplicate step name in this journey: step names label metrics, so they must be unique",
         "p.yaml:11:9: journey `a`, step `two`: expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser, grpc), got http, dns",
         "p.yaml:14:5: journey `b`: `interval`: expected at least 1s, got 500ms",

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 /// A module may import its own layer and those below, never one above.
 const LAYERS: &[(&str, u8)] = &[
     ("vocab", 0),
+    // The bounded inbound HTTP listener: a leaf, imports nothing from the crate.
+    ("listener", 0),
     ("redact", 1),
     // The config model: what probe and agent files say, before compilation.
     ("config::agent", 2),

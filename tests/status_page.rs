@@ -75,6 +75,7 @@ journeys:
         http:
           method: POST
           url: "${env.DEMO}/leads"
+          headers: {X-Callback-Token: "${run.callback_token}"}
           json: {name: Probe, email: "${email}", company: Vantage Synthetic, plan: team, message: "run ${run.id}"}
         assert: {status: 202}
       - name: lead in CRM

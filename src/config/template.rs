@@ -8,6 +8,8 @@ use std::fmt;
 pub enum VarRef {
     /// `${run.id}`: unique per run.
     RunId,
+    /// `${run.callback_token}`: the token the run's `callback` steps wait for; unguessable, unlike the run id.
+    CallbackToken,
     /// `${uuid}`: a fresh v4 UUID at each expansion.
     Uuid,
     /// `${now}`: RFC 3339 UTC timestamp; `${now.unix}`: seconds since the epoch.
@@ -25,6 +27,7 @@ impl fmt::Display for VarRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VarRef::RunId => f.write_str("${run.id}"),
+            VarRef::CallbackToken => f.write_str("${run.callback_token}"),
             VarRef::Uuid => f.write_str("${uuid}"),
             VarRef::Now => f.write_str("${now}"),
             VarRef::NowUnix => f.write_str("${now.unix}"),
@@ -60,7 +63,7 @@ pub enum TemplateError {
     Unclosed(String),
     #[error("empty `${{}}` in `{0}`")]
     Empty(String),
-    #[error("unknown built-in `${{{0}}}`: expected run.id, uuid, now, now.unix, env.NAME or secret.NAME")]
+    #[error("unknown built-in `${{{0}}}`: expected run.id, run.callback_token, uuid, now, now.unix, env.NAME or secret.NAME")]
     UnknownBuiltin(String),
     #[error("invalid variable name `{0}`: use letters, digits, `_` and `-`")]
     BadName(String),
@@ -123,6 +126,7 @@ impl Template {
         };
         match name {
             "run.id" => Ok(VarRef::RunId),
+            "run.callback_token" => Ok(VarRef::CallbackToken),
             "uuid" => Ok(VarRef::Uuid),
             "now" => Ok(VarRef::Now),
             "now.unix" => Ok(VarRef::NowUnix),

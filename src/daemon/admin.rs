@@ -24,6 +24,8 @@ pub struct AdminState {
     /// The status page served at `/` and `/ui/…`.
     pub page: Option<Arc<crate::statuspage::StatusPage>>,
     pub events: EventHub,
+    /// Where the admin bearer token is read from (see `access`).
+    pub credentials_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
@@ -44,11 +46,14 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: Cancellat
         Some(p) => app.merge(crate::statuspage::router(p.clone(), shutdown.clone())),
         None => app,
     };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = crate::listener::bind(addr)?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-    });
+    let access = Arc::new(super::access::Access::new(bound, state.credentials_dir.as_deref()));
+    if !access.writable() {
+        tracing::warn!(%bound, "admin endpoint is not loopback-only and no `{}` credential is set: reload and other state-changing requests are refused", super::access::TOKEN_CREDENTIAL);
+    }
+    let app = app.layer(axum::middleware::from_fn_with_state(access, super::access::guard));
+    crate::listener::spawn(listener, app, crate::listener::Limits::ADMIN, shutdown);
     Ok(bound)
 }
 
@@ -78,7 +83,8 @@ async fn reload(State(s): State<Arc<AdminState>>) -> Response {
     }
     match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
         Ok(Ok(Ok(msg))) => (StatusCode::OK, format!("{msg}\n")).into_response(),
-        Ok(Ok(Err(errors))) => (StatusCode::BAD_REQUEST, format!("reload rejected, old config kept:\n{}\n", errors.join("\n"))).into_response(),
+        // Where the problems are, not what they say: messages quote config values and file contents.
+        Ok(Ok(Err(errors))) => (StatusCode::BAD_REQUEST, format!("reload rejected, old config kept: {} problem(s) at {}; details in the agent log\n", errors.len(), errors.join(", "))).into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "reload did not complete\n").into_response(),
     }
 }

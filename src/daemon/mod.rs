@@ -1,6 +1,7 @@
 //! The daemon shell: builds the run environment, starts telemetry, the
 //! scheduler, the admin endpoint; handles signals, reload and systemd notify.
 
+pub mod access;
 pub mod admin;
 
 use std::collections::{BTreeMap, HashMap};
@@ -105,6 +106,8 @@ async fn initial_bundles(fetcher: &bundle::Fetcher, urls: &[String]) -> (Bundles
 
 /// Runs the agent until SIGTERM/SIGINT (or `opts.stop`). Returns the process exit code.
 pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
+    // Listener caps are a fraction of this, so inbound traffic never takes the journeys' descriptors.
+    let nofile = crate::listener::raise_nofile_limit();
     let no_bundles = Bundles::new();
     let mut loaded = match opts.preloaded.take() {
         Some((agent, journeys)) => config::Loaded { agent, journeys },
@@ -195,6 +198,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         location = %agent.location,
         agent_id = %agent.agent_id(),
         otlp = export.as_ref().map(|e| e.endpoint.as_str()).unwrap_or("off"),
+        nofile,
         "vantage started"
     );
 
@@ -206,6 +210,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         reload: reload_tx,
         page: Some(page.clone()),
         events,
+        credentials_dir: agent.credentials_dir(),
     });
     if !agent.admin.listen.is_empty() {
         let addr: std::net::SocketAddr = agent.admin.listen.parse().context("admin.listen")?;
@@ -459,7 +464,8 @@ fn reload(opts: &RunOptions, running: &mut AgentConfig, sched: &mut Scheduler, t
             for d in &diags {
                 tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "reload rejected, old config kept: {}", d.message);
             }
-            Err(diags.iter().map(|d| d.to_string()).collect())
+            // The admin reply names only where the problems are: messages quote file contents.
+            Err(diags.iter().map(|d| format!("{}:{}:{}", d.file.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(), d.line, d.column)).collect())
         }
         Ok(l) => {
             let changes = agent_changes(running, &l.agent);

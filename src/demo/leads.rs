@@ -43,6 +43,9 @@ pub struct Lead {
     pub message: String,
     pub source: &'static str,
     pub synthetic_run: Option<String>,
+    /// Echoed as `X-Callback-Token` on the webhook, like a webhook sender's per-subscription secret; never listed.
+    #[serde(skip)]
+    pub callback_token: Option<String>,
     pub created_at: String,
     pub crm_synced_at: Option<String>,
     /// Order of acceptance; tombstones compare against it.
@@ -213,6 +216,7 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         .and_then(|v| v.to_str().ok())
         .map(|v| clip(v, 200))
         .filter(|v| !v.is_empty());
+    let callback_token = headers.get("x-callback-token").and_then(|v| v.to_str().ok()).map(|v| clip(v, 200)).filter(|v| !v.is_empty());
     let plan = if form.plan.is_empty() {
         "starter".to_string()
     } else {
@@ -227,6 +231,7 @@ pub async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         message: clip(&form.message, 5_000),
         source: "web",
         synthetic_run,
+        callback_token,
         created_at: now_rfc3339(),
         crm_synced_at: None,
         seq: lock(&app.crm).next_seq(),
@@ -333,6 +338,9 @@ async fn deliver_webhook(app: &App, lead: &Lead) {
         .json(&json!({ "event": "lead.created", "lead": lead }));
     if let Some(run) = &lead.synthetic_run {
         req = req.header("X-Synthetic-Run", run);
+    }
+    if let Some(token) = &lead.callback_token {
+        req = req.header("X-Callback-Token", token);
     }
     match tokio::time::timeout(WEBHOOK_TIMEOUT + Duration::from_millis(500), req.send()).await {
         Ok(Ok(resp)) if resp.status().is_success() => tracing::debug!(%url, "webhook delivered"),

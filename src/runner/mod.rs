@@ -140,7 +140,7 @@ async fn run_attempt(
     ctx.run_id = run_id.to_string();
     let started_at = SystemTime::now();
     let started = Instant::now();
-    let deadline = started + journey.timeout;
+    let deadline = crate::vocab::later(started, journey.timeout);
 
     let mut root_attrs = vec![
         KeyValue::new("journey.name", journey.name.clone()),
@@ -161,7 +161,7 @@ async fn run_attempt(
     // Register the run's token before any step, so an early webhook is kept.
     let callback_hub = env.callbacks.clone().filter(|_| journey.needs().callback_listener);
     if let Some(h) = &callback_hub {
-        h.register(&ctx.run_id);
+        h.register(&ctx.callback_token);
     }
     let mut steps: Vec<StepResult> = Vec::new();
     let mut failure: Option<(ErrorType, String)> = None;
@@ -225,7 +225,7 @@ async fn run_attempt(
     }
     ctx.state.close_all().await;
     if let Some(h) = &callback_hub {
-        h.unregister(&ctx.run_id);
+        h.unregister(&ctx.callback_token);
     }
 
     let root = root_cx.span();
@@ -322,7 +322,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
     let step_limit = step.timeout.or_else(|| step.kind.default_timeout()).unwrap_or(env.default_step_timeout);
     let run_left = deadline.map(|(d, _)| d.saturating_duration_since(started));
     let limit = run_left.map_or(step_limit, |left| left.min(step_limit));
-    ctx.step_deadline = Some(started + limit);
+    ctx.step_deadline = Some(crate::vocab::later(started, limit));
     ctx.step_deadline_reason = match deadline {
         Some((_, run_timeout)) if limit < step_limit => DeadlineReason::JourneyTimeout(run_timeout),
         _ => DeadlineReason::StepLimit(limit),
@@ -356,7 +356,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
         }
         Err(e) => {
             let partial = e.observation.map(|b| *b).unwrap_or_default();
-            let msg = ctx.redact(&e.message);
+            let msg = crate::vocab::clean_text(&ctx.redact(&e.message));
             (Outcome::Failure, Some(e.error_type), Some(msg), partial.phases, partial.cert_not_after, partial.attempts, partial.attributes, None)
         }
     };
@@ -402,10 +402,17 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
 
 fn redact_kv(ctx: &RunContext, kv: KeyValue) -> KeyValue {
     match &kv.value {
-        Value::String(s) => match ctx.redactor().redacted_if_changed(s.as_str()) {
-            Some(r) => KeyValue::new(kv.key, r),
-            None => kv,
-        },
+        Value::String(s) => {
+            let redacted = ctx.redactor().redacted_if_changed(s.as_str());
+            let text = redacted.as_deref().unwrap_or(s.as_str());
+            if !crate::vocab::is_clean(text) {
+                return KeyValue::new(kv.key, crate::vocab::clean_text(text));
+            }
+            match redacted {
+                Some(r) => KeyValue::new(kv.key, r),
+                None => kv,
+            }
+        }
         _ => kv,
     }
 }

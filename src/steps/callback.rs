@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::config::model::Dur;
 use crate::config::template::Template;
+use crate::listener::Limits;
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::RunContext;
 use crate::steps::{KindInfo, Needs, StepKind};
@@ -34,18 +35,37 @@ use serde::Deserialize;
 pub struct CallbackSpec {
     /// Wait at most this long for the inbound request.
     pub within: Dur,
-    /// Token the inbound request must carry (header `X-Synthetic-Run`,
-    /// query `token`, or anywhere in the body). Default: the run id.
+    /// Token the inbound request must carry (header `X-Callback-Token`, query
+    /// `token`, or the last path segment). Default: the run's own
+    /// `${run.callback_token}`. Released when the step ends.
     pub token: Option<String>,
     /// Report the time since this earlier step started.
     pub since_step: Option<String>,
+    /// Accept only requests signed with this key (`X-Hub-Signature-256: sha256=<hex HMAC of the body>`).
+    pub hmac: Option<HmacSpec>,
 }
 
-const MAX_BODY: usize = 256 * 1024;
+#[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HmacSpec {
+    /// Credential file (in the credentials directory) holding the shared key.
+    pub secret: String,
+    /// Header carrying the signature; default `X-Hub-Signature-256`.
+    #[serde(default = "default_signature_header")]
+    pub header: String,
+}
+
+fn default_signature_header() -> String {
+    "X-Hub-Signature-256".into()
+}
+
 /// Tokens awaited at once, at most; beyond that the oldest registration is dropped.
 const MAX_PENDING: usize = 4096;
 /// Requests kept per token, at most.
 const MAX_PER_TOKEN: usize = 8;
+/// Header naming the token. Not `X-Synthetic-Run`: that carries the run id, which every target sees.
+pub const TOKEN_HEADER: &str = "x-callback-token";
 
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -54,6 +74,12 @@ pub struct Inbound {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+}
+
+impl Inbound {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -69,13 +95,15 @@ pub struct CallbackCounters {
     pub no_token: AtomicU64,
     pub unknown_token: AtomicU64,
     pub too_large: AtomicU64,
+    pub bad_signature: AtomicU64,
 }
 
-/// Told the result of every inbound request (`accepted`, `no_token`, `unknown_token`, `too_large`).
+/// Told the result of every inbound request (`accepted`, `no_token`, `unknown_token`, `too_large`, `bad_signature`).
 pub type OnRequest = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 pub struct CallbackHub {
     on_request: Option<OnRequest>,
+    /// Indexed by token: a request is matched by one map lookup per candidate, never by scanning.
     slots: Mutex<HashMap<String, Slot>>,
     notify: Notify,
     pub counters: CallbackCounters,
@@ -83,14 +111,20 @@ pub struct CallbackHub {
 }
 
 impl CallbackHub {
-    /// Binds `addr` and serves until `shutdown` fires.
+    /// Binds `addr` and serves until `shutdown` fires, within [`Limits::CALLBACK`].
     pub async fn start(addr: SocketAddr, shutdown: tokio_util::sync::CancellationToken, on_request: Option<OnRequest>) -> std::io::Result<Arc<CallbackHub>> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = crate::listener::bind(addr)?;
         let hub = Arc::new(CallbackHub { on_request, slots: Mutex::new(HashMap::new()), notify: Notify::new(), counters: CallbackCounters::default(), addr: listener.local_addr()? });
-        let app = axum::Router::new().fallback(receive).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(hub.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let limits = Limits::CALLBACK;
+        let app = axum::Router::new().fallback(receive).layer(axum::extract::DefaultBodyLimit::max(limits.max_body)).with_state(hub.clone());
+        let counted = Arc::downgrade(&hub);
+        let on_reject: crate::listener::OnReject = Arc::new(move |status| {
+            if let (Some(hub), StatusCode::PAYLOAD_TOO_LARGE) = (counted.upgrade(), status) {
+                hub.counters.too_large.fetch_add(1, Ordering::Relaxed);
+                hub.count("too_large");
+            }
         });
+        crate::listener::spawn_with(listener, app, limits, shutdown, Some(on_reject));
         Ok(hub)
     }
 
@@ -102,8 +136,11 @@ impl CallbackHub {
 
     /// Starts accepting requests for `token`.
     pub fn register(&self, token: &str) {
+        if token.is_empty() {
+            return;
+        }
         let mut slots = self.slots.lock().expect("callback lock");
-        if slots.len() >= MAX_PENDING {
+        if slots.len() >= MAX_PENDING && !slots.contains_key(token) {
             if let Some(oldest) = slots.iter().min_by_key(|(_, s)| s.registered).map(|(k, _)| k.clone()) {
                 slots.remove(&oldest);
             }
@@ -111,44 +148,60 @@ impl CallbackHub {
         slots.entry(token.to_string()).or_default().registered = Some(Instant::now());
     }
 
+    /// Stops accepting requests for `token`: later ones (replays, forgeries between runs) get 404.
     pub fn unregister(&self, token: &str) {
         self.slots.lock().expect("callback lock").remove(token);
     }
 
-    fn take(&self, token: &str) -> Option<Inbound> {
+    /// Whether requests for `token` are accepted now.
+    pub fn is_registered(&self, token: &str) -> bool {
+        self.slots.lock().expect("callback lock").contains_key(token)
+    }
+
+    /// The first request for `token` that `accept` takes; the ones it refuses are dropped and counted.
+    fn take(&self, token: &str, accept: &(dyn Fn(&Inbound) -> bool + Sync)) -> Option<Inbound> {
         let mut slots = self.slots.lock().expect("callback lock");
         let slot = slots.get_mut(token)?;
-        (!slot.arrived.is_empty()).then(|| slot.arrived.remove(0))
+        while !slot.arrived.is_empty() {
+            let r = slot.arrived.remove(0);
+            if accept(&r) {
+                return Some(r);
+            }
+            self.counters.bad_signature.fetch_add(1, Ordering::Relaxed);
+            self.count("bad_signature");
+        }
+        None
     }
 
     /// Waits until a request for `token` arrives, or `within` passes.
     pub async fn wait(&self, token: &str, within: Duration) -> Option<Inbound> {
-        let deadline = tokio::time::Instant::now() + within;
+        self.wait_for(token, within, &|_| true).await
+    }
+
+    /// Waits until a request for `token` that `accept` takes arrives, or `within` passes.
+    pub async fn wait_for(&self, token: &str, within: Duration, accept: &(dyn Fn(&Inbound) -> bool + Sync)) -> Option<Inbound> {
+        let deadline = tokio::time::Instant::now().checked_add(within).unwrap_or_else(far_future);
         loop {
             let notified = self.notify.notified();
-            if let Some(r) = self.take(token) {
+            if let Some(r) = self.take(token, accept) {
                 return Some(r);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.take(token);
+                return self.take(token, accept);
             }
         }
     }
 
-    fn deliver(&self, candidates: &[String], body: &Bytes, inbound: impl FnOnce() -> Inbound) -> Result<(), StatusCode> {
+    fn deliver(&self, candidates: &[&str], inbound: impl FnOnce() -> Inbound) -> Result<(), StatusCode> {
         let mut slots = self.slots.lock().expect("callback lock");
-        let token = candidates.iter().find(|t| slots.contains_key(t.as_str())).cloned().or_else(|| {
-            // No token in header, path or query: look for a registered token in the body.
-            let text = String::from_utf8_lossy(body);
-            slots.keys().find(|t| text.contains(t.as_str())).cloned()
-        });
-        let Some(token) = token else {
+        let Some(token) = candidates.iter().find(|t| !t.is_empty() && slots.contains_key(**t)) else {
+            drop(slots);
             let (counter, result) = if candidates.is_empty() { (&self.counters.no_token, "no_token") } else { (&self.counters.unknown_token, "unknown_token") };
             counter.fetch_add(1, Ordering::Relaxed);
             self.count(result);
             return Err(StatusCode::NOT_FOUND);
         };
-        let slot = slots.get_mut(&token).expect("found above");
+        let slot = slots.get_mut(*token).expect("found above");
         if slot.arrived.len() >= MAX_PER_TOKEN {
             slot.arrived.remove(0);
         }
@@ -159,6 +212,10 @@ impl CallbackHub {
         self.notify.notify_waiters();
         Ok(())
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 async fn receive(
@@ -175,15 +232,15 @@ async fn receive(
         hub.count("too_large");
         return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
     };
-    let mut candidates = Vec::new();
-    if let Some(v) = headers.get("x-synthetic-run").and_then(|v| v.to_str().ok()) {
-        candidates.push(v.to_string());
+    let mut candidates: Vec<&str> = Vec::new();
+    if let Some(v) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        candidates.push(v);
     }
     if let Some(t) = query.get("token") {
-        candidates.push(t.clone());
+        candidates.push(t);
     }
     if let Some(last) = uri.path().rsplit('/').next().filter(|s| !s.is_empty()) {
-        candidates.push(last.to_string());
+        candidates.push(last);
     }
     let make = || Inbound {
         at,
@@ -192,9 +249,39 @@ async fn receive(
         headers: headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
         body: body.clone(),
     };
-    match hub.deliver(&candidates, &body, make) {
+    match hub.deliver(&candidates, make) {
         Ok(()) => (StatusCode::ACCEPTED, "accepted\n"),
         Err(code) => (code, "no run is waiting for this token\n"),
+    }
+}
+
+/// Checks `sha256=<hex>` against the HMAC-SHA256 of `body` under `key`, in constant time.
+pub fn signature_matches(key: &[u8], body: &[u8], header_value: Option<&str>) -> bool {
+    let Some(hex) = header_value.and_then(|v| v.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(tag) = decode_hex(hex) else {
+        return false;
+    };
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    aws_lc_rs::hmac::verify(&key, body, &tag).is_ok()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Unregisters a step's own token when the step ends, however it ends.
+struct Release<'a>(&'a CallbackHub, Option<String>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = &self.1 {
+            self.0.unregister(t);
+        }
     }
 }
 
@@ -218,12 +305,24 @@ pub struct CallbackStep {
     within: Duration,
     token: Option<Template>,
     since_step: Option<String>,
+    hmac: Option<HmacSpec>,
 }
 
 impl CallbackStep {
     pub fn compile(spec: &CallbackSpec, c: &mut Checker) -> Option<CallbackStep> {
         c.check_wait("callback.within", spec.within.0);
-        Some(CallbackStep { within: spec.within.0, token: spec.token.as_deref().map(|t| c.template("callback.token", t)), since_step: spec.since_step.clone() })
+        if spec.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            c.error("callback.token", "is empty: expected a token the inbound request must carry, or no `token` to use the run's own `${run.callback_token}`");
+        }
+        if let Some(h) = &spec.hmac {
+            if h.secret.trim().is_empty() || h.secret.contains('/') {
+                c.error("callback.hmac.secret", "expected the name of a file in the credentials directory");
+            }
+            if axum::http::HeaderName::from_bytes(h.header.as_bytes()).is_err() {
+                c.error("callback.hmac.header", "expected an HTTP header name, e.g. X-Hub-Signature-256");
+            }
+        }
+        Some(CallbackStep { within: spec.within.0, token: spec.token.as_deref().map(|t| c.template("callback.token", t)), since_step: spec.since_step.clone(), hmac: spec.hmac.clone() })
     }
 
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
@@ -234,18 +333,33 @@ impl CallbackStep {
             .ok_or_else(|| StepError::new(ErrorType::Config, "this journey has a `callback` step but the agent has no callback listener (set `callback.listen` in the agent config)"))?;
         let token = match &self.token {
             Some(t) => ctx.render(t)?,
-            None => ctx.run_id.clone(),
+            None => ctx.callback_token.clone(),
         };
-        hub.register(&token);
+        if token.is_empty() {
+            return Err(StepError::new(ErrorType::Config, "`callback.token` rendered empty: a token must be set, or the step would accept any request"));
+        }
+        let key = match &self.hmac {
+            Some(h) => Some(crate::steps::context::read_secret(ctx.env.credentials_dir.as_deref(), &h.secret)?),
+            None => None,
+        };
+        // The run's own token is registered by the runner for the whole run; a custom one only while this step waits.
+        let own = token != ctx.callback_token;
+        if own {
+            hub.register(&token);
+        }
+        let _release = Release(&hub, own.then(|| token.clone()));
         let started = Instant::now();
         let since = match &self.since_step {
             Some(name) => *ctx.step_starts.get(name).ok_or_else(|| StepError::new(ErrorType::Config, format!("`since_step: {name}` names no earlier step of this run")))?,
             None => started,
         };
         ctx.waiting_for = "the inbound callback";
-        let got = hub.wait(&token, self.within).await;
+        let header = self.hmac.as_ref().map(|h| h.header.as_str()).unwrap_or_default();
+        let accept = |r: &Inbound| key.as_deref().is_none_or(|k| signature_matches(k.as_bytes(), &r.body, r.header(header)));
+        let got = hub.wait_for(&token, self.within, &accept).await;
         let Some(inbound) = got else {
-            return Err(StepError::new(ErrorType::Callback, format!("expected an inbound request carrying the run token on {} within {}, none arrived", hub.addr, fmt_dur(self.within))));
+            let signed = if self.hmac.is_some() { format!(" with a valid `{header}` signature") } else { String::new() };
+            return Err(StepError::new(ErrorType::Callback, format!("expected an inbound request carrying the run token{signed} on {} within {}, none arrived", hub.addr, fmt_dur(self.within))));
         };
         let waited = inbound.at.saturating_duration_since(since);
         Ok(Observation {
@@ -271,28 +385,41 @@ impl StepKind for CallbackStep {
         &[ErrorType::Callback, ErrorType::Timeout, ErrorType::Assertion, ErrorType::Config]
     }
     fn default_timeout(&self) -> Option<Duration> {
-        Some(self.within + Duration::from_secs(1))
+        Some(self.within.saturating_add(Duration::from_secs(1)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
-    use super::CallbackHub;
+    use super::{signature_matches, CallbackHub};
     use crate::steps::attempt;
-    use crate::steps::compile::test_step;
+    use crate::steps::compile::{test_step, test_step_errors};
     use crate::steps::context::{RunContext, RunEnv};
     use crate::vocab::ErrorType;
 
+    async fn hub() -> (Arc<CallbackHub>, tokio_util::sync::CancellationToken) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        (CallbackHub::start(([127, 0, 0, 1], 0).into(), stop.clone(), None).await.unwrap(), stop)
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+        let tag = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key), body);
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[tokio::test]
     async fn receives_the_request_carrying_the_token() {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let hub = CallbackHub::start(([127, 0, 0, 1], 0).into(), stop.clone(), None).await.unwrap();
+        let (hub, stop) = hub().await;
         // Registered first, like the runner does before the first step, so the early request is kept.
         hub.register("tok-1");
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let resp = client.post(format!("http://{}/hook", hub.addr)).header("X-Synthetic-Run", "tok-1").body("lead created").send().await.unwrap();
+        let resp = client().post(format!("http://{}/hook", hub.addr)).header("X-Callback-Token", "tok-1").body("lead created").send().await.unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
         let env = RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() };
         let mut ctx = RunContext::new(Arc::new(env), "test");
@@ -300,6 +427,100 @@ mod tests {
         let (obs, _) = attempt(&mut ctx, &step).await.expect("callback arrived");
         assert_eq!(obs.phases[0].name, "callback");
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_run_token_is_not_the_run_id_and_is_released_when_the_run_ends() {
+        let (hub, stop) = hub().await;
+        let env = Arc::new(RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() });
+        let ctx = RunContext::new(env, "test");
+        assert_ne!(ctx.callback_token, ctx.run_id);
+        hub.register(&ctx.callback_token);
+        let url = format!("http://{}/hooks/crm", hub.addr);
+        // The run id is what every target sees in X-Synthetic-Run: it must not open the door.
+        for forged in [("X-Callback-Token", ctx.run_id.as_str()), ("X-Synthetic-Run", ctx.run_id.as_str()), ("X-Callback-Token", "")] {
+            let r = client().post(&url).header(forged.0, forged.1).body("{}").send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 404, "{forged:?}");
+        }
+        // A body quoting the token is not matched: lookup is by header, query or path only.
+        let r = client().post(&url).body(format!("{{\"token\":\"{}\"}}", ctx.callback_token)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        let r = client().post(format!("{url}?token={}", ctx.callback_token)).body("{}").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        hub.unregister(&ctx.callback_token);
+        // Replayed after the run: refused.
+        let r = client().post(format!("{url}?token={}", ctx.callback_token)).body("{}").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_custom_token_is_released_when_its_step_ends_so_forgeries_between_runs_fail() {
+        let (hub, stop) = hub().await;
+        let env = Arc::new(RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() });
+        let step = test_step("name: hook\ncallback: {within: 300ms, token: fixed-token}\n");
+        let e = attempt(&mut RunContext::new(env.clone(), "test"), &step).await.expect_err("nothing sent");
+        assert_eq!(e.error_type, ErrorType::Callback);
+        assert!(!hub.is_registered("fixed-token"), "custom token still registered after its step");
+        // A request sent between runs is refused, so it cannot satisfy the next run.
+        let r = client().post(format!("http://{}/x", hub.addr)).header("X-Callback-Token", "fixed-token").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        let e = attempt(&mut RunContext::new(env, "test"), &step).await.expect_err("the forged request was not kept");
+        assert_eq!(e.error_type, ErrorType::Callback);
+        stop.cancel();
+    }
+
+    #[test]
+    fn an_empty_token_is_a_check_error() {
+        for yaml in ["name: h\ncallback: {within: 1s, token: \"\"}\n", "name: h\ncallback: {within: 1s, token: \"  \"}\n"] {
+            let errs = test_step_errors(yaml);
+            assert!(errs.iter().any(|e| e.contains("`callback.token`: is empty")), "{errs:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_hmac_only_correctly_signed_requests_count() {
+        let (hub, stop) = hub().await;
+        let dir = std::env::temp_dir().join(format!("vantage-hmac-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hook-key"), "k3y-material\n").unwrap();
+        let env = Arc::new(RunEnv { callbacks: Some(hub.clone()), credentials_dir: Some(dir.clone()), ..RunEnv::new_test() });
+        let step = test_step("name: hook\ncallback: {within: 2s, token: signed-1, hmac: {secret: hook-key}}\nassert: {body_contains: genuine}\n");
+        let mut ctx = RunContext::new(env, "test");
+        let url = format!("http://{}/hook", hub.addr);
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let c = client();
+            let send = |body: &'static str, sig: Option<String>| {
+                let mut r = c.post(&url).header("X-Callback-Token", "signed-1").body(body);
+                if let Some(s) = sig {
+                    r = r.header("X-Hub-Signature-256", s);
+                }
+                r.send()
+            };
+            // Unsigned, signed with another key, a valid signature over other bytes: all ignored.
+            send("forged 1", None).await.unwrap();
+            send("forged 2", Some(format!("sha256={}", hmac_hex(b"wrong key", b"forged 2")))).await.unwrap();
+            send("forged 3", Some(format!("sha256={}", hmac_hex(b"k3y-material", b"genuine")))).await.unwrap();
+            send("genuine", Some(format!("sha256={}", hmac_hex(b"k3y-material", b"genuine")))).await.unwrap();
+        });
+        let (obs, _) = attempt(&mut ctx, &step).await.expect("the signed request is accepted");
+        assert_eq!(obs.body_text(), "genuine");
+        sender.await.unwrap();
+        assert_eq!(hub.counters.bad_signature.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let _ = std::fs::remove_dir_all(dir);
+        stop.cancel();
+    }
+
+    #[test]
+    fn signatures_are_checked_in_full() {
+        let good = format!("sha256={}", hmac_hex(b"k", b"body"));
+        assert!(signature_matches(b"k", b"body", Some(&good)));
+        assert!(!signature_matches(b"k", b"body", Some(&good[..good.len() - 2])));
+        assert!(!signature_matches(b"k", b"body", Some("sha256=")));
+        assert!(!signature_matches(b"k", b"body", Some("sha256=zz")));
+        assert!(!signature_matches(b"k", b"body", Some(&good.replace("sha256=", "sha1="))));
+        assert!(!signature_matches(b"k", b"body", None));
     }
 
     #[tokio::test]

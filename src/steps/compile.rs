@@ -131,7 +131,7 @@ impl<'a> Checker<'a> {
                             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
                             self.error(
                                 field,
-                                &format!("unknown variable `${{{name}}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: {known}; built-ins: run.id, uuid, now, now.unix, env.NAME, secret.NAME)"),
+                                &format!("unknown variable `${{{name}}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: {known}; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)"),
                             );
                         }
                     }

@@ -229,6 +229,8 @@ pub enum DeadlineReason {
 pub struct RunContext {
     pub env: Arc<RunEnv>,
     pub run_id: String,
+    /// What the run's `callback` steps wait for by default (`${run.callback_token}`); never sent as the run id.
+    pub callback_token: String,
     pub journey: String,
     vars: HashMap<String, String>,
     secrets: Redactor,
@@ -275,6 +277,7 @@ impl RunContext {
         RunContext {
             env,
             run_id: uuid::Uuid::new_v4().simple().to_string(),
+            callback_token: uuid::Uuid::new_v4().simple().to_string(),
             journey: journey.to_string(),
             vars: HashMap::new(),
             secrets: Redactor::new(),
@@ -369,6 +372,11 @@ impl RunContext {
     fn resolve(&self, r: &VarRef, secrets: &mut Vec<String>) -> Result<String, StepError> {
         Ok(match r {
             VarRef::RunId => self.run_id.clone(),
+            VarRef::CallbackToken => {
+                // Whoever sees it could forge the run's callback: it never appears in messages.
+                secrets.push(self.callback_token.clone());
+                self.callback_token.clone()
+            }
             VarRef::Uuid => uuid::Uuid::new_v4().to_string(),
             VarRef::Now => humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             VarRef::NowUnix => SystemTime::now()
@@ -407,7 +415,7 @@ impl RunContext {
     }
 }
 
-fn read_secret(dir: Option<&std::path::Path>, name: &str) -> Result<String, StepError> {
+pub(crate) fn read_secret(dir: Option<&std::path::Path>, name: &str) -> Result<String, StepError> {
     let dir = dir
         .ok_or_else(|| StepError::new(ErrorType::Config, format!("secret `{name}` is used but no credentials directory is set (set `credentials_dir`, or run under systemd with LoadCredential=)")))?;
     let path = dir.join(name);

@@ -210,7 +210,7 @@ impl DnsStep {
         let mut obs = Observation::default();
         obs.phases.push(Phase { name: "dns", duration: t.elapsed() });
         let (rcode, answers): (ResponseCode, Vec<String>) = match res {
-            Ok(lookup) => (ResponseCode::NoError, lookup.answers().iter().map(|r| r.data.to_string()).collect()),
+            Ok(lookup) => (ResponseCode::NoError, lookup.answers().iter().map(|r| crate::vocab::clean_text(&r.data.to_string())).collect()),
             Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => (nr.response_code, Vec::new()),
             Err(NetError::Dns(DnsError::ResponseCode(rc))) => (rc, Vec::new()),
             Err(e) => return Err(StepError::new(ErrorType::Dns, format!("query {} {name} failed: {e}", self.record_type)).with_observation(&obs)),

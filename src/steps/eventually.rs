@@ -68,7 +68,7 @@ impl EventuallyStep {
         let started = Instant::now();
         // Give up with a full message shortly before the step would be cut off.
         let cut = ctx.step_deadline.map(|d| d.checked_sub(Duration::from_millis(50)).unwrap_or(d));
-        let until = started.checked_add(self.within).unwrap_or(started);
+        let until = crate::vocab::later(started, self.within);
         let deadline = cut.map_or(until, |c| c.min(until));
         let mut backoff = self.backoff;
         let mut attempts = 0u32;

@@ -329,7 +329,7 @@ impl WebSocketStep {
     }
 
     async fn receive(&self, ctx: &mut RunContext, within: Duration) -> Result<(Instant, String, u64), StepError> {
-        let deadline = Instant::now() + within;
+        let deadline = crate::vocab::later(Instant::now(), within);
         let mut last_mismatch: Option<String> = None;
         let mut seen = 0u32;
         ctx.waiting_for = "a matching WebSocket message";
@@ -454,7 +454,8 @@ mod tests {
                     tokio_tungstenite::tungstenite::Message::text(format!("{{\"n\":{i}}}"))
                 } else {
                     let mut b = format!("{{\"n\":{i}}}").into_bytes();
-                    b.resize(pad, b' ');
+                    // Not UTF-8: a frame turned into text would grow (U+FFFD is 3 bytes).
+                    b.resize(pad, 0xff);
                     tokio_tungstenite::tungstenite::Message::binary(b)
                 };
                 if ws.send(m).await.is_err() {
@@ -516,6 +517,8 @@ mod tests {
             let inbox = shared.inbox.lock().unwrap();
             assert!(inbox.bytes <= super::INBOX_BYTES, "{} bytes buffered", inbox.bytes);
             assert_eq!((inbox.messages.len(), inbox.dropped), (8, 32));
+            // Kept as the bytes received: not inflated into a text copy.
+            assert!(inbox.messages.iter().all(|m| m.1.len() == 512 * 1024 && m.1[m.1.len() - 1] == 0xff));
         }
         let last = test_step("name: last\nwebsocket: {receive: 1s}\nassert: {body_contains: \"\\\"n\\\":39\"}\n");
         let (obs, _) = attempt(&mut ctx, &last).await.expect("the newest binary message is kept");

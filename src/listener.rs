@@ -1,0 +1,677 @@
+//! The bounded HTTP listener both inbound servers (admin and callback) use:
+//! a connection cap, header/body read timeouts, a body size limit, an idle
+//! timeout and small per-connection buffers, so inbound traffic can never
+//! take the descriptors or memory the journeys need. A leaf: imports nothing
+//! from the crate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; beyond, the least recently active one not being answered is shed.
+    pub max_connections: usize,
+    /// The whole request head must arrive within this (also the keep-alive wait for the next request).
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this.
+    pub body_timeout: Duration,
+    pub max_body: usize,
+    /// Bodies being read at once; this bounds the memory of a slow-upload flood to `max_body_readers * max_body`.
+    pub max_body_readers: usize,
+    /// A connection that moves no byte for this long is closed (after its response, at most `idle_timeout` later).
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    pub const ADMIN: Limits = Limits {
+        max_connections: 128,
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
+        max_body: 64 * 1024,
+        max_body_readers: 8,
+        idle_timeout: Duration::from_secs(30),
+    };
+    pub const CALLBACK: Limits = Limits {
+        max_connections: 256,
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(10),
+        max_body: 256 * 1024,
+        max_body_readers: 32,
+        idle_timeout: Duration::from_secs(30),
+    };
+
+    /// These limits with the connection cap kept to at most a sixteenth of the
+    /// process's descriptor limit: a listener holds at most three times its cap
+    /// (served, shed and closing, in their grace), so both together stay under
+    /// 3/8 and journeys always have descriptors left.
+    pub fn within_descriptors(mut self) -> Limits {
+        if let Some((soft, _)) = nofile_limit() {
+            self.max_connections = self.max_connections.min((soft / 16).max(4) as usize);
+        }
+        self
+    }
+}
+
+/// Per-connection read buffer cap (hyper's minimum is 8 KiB; its default ~400 KiB).
+const MAX_BUF: usize = 16 * 1024;
+
+/// Told of every request the listener itself refuses (413, 408, 503, 400), before any handler runs.
+pub type OnReject = Arc<dyn Fn(StatusCode) + Send + Sync>;
+
+/// Binds a listening socket with a deep accept queue (the kernel caps it at
+/// `net.core.somaxconn`): during a connection flood the queue must not
+/// overflow, or the kernel drops the SYN of a real request and its client
+/// waits a whole retransmission second.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+/// Serves `app` on `listener` under `limits` until `shutdown`.
+pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
+    spawn_with(listener, app, limits, shutdown, None)
+}
+
+/// [`spawn`], telling `on_reject` of the requests refused for their body.
+///
+/// The accept loop never waits for a slot: it takes every connection off the
+/// kernel queue at once. At the cap, a new connection that has sent bytes
+/// sheds the least recently active connection that is not being answered
+/// (idle, still sending its head, or trickling a body); one that has sent
+/// nothing gets a short grace to start, then is closed (when more than the
+/// cap wait so, the longest-waiting goes first). A request whose head
+/// has arrived is never shed, so a client with a complete request (a health
+/// check) is answered however many idle or slow connections arrive.
+/// Descriptors stay bounded: served plus shed-but-not-yet-closed connections
+/// never exceed twice the cap, plus at most the cap in their grace.
+pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>) {
+    let limits = limits.within_descriptors();
+    let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject)), read_body));
+    let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: Default::default(), next_id: AtomicU64::new(0) });
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let stream = match stream {
+                Ok((stream, _)) => stream,
+                // Out of descriptors or a connection reset before accept: back off, never spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if acceptor.table.open() < limits.max_connections {
+                acceptor.serve(stream);
+            } else if has_data(&stream) {
+                if acceptor.shed_and_serve(stream).await {
+                    // Let the new connection's task read its head before the next accept
+                    // can shed it: a burst must not shed requests it has not looked at.
+                    tokio::task::yield_now().await;
+                }
+            } else {
+                // At the cap and nothing sent yet (a request may be a moment behind its
+                // handshake): it waits for a first byte without holding up the accept
+                // loop, displacing the longest-waiting such connection when too many wait.
+                let (id, gone) = acceptor.wait_for_data();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let sent = tokio::select! {
+                        r = tokio::time::timeout(WAITING_GRACE, stream.readable()) => r.is_ok_and(|r| r.is_ok()) && has_data(&stream),
+                        _ = gone.cancelled() => false,
+                    };
+                    acceptor.done_waiting(id);
+                    if sent {
+                        if acceptor.table.open() < acceptor.limits.max_connections {
+                            acceptor.serve(stream);
+                        } else {
+                            acceptor.shed_and_serve(stream).await;
+                        }
+                    }
+                });
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+}
+
+/// Connections accepted at the cap that have sent nothing yet wait at most this
+/// for a first byte; beyond `max_connections` of them they are closed at once.
+const WAITING_GRACE: Duration = Duration::from_millis(250);
+
+/// Whether bytes are waiting on the socket (a non-blocking peek).
+fn has_data(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a byte we own, on a socket we own; MSG_DONTWAIT never blocks.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n > 0
+}
+
+struct Acceptor {
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    table: Table,
+    /// Connections accepted at the cap that have not sent a byte yet, oldest first.
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    next_id: AtomicU64,
+}
+
+impl Acceptor {
+    fn serve(self: &Arc<Self>, stream: tokio::net::TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let conn = self.table.add();
+        let me = self.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, me.app.clone(), me.limits, me.shutdown.clone(), conn.clone()).await;
+            me.table.remove(&conn);
+        });
+    }
+
+    /// At the cap: sheds the least recently active connection without a complete
+    /// request and serves `stream`; closes `stream` when every one has a request.
+    /// Shed connections close within a moment; until fewer than twice the cap
+    /// are open, this waits (at most ~50 ms). True if served.
+    async fn shed_and_serve(self: &Arc<Self>, stream: tokio::net::TcpStream) -> bool {
+        for _ in 0..50 {
+            if self.table.open() < 2 * self.limits.max_connections {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if self.table.open() >= 2 * self.limits.max_connections || !self.table.shed_least_active() {
+            return false;
+        }
+        self.serve(stream);
+        true
+    }
+
+    /// Registers a connection waiting for its first byte; the longest-waiting one
+    /// is told to go when more than `max_connections` wait.
+    fn wait_for_data(&self) -> (u64, CancellationToken) {
+        let token = CancellationToken::new();
+        let mut w = self.waiting.lock().expect("listener waiting");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        w.push_back((id, token.clone()));
+        while w.len() > self.limits.max_connections {
+            if let Some((_, old)) = w.pop_front() {
+                old.cancel();
+            }
+        }
+        (id, token)
+    }
+
+    fn done_waiting(&self, id: u64) {
+        let mut w = self.waiting.lock().expect("listener waiting");
+        if let Some(i) = w.iter().position(|(x, _)| *x == id) {
+            w.remove(i);
+        }
+    }
+}
+
+/// A served connection, as the accept loop sees it.
+struct Conn {
+    /// Requests being answered on it.
+    busy: std::sync::atomic::AtomicUsize,
+    evict: CancellationToken,
+    /// When it was accepted; `last` is in milliseconds since then.
+    started: Instant,
+    /// Milliseconds after `started` when a byte last moved (read or written).
+    last: Arc<AtomicU64>,
+}
+
+impl Conn {
+    fn last_active(&self) -> Instant {
+        self.started + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// The connection a request came on, for the middleware.
+#[derive(Clone)]
+struct ConnHandle(Arc<Conn>);
+
+/// Marks the connection as not being answered while alive.
+struct Evictable(ConnHandle);
+
+impl Evictable {
+    fn new(h: ConnHandle) -> Evictable {
+        h.0.busy.fetch_sub(1, Ordering::Relaxed);
+        Evictable(h)
+    }
+}
+
+impl Drop for Evictable {
+    fn drop(&mut self) {
+        self.0 .0.busy.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Served connections, and how many shed ones have not closed yet.
+struct Table {
+    live: std::sync::Mutex<Vec<Arc<Conn>>>,
+    /// Served plus shed-but-still-open connections (descriptors held).
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table { live: std::sync::Mutex::new(Vec::new()), open: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) -> Arc<Conn> {
+        let c = Arc::new(Conn { busy: Default::default(), evict: CancellationToken::new(), started: Instant::now(), last: Arc::new(AtomicU64::new(0)) });
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().expect("listener table").push(c.clone());
+        c
+    }
+
+    /// When its task ends (served, timed out or shed).
+    fn remove(&self, c: &Arc<Conn>) {
+        let mut live = self.live.lock().expect("listener table");
+        if let Some(i) = live.iter().position(|x| Arc::ptr_eq(x, c)) {
+            live.swap_remove(i);
+        }
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sheds the least recently active connection not being answered; false if every one is.
+    fn shed_least_active(&self) -> bool {
+        let mut live = self.live.lock().expect("listener table");
+        let victim = live.iter().enumerate().filter(|(_, c)| c.busy.load(Ordering::Relaxed) == 0).min_by_key(|(_, c)| c.last_active()).map(|(i, _)| i);
+        let Some(i) = victim else { return false };
+        let c = live.swap_remove(i);
+        c.evict.cancel();
+        true
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+    me: Arc<Conn>,
+) {
+    let started = me.started;
+    let activity = me.last.clone();
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        started,
+        last: activity.clone(),
+    });
+    let busy = me.clone();
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let busy = busy.clone();
+        async move {
+            busy.busy.fetch_add(1, Ordering::Relaxed);
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnHandle(busy.clone()));
+            let r = app.oneshot(req).await;
+            busy.busy.fetch_sub(1, Ordering::Relaxed);
+            r
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_BUF)
+        .max_headers(64)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut hard_stop: Option<tokio::time::Instant> = None;
+    loop {
+        let idle_at =
+            started + Duration::from_millis(activity.load(Ordering::Relaxed)) + limits.idle_timeout;
+        let wake = hard_stop.unwrap_or_else(|| idle_at.into());
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = me.evict.cancelled() => return,
+            _ = shutdown.cancelled(), if hard_stop.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                hard_stop = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if hard_stop.is_some() {
+                    return; // dropped: the peer did not take its response in time
+                }
+                if Instant::now() >= idle_at {
+                    // Closes at once between requests; lets a response in progress finish, for a while.
+                    conn.as_mut().graceful_shutdown();
+                    hard_stop = Some(tokio::time::Instant::now() + limits.idle_timeout);
+                }
+            }
+        }
+    }
+}
+
+/// A socket that notes when bytes last moved, for the idle timeout.
+struct Tracked {
+    inner: tokio::net::TcpStream,
+    started: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct BodyGate {
+    limits: Limits,
+    readers: Semaphore,
+    on_reject: Option<OnReject>,
+}
+
+impl BodyGate {
+    fn new(limits: Limits, on_reject: Option<OnReject>) -> BodyGate {
+        BodyGate { limits, readers: Semaphore::new(limits.max_body_readers), on_reject }
+    }
+
+    fn refuse(&self, status: StatusCode, msg: &'static str) -> Response {
+        if let Some(f) = &self.on_reject {
+            f(status);
+        }
+        (status, [(header::CONNECTION, "close")], msg).into_response()
+    }
+}
+
+/// Reads the whole body, bounded in size, time and concurrency, before any handler sees the request.
+async fn read_body(State(gate): State<Arc<BodyGate>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.is_some_and(|n| n > gate.limits.max_body as u64) {
+        return gate.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+    }
+    if !chunked && declared.unwrap_or(0) == 0 {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = gate.readers.try_acquire() else {
+        return gate.refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many uploads at once, retry later\n",
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, gate.limits.max_body);
+    // While its body trickles in, the connection may be shed like an idle one.
+    let conn = parts.extensions.get::<ConnHandle>().cloned();
+    let _evictable = conn.map(Evictable::new);
+    let bytes = match tokio::time::timeout(gate.limits.body_timeout, limited.collect()).await {
+        Err(_) => {
+            return gate.refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            )
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return gate.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
+        }
+        Ok(Err(_)) => {
+            return gate.refuse(StatusCode::BAD_REQUEST, "request body could not be read\n")
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    drop(_permit);
+    drop(_evictable);
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// (soft, hard) `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> Option<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0)
+        .then_some((r.rlim_cur, r.rlim_max))
+}
+
+/// Raises the soft descriptor limit to the hard one (what systemd's default
+/// soft limit of 1024 leaves unused); returns the soft limit now in force.
+pub fn raise_nofile_limit() -> Option<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft < hard {
+        let r = libc::rlimit {
+            rlim_cur: hard as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            return Some(hard);
+        }
+    }
+    Some(soft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/echo",
+                post(|b: axum::body::Bytes| async move { format!("{}\n", b.len()) }),
+            );
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        spawn(l, app, limits, stop.clone());
+        (addr, stop)
+    }
+
+    const FAST: Limits = Limits {
+        max_connections: 4,
+        header_timeout: Duration::from_millis(300),
+        body_timeout: Duration::from_millis(300),
+        max_body: 1024,
+        max_body_readers: 2,
+        idle_timeout: Duration::from_millis(400),
+    };
+
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(within, s.read_to_end(&mut got))
+            .await
+            .expect("server closed the connection in time")
+            .unwrap_or_default();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_slow_header_is_cut_off() {
+        let (addr, stop) = start(FAST).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_is_cut_off_with_408() {
+        let (addr, stop) = start(FAST).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+            .await
+            .unwrap();
+        let got = closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_get_413_declared_or_chunked() {
+        let (addr, stop) = start(FAST).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+            .await
+            .unwrap();
+        let got = closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let chunk = vec![b'x'; 2000];
+        s.write_all(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                chunk.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        s.write_all(&chunk).await.unwrap();
+        s.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+        let got = closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        let (addr, stop) = start(FAST).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("ok"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_an_idle_connection_makes_room_for_a_request() {
+        let limits = Limits { header_timeout: Duration::from_secs(20), idle_timeout: Duration::from_secs(20), ..FAST };
+        let (addr, stop) = start(limits).await;
+        let mut idle = Vec::new();
+        for _ in 0..limits.max_connections * 3 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let got = closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(String::from_utf8_lossy(&got).contains("ok"), "{}", String::from_utf8_lossy(&got));
+        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        stop.cancel();
+    }
+
+    #[test]
+    fn the_cap_stays_well_below_the_descriptor_limit() {
+        let (soft, _) = nofile_limit().unwrap();
+        let l = Limits {
+            max_connections: usize::MAX,
+            ..Limits::ADMIN
+        }
+        .within_descriptors();
+        assert!(
+            l.max_connections as u64 <= soft / 16 || l.max_connections == 4,
+            "{} vs {soft}",
+            l.max_connections
+        );
+    }
+}
