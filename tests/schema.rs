@@ -229,7 +229,7 @@ fn check_reports_every_structural_problem_with_its_location() {
     let want = [
         format!("error: {f}:4:5: unknown field `colour`, expected one of name, interval, timeout, labels, buckets, locations, vars, retries, steps, finally, slo"),
         format!("error: {f}:8:9: unknown field `asert`, expected one of name, timeout, http, dns, tcp, tls, websocket, eventually, callback, browser, grpc, assert, extract"),
-        format!("error: {f}:12:9: journey `two`, step `s`: `http.url`: unknown variable `${{tokn}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, uuid, now, now.unix, env.NAME, secret.NAME)"),
+        format!("error: {f}:12:9: journey `two`, step `s`: `http.url`: unknown variable `${{tokn}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)"),
         format!("error: {f}:19:18: expected a duration like `500ms`, `10s` or `1m`, got `30 parsecs` (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"),
         format!("error: {f}:29:15: missing field `url`"),
         "5 problems found".to_string(),
