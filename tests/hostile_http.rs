@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hostile::{forward_proxy, h2_only, hostile, test_cert};
+use common::collector::Collector;
+use common::hostile::{flaky, forward_proxy, h2_only, hostile, refusing_proxy, test_cert};
 use vantage::config::{AgentConfig, Journey};
 use vantage::runner::context::RunEnv;
 use vantage::runner::result::{ErrorType, Outcome, RunResult};
@@ -16,9 +17,20 @@ use vantage::runner::result::{ErrorType, Outcome, RunResult};
 const RUNS: usize = 50;
 
 fn env() -> Arc<RunEnv> {
+    env_for(&AgentConfig::default())
+}
+
+fn env_for(agent: &AgentConfig) -> Arc<RunEnv> {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
-    Arc::new(vantage::daemon::build_env(&AgentConfig::default(), tracer, None, HashMap::new()).unwrap())
+    Arc::new(vantage::daemon::build_env(agent, tracer, None, HashMap::new()).unwrap())
+}
+
+/// An agent config parsed (and checked) from `yaml`, in `dir`.
+fn agent(dir: &std::path::Path, yaml: &str) -> AgentConfig {
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    vantage::config::parse_agent(&path).unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")))
 }
 
 /// One journey `j` with these steps (YAML list items, indented by 6).
@@ -306,5 +318,151 @@ async fn proxies_come_from_the_environment_and_no_proxy_bypasses_them() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(proxy.seen().len(), 1, "NO_PROXY bypassed the proxy");
     assert_eq!(plain.seen().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+const PROXY_USER: &str = "agent-user";
+const PROXY_PASS: &str = "Pr0xy-pass-9f3k";
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// A credentials directory holding `proxy-auth` = `user:password`.
+fn proxy_credentials() -> std::path::PathBuf {
+    let dir = common::tempdir();
+    std::fs::write(dir.join("proxy-auth"), format!("{PROXY_USER}:{PROXY_PASS}\n")).unwrap();
+    dir
+}
+
+/// The agent's `proxy:` (credentials from a file) replaces the environment's
+/// for every http step; CONNECT for https; a step's own `proxy:` wins;
+/// `no_proxy` sends matching hosts direct.
+#[tokio::test]
+async fn the_agent_wide_proxy_carries_file_credentials_and_honours_no_proxy() {
+    let cert = test_cert();
+    let plain = hostile(None).await;
+    let tls = hostile(Some(&cert)).await;
+    let proxy = forward_proxy().await;
+    let other = forward_proxy().await;
+    let creds = proxy_credentials();
+    let steps = format!(
+        "      - name: plain\n        http: {{url: \"http://127.0.0.1:{p}/ok\"}}\n        assert: {{body_contains: hello}}\n\
+         \x20     - name: tls\n        http: {{url: \"https://127.0.0.1:{t}/ok\", tls_verify: false}}\n        assert: {{body_contains: hello}}\n\
+         \x20     - name: direct\n        http: {{url: \"http://127.0.0.1:{p}/echo\", proxy: none}}\n        assert: {{body_not_contains: \"Via:\"}}\n\
+         \x20     - name: own\n        http: {{url: \"http://127.0.0.1:{p}/echo\", proxy: {{url: \"http://127.0.0.1:{o}\"}}}}\n        assert: {{body_contains: \"Via: 1.1 test-proxy\"}}\n",
+        p = plain.port(),
+        t = tls.port(),
+        o = other.port()
+    );
+    let j = journey(&steps);
+    let yaml = |no_proxy: &str| format!("credentials_dir: {}\nproxy:\n  url: \"http://127.0.0.1:{}\"\n  credentials: proxy-auth\n  no_proxy: {no_proxy}\n", creds.display(), proxy.port());
+    let a = agent(&creds, &yaml("[10.0.0.0/8, example.test]"));
+    assert_ok(&run(&j, &env_for(&a)).await);
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 2, "plain and tls through the agent's proxy, the others not: {seen:?}");
+    assert!(seen[0].starts_with(&format!("GET http://127.0.0.1:{}/ok HTTP/1.1\r\n", plain.port())), "{seen:?}");
+    assert!(seen[1].starts_with(&format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n", tls.port())), "{seen:?}");
+    let auth = format!("proxy-authorization: basic {}", basic(PROXY_USER, PROXY_PASS)).to_ascii_lowercase();
+    for s in &seen {
+        assert!(s.to_ascii_lowercase().contains(&auth), "credentials from the file: {s}");
+    }
+    assert_eq!(tls.seen().len(), 1, "https went through the tunnel");
+    assert_eq!(other.seen().len(), 1, "the step's own proxy");
+    assert!(!other.seen()[0].to_ascii_lowercase().contains("proxy-authorization"), "the agent's credentials stay with the agent's proxy");
+
+    // `no_proxy` naming the target: direct.
+    let a = agent(&creds, &yaml("[\"127.0.0.0/8\"]"));
+    let j = journey(&format!("      - name: plain\n        http: {{url: \"http://127.0.0.1:{}/echo\"}}\n        assert: {{body_not_contains: \"Via:\"}}\n", plain.port()));
+    assert_ok(&run(&j, &env_for(&a)).await);
+    assert_eq!(proxy.seen().len(), 2, "bypassed");
+    let _ = std::fs::remove_dir_all(creds);
+}
+
+/// A proxy that refuses and echoes the request (credentials included): the
+/// password never reaches the output of `vantage once`, its log, spans or
+/// metrics at a real collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_credentials_never_reach_messages_logs_or_spans() {
+    let cert = test_cert();
+    let plain = hostile(None).await;
+    let tls = hostile(Some(&cert)).await;
+    let proxy = refusing_proxy().await;
+    let col = Collector::start();
+    let dir = proxy_credentials();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, format!("id: t\nadmin: {{listen: \"\"}}\ncredentials_dir: {}\nproxy: {{url: \"http://127.0.0.1:{}\", credentials: proxy-auth}}\n", dir.display(), proxy.port())).unwrap();
+    let probes = dir.join("p.yaml");
+    // One step with the credentials in its own URL, percent-encoded as users write them.
+    std::fs::write(
+        &probes,
+        format!(
+            "journeys:\n  - name: via-file\n    interval: 60s\n    steps:\n      - name: plain\n        http: {{url: \"http://127.0.0.1:{p}/ok\"}}\n\
+             \x20 - name: via-file-tls\n    interval: 60s\n    steps:\n      - name: tls\n        http: {{url: \"https://127.0.0.1:{t}/ok\", tls_verify: false}}\n\
+             \x20 - name: via-url\n    interval: 60s\n    steps:\n      - name: plain\n        http: {{url: \"http://127.0.0.1:{p}/ok\", proxy: \"http://{PROXY_USER}:{PROXY_PASS}@127.0.0.1:{x}\"}}\n",
+            p = plain.port(),
+            t = tls.port(),
+            x = proxy.port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--verbose", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).args(["--otlp-endpoint", &col.grpc_endpoint()]).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // The credentials did reach the proxy (so there was something to leak) …
+    let sent = proxy.seen();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let b64 = basic(PROXY_USER, PROXY_PASS);
+    assert!(sent.iter().all(|s| s.contains(&b64)), "{sent:?}");
+    // … the refusals are named, the echoed credentials redacted …
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0]["error_type"], "http_status", "{stdout}");
+    assert!(runs[0]["message"].as_str().unwrap().contains("got 407") && runs[0]["message"].as_str().unwrap().contains("[REDACTED]"), "{stdout}");
+    assert_eq!(runs[1]["error_type"], "connect", "{stdout}");
+    assert!(runs[1]["message"].as_str().unwrap().contains(&format!("proxy `http://127.0.0.1:{}` refused CONNECT 127.0.0.1:{}: 407 Proxy Authentication Required", proxy.port(), tls.port())), "{stdout}");
+    assert!(runs[2]["message"].as_str().unwrap().contains("[REDACTED]"), "{stdout}");
+    // … and nothing that carries them leaves.
+    let spans = col.wait_for_n_spans(6, |_| true, Duration::from_secs(15));
+    assert!(spans.iter().any(|s| s.status_message.contains("got 407")), "{spans:?}");
+    let raw = col.raw_log();
+    for (what, text) in [("stdout", &stdout), ("stderr", &stderr), ("collector", &raw)] {
+        for secret in [PROXY_PASS, b64.as_str(), &b64[..b64.len() - 4]] {
+            assert!(!text.contains(secret), "`{secret}` leaked to {what}: {text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Bad `proxy:` settings are `check` errors at their file:line:column, never
+/// repeating a password.
+#[test]
+fn bad_proxy_settings_are_check_errors_with_their_location() {
+    let dir = common::tempdir();
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, "id: a\nproxy:\n  url: \"socks5://u:hunter2hunter@p.test:1080\"\n  credentials: ../shadow\n  no_proxy: [\"a b\"]\n").unwrap();
+    let diags: Vec<String> = vantage::config::parse_agent(&path).unwrap_err().iter().map(|d| d.to_string()).collect();
+    let file = path.display().to_string();
+    assert_eq!(diags.len(), 3, "{diags:?}");
+    assert!(diags[0].starts_with(&format!("{file}:3:8: `proxy.url`: expected `none` or an http://host:port proxy URL, got `socks5://u:[REDACTED]@p.test:1080`")), "{diags:?}");
+    assert!(diags[1].starts_with(&format!("{file}:4:16: `proxy.credentials`: expected a file name in the credentials directory")), "{diags:?}");
+    assert!(diags[2].starts_with(&format!("{file}:5:13: `proxy.no_proxy`: expected host names")), "{diags:?}");
+    std::fs::write(&path, "proxy: ftp://p.test\n").unwrap();
+    let diags: Vec<String> = vantage::config::parse_agent(&path).unwrap_err().iter().map(|d| d.to_string()).collect();
+    assert!(diags[0].starts_with(&format!("{file}:1:8: `proxy`: expected `none` or an http://host:port proxy URL, got `ftp://p.test`")), "{diags:?}");
+
+    let probes = dir.join("p.yaml");
+    std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", typo: 1}}\n").unwrap();
+    let diags: Vec<String> = vantage::config::load(None, &[probes.clone()]).unwrap_err().iter().map(|d| d.to_string()).collect();
+    assert!(diags.iter().any(|d| d.starts_with(&format!("{}:6:", probes.display())) && d.contains("typo")), "{diags:?}");
+    std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", credentials: c}}\n").unwrap();
+    let diags: Vec<String> = vantage::config::load(None, &[probes.clone()]).unwrap_err().iter().map(|d| d.to_string()).collect();
+    assert_eq!(diags.len(), 2, "{diags:?}");
+    assert!(diags[0].starts_with(&format!("{}:5:9: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
+    assert!(diags[1].contains("`http.proxy.credentials`: give the proxy's credentials either in the URL or in `credentials`, not both"), "{diags:?}");
+    assert!(diags.iter().all(|d| !d.contains("hunter2hunter")), "{diags:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

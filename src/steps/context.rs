@@ -24,6 +24,8 @@ pub struct RunEnv {
     pub agent_id: String,
     pub location: String,
     pub credentials_dir: Option<PathBuf>,
+    /// The agent-wide `proxy:` for HTTP steps (else the environment's).
+    pub proxy: Option<crate::config::agent::ProxySpec>,
     pub(crate) resolver: OnceLock<hickory_resolver::TokioResolver>,
     pub(crate) tls: OnceLock<crate::steps::tls::TlsConfigs>,
     pub tracer: opentelemetry_sdk::trace::Tracer,
@@ -62,6 +64,7 @@ impl RunEnv {
             agent_id: agent.agent_id(),
             location: agent.location.clone(),
             credentials_dir: agent.credentials_dir(),
+            proxy: agent.proxy.clone(),
             resolver: OnceLock::new(),
             tls: OnceLock::new(),
             tracer,
@@ -407,7 +410,7 @@ impl RunContext {
     }
 }
 
-fn read_secret(dir: Option<&std::path::Path>, name: &str) -> Result<String, StepError> {
+pub(crate) fn read_secret(dir: Option<&std::path::Path>, name: &str) -> Result<String, StepError> {
     let dir = dir
         .ok_or_else(|| StepError::new(ErrorType::Config, format!("secret `{name}` is used but no credentials directory is set (set `credentials_dir`, or run under systemd with LoadCredential=)")))?;
     let path = dir.join(name);

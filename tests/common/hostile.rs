@@ -396,3 +396,66 @@ pub async fn forward_proxy() -> Server {
     });
     Server { addr, task, seen, accepted }
 }
+
+/// Answers 503 to the first `fails` requests, then 200 "recovered" (one
+/// request per connection): a target that recovers, for retries.
+pub async fn flaky(fails: u32) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(Mutex::new(0));
+    let (s2, a2) = (seen.clone(), accepted.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            *a2.lock().unwrap() += 1;
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut io: Box<dyn Io> = Box::new(tcp);
+                let Some((head, _)) = read_request(&mut io).await else { return };
+                let n = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(head);
+                    s.len() as u32
+                };
+                let resp = if n <= fails {
+                    format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\nConnection: close\r\n\r\nnot yet {n:>4}")
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nrecovered".to_string()
+                };
+                let _ = io.write_all(resp.as_bytes()).await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    Server { addr, task, seen, accepted }
+}
+
+/// A proxy that refuses everyone with 407 and, like some proxies' error
+/// pages, echoes the request it got (credentials included) in the body.
+pub async fn refusing_proxy() -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(Mutex::new(0));
+    let (s2, a2) = (seen.clone(), accepted.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            *a2.lock().unwrap() += 1;
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut io: Box<dyn Io> = Box::new(tcp);
+                let Some((head, _)) = read_request(&mut io).await else { return };
+                seen.lock().unwrap().push(head.clone());
+                let resp = format!(
+                    "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                    head.len()
+                );
+                let _ = io.write_all(resp.as_bytes()).await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    Server { addr, task, seen, accepted }
+}
