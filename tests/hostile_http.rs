@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::collector::Collector;
-use common::hostile::{flaky, forward_proxy, h2_only, hostile, refusing_proxy, test_cert};
+use common::hostile::{flaky, forward_proxy, h2_only, hostile, openssl_cert, refusing_proxy, revocation_pki, test_cert};
 use vantage::config::{AgentConfig, Journey};
 use vantage::runner::context::RunEnv;
 use vantage::runner::result::{ErrorType, Outcome, RunResult};
@@ -465,4 +465,68 @@ fn bad_proxy_settings_are_check_errors_with_their_location() {
     assert!(diags[1].contains("`http.proxy.credentials`: give the proxy's credentials either in the URL or in `credentials`, not both"), "{diags:?}");
     assert!(diags.iter().all(|d| !d.contains("hunter2hunter")), "{diags:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `tls` and an `http` step against `port`, trusting `ca`, with `extra` step fields.
+fn tls_journey(port: u16, ca: &std::path::Path, extra: &str) -> Journey {
+    journey(&format!(
+        "      - name: cert\n        tls: {{address: \"127.0.0.1:{port}\", ca_file: \"{ca}\"{extra}}}\n\
+         \x20     - name: page\n        http: {{url: \"https://127.0.0.1:{port}/ok\", ca_file: \"{ca}\", proxy: none{extra}}}\n",
+        ca = ca.display()
+    ))
+}
+
+#[track_caller]
+fn assert_no_debug_output(m: &str) {
+    assert!(!m.contains("Context") && !m.contains("InvalidCertificate") && !m.contains('{'), "library debug output: {m}");
+}
+
+/// A leaf signed with SHA-1, or by a CA with a 1024-bit RSA key (both made by
+/// openssl): the failure says so in words, for `tls` and `http` steps.
+#[tokio::test]
+async fn weak_signatures_and_weak_issuer_keys_are_named() {
+    let sha1 = openssl_cert(2048, "sha1");
+    let s = hostile(Some(&sha1)).await;
+    let j = tls_journey(s.port(), &sha1.pem_path, "");
+    let r = run(&j, &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["step `cert`: TLS handshake with `127.0.0.1` failed: the certificate of `127.0.0.1` is not trusted: the server's certificate is signed with SHA-1 (sha1WithRSAEncryption), a weak signature algorithm that is no longer accepted"]);
+    assert_no_debug_output(r.message.as_deref().unwrap());
+    let r = run(&journey(&format!("      - name: page\n        http: {{url: \"https://127.0.0.1:{}/ok\", ca_file: \"{}\", proxy: none}}\n", s.port(), sha1.pem_path.display())), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["signed with SHA-1 (sha1WithRSAEncryption), a weak signature algorithm"]);
+    assert_eq!(r.steps[0].phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["connect"], "connect is kept");
+
+    let weak_ca = openssl_cert(1024, "sha256");
+    let s = hostile(Some(&weak_ca)).await;
+    let r = run(&tls_journey(s.port(), &weak_ca.pem_path, ""), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["the certificate of `127.0.0.1` is not trusted: its issuer `CN=Vantage weak test CA` signs with a 1024-bit RSA key, too weak to be accepted (at least 2048 bits)"]);
+    assert_no_debug_output(r.message.as_deref().unwrap());
+
+    // The same tooling with SHA-256 and a 2048-bit CA passes: the weakness is what fails.
+    let fine = openssl_cert(2048, "sha256");
+    let s = hostile(Some(&fine)).await;
+    assert_ok(&run(&tls_journey(s.port(), &fine.pem_path, ""), &env()).await);
+    for c in [sha1, weak_ca, fine] {
+        let _ = std::fs::remove_dir_all(c.pem_path.parent().unwrap());
+    }
+}
+
+/// `crl_file`: a leaf on its issuer's CRL fails as revoked (tls and http
+/// steps); one that is not on it passes; without the CRL both pass.
+#[tokio::test]
+async fn a_certificate_on_the_crl_is_revoked() {
+    let pki = revocation_pki();
+    let revoked = hostile(Some(&pki.revoked)).await;
+    let good = hostile(Some(&pki.good)).await;
+    let crl = format!(", crl_file: \"{}\"", pki.crl_pem.display());
+    let r = run(&tls_journey(revoked.port(), &pki.ca_pem, &crl), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["step `cert`: TLS handshake with `127.0.0.1` failed: the certificate of `127.0.0.1` (serial 2a) has been revoked by its issuer"]);
+    assert_no_debug_output(r.message.as_deref().unwrap());
+    let page = format!("      - name: page\n        http: {{url: \"https://127.0.0.1:{}/ok\", ca_file: \"{}\", proxy: none{crl}}}\n", revoked.port(), pki.ca_pem.display());
+    assert_fails(&run(&journey(&page), &env()).await, ErrorType::Tls, &["has been revoked by its issuer"]);
+    assert_ok(&run(&tls_journey(good.port(), &pki.ca_pem, &crl), &env()).await);
+    assert_ok(&run(&tls_journey(revoked.port(), &pki.ca_pem, ""), &env()).await);
+    // A CRL file that is not one is a config failure naming it.
+    let r = run(&tls_journey(good.port(), &pki.ca_pem, &format!(", crl_file: \"{}\"", pki.ca_pem.display())), &env()).await;
+    assert_fails(&r, ErrorType::Config, &["CRL file `", "ca.pem`"]);
+    let _ = std::fs::remove_dir_all(pki.ca_pem.parent().unwrap());
 }

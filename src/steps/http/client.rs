@@ -74,6 +74,7 @@ impl Conn {
 pub(super) struct TlsChoice {
     pub verify: bool,
     pub ca_file: Option<String>,
+    pub crl_file: Option<String>,
 }
 
 /// What the step asks of the client, the same for every hop.
@@ -121,10 +122,11 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
     let port = url.port_or_known_default().unwrap_or(80);
     let proxy = proxy_for(ctx, &opts.proxy, url)?;
     let key = format!(
-        "{}://{host}:{port}#{}#{}#{:?}#{}",
+        "{}://{host}:{port}#{}#{}#{}#{:?}#{}",
         url.scheme(),
         opts.tls.verify,
         opts.tls.ca_file.as_deref().unwrap_or(""),
+        opts.tls.crl_file.as_deref().unwrap_or(""),
         opts.version,
         proxy.as_ref().map(|p| format!("{}{}", p.name(), if p.auth.is_some() { "+auth" } else { "" })).unwrap_or_default()
     );
@@ -440,7 +442,7 @@ async fn over_tls<IO>(
 where
     IO: crate::steps::net::TlsTransport + Send + 'static,
 {
-    let base = ctx.env.tls()?.pick(opts.tls.verify, opts.tls.ca_file.as_deref())?;
+    let base = ctx.env.tls()?.pick_with_crl(opts.tls.verify, opts.tls.ca_file.as_deref(), opts.tls.crl_file.as_deref())?;
     let mut cfg = (*base).clone();
     cfg.alpn_protocols = match opts.version {
         HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

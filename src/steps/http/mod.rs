@@ -54,6 +54,8 @@ pub struct HttpSpec {
     pub tls_verify: bool,
     /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
     pub ca_file: Option<String>,
+    /// Certificate revocation lists (PEM or DER): a certificate they list fails as revoked.
+    pub crl_file: Option<String>,
     /// Bodies larger than this (after decoding) are cut and the step fails with `body_too_large`.
     pub max_body: Option<ByteSize>,
     /// `auto` (HTTP/2 when the server offers it through ALPN), `"1.1"` or `"2"`.
@@ -164,6 +166,7 @@ pub struct HttpStep {
     allow_insecure_redirects: bool,
     tls_verify: bool,
     ca_file: Option<Template>,
+    crl_file: Option<Template>,
     max_body: u64,
     version: HttpVersion,
     proxy: ProxyChoice,
@@ -221,6 +224,7 @@ impl HttpStep {
             allow_insecure_redirects: spec.allow_insecure_redirects,
             tls_verify: spec.tls_verify,
             ca_file: spec.ca_file.as_deref().map(|f| c.template("http.ca_file", f)),
+            crl_file: spec.crl_file.as_deref().map(|f| c.template("http.crl_file", f)),
             max_body: spec.max_body.map(|b| b.0).unwrap_or(DEFAULT_MAX_BODY),
             version: spec.http_version,
             proxy,
@@ -243,6 +247,10 @@ impl HttpStep {
             tls: TlsChoice {
                 verify: self.tls_verify,
                 ca_file: match &self.ca_file {
+                    Some(t) => Some(ctx.render(t)?),
+                    None => None,
+                },
+                crl_file: match &self.crl_file {
                     Some(t) => Some(ctx.render(t)?),
                     None => None,
                 },
