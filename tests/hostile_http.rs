@@ -530,3 +530,65 @@ async fn a_certificate_on_the_crl_is_revoked() {
     assert_fails(&r, ErrorType::Config, &["CRL file `", "ca.pem`"]);
     let _ = std::fs::remove_dir_all(pki.ca_pem.parent().unwrap());
 }
+
+/// Retries through the real binary and a real collector: a target that fails
+/// once then recovers makes one successful run that needed a retry; one that
+/// always fails makes one failed run (not one per attempt) with the last
+/// attempt's message. Each attempt has its own root span, tied by the run id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_through_the_agent_count_each_run_once() {
+    let recovers = flaky(1).await;
+    let broken = flaky(u32::MAX).await;
+    let col = Collector::start();
+    let dir = common::tempdir();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, "id: t\nlocation: test-1\nadmin: {listen: \"\"}\n").unwrap();
+    let probes = dir.join("p.yaml");
+    let j = |name: &str, port: u16| {
+        format!("  - name: {name}\n    interval: 60s\n    timeout: 5s\n    retries: {{attempts: 3, delay: 100ms}}\n    steps:\n      - name: get\n        http: {{url: \"http://127.0.0.1:{port}/x\", proxy: none}}\n        assert: {{body_contains: recovered}}\n")
+    };
+    std::fs::write(&probes, format!("journeys:\n{}{}", j("recovers", recovers.port()), j("broken", broken.port()))).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).args(["--otlp-endpoint", &col.grpc_endpoint()]).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.len(), 2, "one result per run, not per attempt: {stdout}");
+    let (ok, bad) = (&runs[0], &runs[1]);
+    assert_eq!((ok["journey"].as_str(), ok["outcome"].as_str(), ok["attempts"].as_u64(), ok["retried"].as_bool()), (Some("recovers"), Some("success"), Some(2), Some(true)), "{stdout}");
+    let earlier = ok["failed_attempts"].as_array().unwrap();
+    assert_eq!(earlier.len(), 1, "{stdout}");
+    assert!(earlier[0].as_str().unwrap().starts_with("attempt 1: http_status: step `get`: ") && earlier[0].as_str().unwrap().contains("got 503"), "{stdout}");
+    assert_eq!((bad["journey"].as_str(), bad["outcome"].as_str(), bad["error_type"].as_str(), bad["attempts"].as_u64()), (Some("broken"), Some("failure"), Some("http_status"), Some(3)), "{stdout}");
+    assert!(bad["message"].as_str().unwrap().contains("got 503 (body: not yet    3)"), "the last attempt's message: {stdout}");
+    assert_eq!(bad["failed_attempts"].as_array().unwrap().len(), 2, "{stdout}");
+    assert_eq!((recovers.seen().len(), broken.seen().len()), (2, 3), "attempts made");
+
+    let wait = Duration::from_secs(15);
+    let last = |name: &str, journey: &str, want: &[(&str, &str)]| -> f64 {
+        let pts = col.wait_for_metric(name, |p| p.attributes.get("journey.name").map(String::as_str) == Some(journey) && want.iter().all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v)), wait);
+        pts.last().unwrap().value.unwrap()
+    };
+    assert_eq!(last("synthetics.journey.runs", "recovers", &[("outcome", "success")]), 1.0);
+    assert_eq!(last("synthetics.journey.runs", "recovers", &[("outcome", "failure"), ("error.type", "http_status")]), 0.0, "the failed attempt is not a run");
+    assert_eq!(last("synthetics.journey.runs", "broken", &[("outcome", "failure"), ("error.type", "http_status")]), 1.0, "three attempts, one failed run");
+    assert_eq!(last("synthetics.journey.retried", "recovers", &[("result", "recovered")]), 1.0);
+    assert_eq!(last("synthetics.journey.retried", "broken", &[("result", "failed")]), 1.0);
+
+    // 5 attempts: a root span and a step span each.
+    let spans = col.wait_for_n_spans(10, |_| true, wait);
+    for (journey, attempts, run) in [("recovers", 2, ok), ("broken", 3, bad)] {
+        let mut roots: Vec<_> = spans.iter().filter(|s| s.name == format!("journey {journey}") && s.parent_span_id.is_none()).collect();
+        roots.sort_by_key(|s| s.attributes.get("synthetics.run.attempt").cloned());
+        let numbers: Vec<&str> = roots.iter().map(|s| s.attributes["synthetics.run.attempt"].as_str()).collect();
+        let want: Vec<String> = (1..=attempts).map(|i| i.to_string()).collect();
+        assert_eq!(numbers, want, "{journey}: {roots:?}");
+        assert!(roots.iter().all(|s| s.attributes["synthetics.run.id"] == run["run_id"].as_str().unwrap()), "{journey}: one run id for all attempts: {roots:?}");
+        for (i, s) in roots.iter().enumerate() {
+            let failed = s.status_code == "STATUS_CODE_ERROR";
+            assert_eq!(failed, journey == "broken" || i == 0, "{journey} attempt {}: {}", i + 1, s.status_code);
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
