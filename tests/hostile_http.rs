@@ -592,3 +592,46 @@ async fn retries_through_the_agent_count_each_run_once() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Through the binary and a real collector: the span records the HTTP version
+/// used (`2` through ALPN, `1.1`), and a certificate failure is the step's
+/// message only, not also an ERROR/WARN line of the TLS libraries on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_record_the_http_version_and_tls_failures_stay_out_of_the_log() {
+    let cert = test_cert();
+    let h2 = h2_only(Some(&cert)).await;
+    let h1 = hostile(None).await;
+    let selfsigned = hostile(Some(&cert)).await;
+    let col = Collector::start();
+    let dir = common::tempdir();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, "id: t\nadmin: {listen: \"\"}\n").unwrap();
+    let probes = dir.join("p.yaml");
+    let j = |name: &str, url: String, extra: &str| format!("  - name: {name}\n    interval: 60s\n    steps:\n      - name: get\n        http: {{url: \"{url}\", proxy: none{extra}}}\n");
+    std::fs::write(
+        &probes,
+        format!(
+            "journeys:\n{}{}{}",
+            j("h2", format!("https://127.0.0.1:{}/a", h2.port()), ", tls_verify: false"),
+            j("h1", format!("http://127.0.0.1:{}/ok", h1.port()), ""),
+            j("badcert", format!("https://127.0.0.1:{}/ok", selfsigned.port()), "")
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).args(["--otlp-endpoint", &col.grpc_endpoint()]).env_remove("VANTAGE_LOG").env_remove("RUST_LOG").kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.iter().map(|r| r["outcome"].as_str().unwrap()).collect::<Vec<_>>(), ["success", "success", "failure"], "{stdout}");
+    assert!(runs[2]["message"].as_str().unwrap().contains("is self-signed"), "{stdout}");
+    for noise in ["Sending fatal alert", "failed to verify TLS certificate", "rustls", "BadCertificate", "UnknownIssuer"] {
+        assert!(!stderr.contains(noise), "`{noise}` in the agent's log:\n{stderr}");
+    }
+    let spans = col.wait_for_n_spans(3, |s| s.name == "step get", Duration::from_secs(15));
+    let version = |trace: &serde_json::Value| spans.iter().find(|s| s.name == "step get" && s.trace_id == trace.as_str().unwrap()).map(|s| s.attributes.get("network.protocol.version").cloned());
+    assert_eq!(version(&runs[0]["trace_id"]), Some(Some("2".to_string())), "{spans:?}");
+    assert_eq!(version(&runs[1]["trace_id"]), Some(Some("1.1".to_string())), "{spans:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
