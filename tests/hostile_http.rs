@@ -359,7 +359,10 @@ async fn the_agent_wide_proxy_carries_file_credentials_and_honours_no_proxy() {
     let j = journey(&steps);
     let yaml = |no_proxy: &str| format!("credentials_dir: {}\nproxy:\n  url: \"http://127.0.0.1:{}\"\n  credentials: proxy-auth\n  no_proxy: {no_proxy}\n", creds.display(), proxy.port());
     let a = agent(&creds, &yaml("[10.0.0.0/8, example.test]"));
-    assert_ok(&run(&j, &env_for(&a)).await);
+    let r = run(&j, &env_for(&a)).await;
+    assert_ok(&r);
+    // Through the tunnel: connecting includes CONNECT, then TLS end to end.
+    assert_eq!(r.steps[1].phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["connect", "tls", "ttfb", "transfer"]);
     let seen = proxy.seen();
     assert_eq!(seen.len(), 2, "plain and tls through the agent's proxy, the others not: {seen:?}");
     assert!(seen[0].starts_with(&format!("GET http://127.0.0.1:{}/ok HTTP/1.1\r\n", plain.port())), "{seen:?}");
@@ -456,10 +459,10 @@ fn bad_proxy_settings_are_check_errors_with_their_location() {
 
     let probes = dir.join("p.yaml");
     std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", typo: 1}}\n").unwrap();
-    let diags: Vec<String> = vantage::config::load(None, &[probes.clone()]).unwrap_err().iter().map(|d| d.to_string()).collect();
+    let diags: Vec<String> = vantage::config::load(None, std::slice::from_ref(&probes)).unwrap_err().iter().map(|d| d.to_string()).collect();
     assert!(diags.iter().any(|d| d.starts_with(&format!("{}:6:", probes.display())) && d.contains("typo")), "{diags:?}");
     std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", credentials: c}}\n").unwrap();
-    let diags: Vec<String> = vantage::config::load(None, &[probes.clone()]).unwrap_err().iter().map(|d| d.to_string()).collect();
+    let diags: Vec<String> = vantage::config::load(None, std::slice::from_ref(&probes)).unwrap_err().iter().map(|d| d.to_string()).collect();
     assert_eq!(diags.len(), 2, "{diags:?}");
     assert!(diags[0].starts_with(&format!("{}:5:9: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
     assert!(diags[1].contains("`http.proxy.credentials`: give the proxy's credentials either in the URL or in `credentials`, not both"), "{diags:?}");

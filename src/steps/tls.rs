@@ -41,13 +41,16 @@ pub struct TlsSpec {
     pub alpn: Vec<String>,
 }
 
+/// A CA file and a CRL file, by path.
+type TrustFiles = (Option<String>, Option<String>);
+
 /// Client TLS configurations, built once: verifying (system roots), and not.
 pub struct TlsConfigs {
     provider: Arc<CryptoProvider>,
     pub verified: Arc<ClientConfig>,
     pub insecure: Arc<ClientConfig>,
     /// Verifying configs with an extra CA file and/or a CRL file, by paths.
-    with_ca: Mutex<HashMap<(Option<String>, Option<String>), Arc<ClientConfig>>>,
+    with_ca: Mutex<HashMap<TrustFiles, Arc<ClientConfig>>>,
 }
 
 impl TlsConfigs {
