@@ -415,7 +415,7 @@ impl ProxySpec {
             return out;
         }
         match url::Url::parse(&s.url) {
-            Ok(u) if u.scheme() == "http" && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(u) if u.scheme() == PROXY_SCHEME && u.host_str().is_some_and(|h| !h.is_empty()) => {
                 if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
                     out.push(("url", format!("expected a proxy URL without a path, e.g. http://proxy.example:3128, got `{}`", shown_proxy_url(&s.url))));
                 }
@@ -444,6 +444,9 @@ impl ProxySpec {
         out
     }
 }
+
+/// The agent speaks plain HTTP to a proxy (https targets go through CONNECT).
+const PROXY_SCHEME: &str = "http";
 
 /// A proxy URL for messages: a password written in it is replaced.
 pub fn shown_proxy_url(u: &str) -> String {
