@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hostile::{forward_proxy, h2_only, hostile, test_cert};
+use common::collector::Collector;
+use common::hostile::{flaky, forward_proxy, h2_only, hostile, openssl_cert, refusing_proxy, revocation_pki, test_cert};
 use vantage::config::{AgentConfig, Journey};
 use vantage::runner::context::RunEnv;
 use vantage::runner::result::{ErrorType, Outcome, RunResult};
@@ -16,9 +17,20 @@ use vantage::runner::result::{ErrorType, Outcome, RunResult};
 const RUNS: usize = 50;
 
 fn env() -> Arc<RunEnv> {
+    env_for(&AgentConfig::default())
+}
+
+fn env_for(agent: &AgentConfig) -> Arc<RunEnv> {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "test");
-    Arc::new(vantage::daemon::build_env(&AgentConfig::default(), tracer, None, HashMap::new()).unwrap())
+    Arc::new(vantage::daemon::build_env(agent, tracer, None, HashMap::new()).unwrap())
+}
+
+/// An agent config parsed (and checked) from `yaml`, in `dir`.
+fn agent(dir: &std::path::Path, yaml: &str) -> AgentConfig {
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    vantage::config::parse_agent(&path).unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")))
 }
 
 /// One journey `j` with these steps (YAML list items, indented by 6).
@@ -306,5 +318,339 @@ async fn proxies_come_from_the_environment_and_no_proxy_bypasses_them() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(proxy.seen().len(), 1, "NO_PROXY bypassed the proxy");
     assert_eq!(plain.seen().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The collector's spans once `n` distinct span ids arrived (at most 15 s):
+/// an export retried after a slow acknowledgement delivers a span twice.
+fn distinct_spans(col: &Collector, n: usize) -> Vec<common::collector::SpanRecord> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = col.spans();
+        let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+        if ids.len() >= n || std::time::Instant::now() > deadline {
+            return spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const PROXY_USER: &str = "agent-user";
+const PROXY_PASS: &str = "Pr0xy-pass-9f3k";
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// A credentials directory holding `proxy-auth` = `user:password`.
+fn proxy_credentials() -> std::path::PathBuf {
+    let dir = common::tempdir();
+    std::fs::write(dir.join("proxy-auth"), format!("{PROXY_USER}:{PROXY_PASS}\n")).unwrap();
+    dir
+}
+
+/// The agent's `proxy:` (credentials from a file) replaces the environment's
+/// for every http step; CONNECT for https; a step's own `proxy:` wins;
+/// `no_proxy` sends matching hosts direct.
+#[tokio::test]
+async fn the_agent_wide_proxy_carries_file_credentials_and_honours_no_proxy() {
+    let cert = test_cert();
+    let plain = hostile(None).await;
+    let tls = hostile(Some(&cert)).await;
+    let proxy = forward_proxy().await;
+    let other = forward_proxy().await;
+    let creds = proxy_credentials();
+    let steps = format!(
+        "      - name: plain\n        http: {{url: \"http://127.0.0.1:{p}/ok\"}}\n        assert: {{body_contains: hello}}\n\
+         \x20     - name: tls\n        http: {{url: \"https://127.0.0.1:{t}/ok\", tls_verify: false}}\n        assert: {{body_contains: hello}}\n\
+         \x20     - name: direct\n        http: {{url: \"http://127.0.0.1:{p}/echo\", proxy: none}}\n        assert: {{body_not_contains: \"Via:\"}}\n\
+         \x20     - name: own\n        http: {{url: \"http://127.0.0.1:{p}/echo\", proxy: {{url: \"http://127.0.0.1:{o}\"}}}}\n        assert: {{body_contains: \"Via: 1.1 test-proxy\"}}\n",
+        p = plain.port(),
+        t = tls.port(),
+        o = other.port()
+    );
+    let j = journey(&steps);
+    let yaml = |no_proxy: &str| format!("credentials_dir: {}\nproxy:\n  url: \"http://127.0.0.1:{}\"\n  credentials: proxy-auth\n  no_proxy: {no_proxy}\n", creds.display(), proxy.port());
+    let a = agent(&creds, &yaml("[10.0.0.0/8, example.test]"));
+    let r = run(&j, &env_for(&a)).await;
+    assert_ok(&r);
+    // Through the tunnel: connecting includes CONNECT, then TLS end to end.
+    assert_eq!(r.steps[1].phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["connect", "tls", "ttfb", "transfer"]);
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 2, "plain and tls through the agent's proxy, the others not: {seen:?}");
+    assert!(seen[0].starts_with(&format!("GET http://127.0.0.1:{}/ok HTTP/1.1\r\n", plain.port())), "{seen:?}");
+    assert!(seen[1].starts_with(&format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n", tls.port())), "{seen:?}");
+    let auth = format!("proxy-authorization: basic {}", basic(PROXY_USER, PROXY_PASS)).to_ascii_lowercase();
+    for s in &seen {
+        assert!(s.to_ascii_lowercase().contains(&auth), "credentials from the file: {s}");
+    }
+    assert_eq!(tls.seen().len(), 1, "https went through the tunnel");
+    assert_eq!(other.seen().len(), 1, "the step's own proxy");
+    assert!(!other.seen()[0].to_ascii_lowercase().contains("proxy-authorization"), "the agent's credentials stay with the agent's proxy");
+
+    // `no_proxy` naming the target: direct.
+    let a = agent(&creds, &yaml("[\"127.0.0.0/8\"]"));
+    let j = journey(&format!("      - name: plain\n        http: {{url: \"http://127.0.0.1:{}/echo\"}}\n        assert: {{body_not_contains: \"Via:\"}}\n", plain.port()));
+    assert_ok(&run(&j, &env_for(&a)).await);
+    assert_eq!(proxy.seen().len(), 2, "bypassed");
+    let _ = std::fs::remove_dir_all(creds);
+}
+
+/// A proxy that refuses and echoes the request (credentials included): the
+/// password never reaches the output of `vantage once`, its log, spans or
+/// metrics at a real collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_credentials_never_reach_messages_logs_or_spans() {
+    let cert = test_cert();
+    let plain = hostile(None).await;
+    let tls = hostile(Some(&cert)).await;
+    let proxy = refusing_proxy().await;
+    let col = Collector::start();
+    let dir = proxy_credentials();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, format!("id: t\nadmin: {{listen: \"\"}}\ncredentials_dir: {}\nproxy: {{url: \"http://127.0.0.1:{}\", credentials: proxy-auth}}\n", dir.display(), proxy.port())).unwrap();
+    let probes = dir.join("p.yaml");
+    // One step with the credentials in its own URL, percent-encoded as users write them.
+    std::fs::write(
+        &probes,
+        format!(
+            "journeys:\n  - name: via-file\n    interval: 60s\n    steps:\n      - name: plain\n        http: {{url: \"http://127.0.0.1:{p}/ok\"}}\n\
+             \x20 - name: via-file-tls\n    interval: 60s\n    steps:\n      - name: tls\n        http: {{url: \"https://127.0.0.1:{t}/ok\", tls_verify: false}}\n\
+             \x20 - name: via-url\n    interval: 60s\n    steps:\n      - name: plain\n        http: {{url: \"http://127.0.0.1:{p}/ok\", proxy: \"http://{PROXY_USER}:{PROXY_PASS}@127.0.0.1:{x}\"}}\n",
+            p = plain.port(),
+            t = tls.port(),
+            x = proxy.port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--verbose", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).args(["--otlp-endpoint", &col.grpc_endpoint()]).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // The credentials did reach the proxy (so there was something to leak) …
+    let sent = proxy.seen();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let b64 = basic(PROXY_USER, PROXY_PASS);
+    assert!(sent.iter().all(|s| s.contains(&b64)), "{sent:?}");
+    // … the refusals are named, the echoed credentials redacted …
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0]["error_type"], "http_status", "{stdout}");
+    assert!(runs[0]["message"].as_str().unwrap().contains("got 407") && runs[0]["message"].as_str().unwrap().contains("[REDACTED]"), "{stdout}");
+    assert_eq!(runs[1]["error_type"], "connect", "{stdout}");
+    assert!(runs[1]["message"].as_str().unwrap().contains(&format!("proxy `http://127.0.0.1:{}` refused CONNECT 127.0.0.1:{}: 407 Proxy Authentication Required", proxy.port(), tls.port())), "{stdout}");
+    assert!(runs[2]["message"].as_str().unwrap().contains("[REDACTED]"), "{stdout}");
+    // … and nothing that carries them leaves.
+    let spans = distinct_spans(&col, 6);
+    assert!(spans.iter().any(|s| s.status_message.contains("got 407")), "{spans:?}");
+    let raw = col.raw_log();
+    for (what, text) in [("stdout", &stdout), ("stderr", &stderr), ("collector", &raw)] {
+        for secret in [PROXY_PASS, b64.as_str(), &b64[..b64.len() - 4]] {
+            assert!(!text.contains(secret), "`{secret}` leaked to {what}: {text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Bad `proxy:` settings are `check` errors at their file:line:column, never
+/// repeating a password.
+#[test]
+fn bad_proxy_settings_are_check_errors_with_their_location() {
+    let dir = common::tempdir();
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, "id: a\nproxy:\n  url: \"socks5://u:hunter2hunter@p.test:1080\"\n  credentials: ../shadow\n  no_proxy: [\"a b\"]\n").unwrap();
+    let diags: Vec<String> = vantage::config::parse_agent(&path).unwrap_err().iter().map(|d| d.to_string()).collect();
+    let file = path.display().to_string();
+    assert_eq!(diags.len(), 3, "{diags:?}");
+    assert!(diags[0].starts_with(&format!("{file}:3:8: `proxy.url`: expected `none` or an http://host:port proxy URL, got `socks5://u:[REDACTED]@p.test:1080`")), "{diags:?}");
+    assert!(diags[1].starts_with(&format!("{file}:4:16: `proxy.credentials`: expected a file name in the credentials directory")), "{diags:?}");
+    assert!(diags[2].starts_with(&format!("{file}:5:13: `proxy.no_proxy`: expected host names")), "{diags:?}");
+    std::fs::write(&path, "proxy: ftp://p.test\n").unwrap();
+    let diags: Vec<String> = vantage::config::parse_agent(&path).unwrap_err().iter().map(|d| d.to_string()).collect();
+    assert!(diags[0].starts_with(&format!("{file}:1:8: `proxy`: expected `none` or an http://host:port proxy URL, got `ftp://p.test`")), "{diags:?}");
+
+    let probes = dir.join("p.yaml");
+    std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", typo: 1}}\n").unwrap();
+    let diags: Vec<String> = vantage::config::load(None, std::slice::from_ref(&probes)).unwrap_err().iter().map(|d| d.to_string()).collect();
+    assert!(diags.iter().any(|d| d.starts_with(&format!("{}:6:", probes.display())) && d.contains("typo")), "{diags:?}");
+    std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", credentials: c}}\n").unwrap();
+    let diags: Vec<String> = vantage::config::load(None, std::slice::from_ref(&probes)).unwrap_err().iter().map(|d| d.to_string()).collect();
+    assert_eq!(diags.len(), 2, "{diags:?}");
+    assert!(diags[0].starts_with(&format!("{}:5:9: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
+    assert!(diags[1].contains("`http.proxy.credentials`: give the proxy's credentials either in the URL or in `credentials`, not both"), "{diags:?}");
+    assert!(diags.iter().all(|d| !d.contains("hunter2hunter")), "{diags:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `tls` and an `http` step against `port`, trusting `ca`, with `extra` step fields.
+fn tls_journey(port: u16, ca: &std::path::Path, extra: &str) -> Journey {
+    journey(&format!(
+        "      - name: cert\n        tls: {{address: \"127.0.0.1:{port}\", ca_file: \"{ca}\"{extra}}}\n\
+         \x20     - name: page\n        http: {{url: \"https://127.0.0.1:{port}/ok\", ca_file: \"{ca}\", proxy: none{extra}}}\n",
+        ca = ca.display()
+    ))
+}
+
+#[track_caller]
+fn assert_no_debug_output(m: &str) {
+    assert!(!m.contains("Context") && !m.contains("InvalidCertificate") && !m.contains('{'), "library debug output: {m}");
+}
+
+/// A leaf signed with SHA-1, or by a CA with a 1024-bit RSA key (both made by
+/// openssl): the failure says so in words, for `tls` and `http` steps.
+#[tokio::test]
+async fn weak_signatures_and_weak_issuer_keys_are_named() {
+    let sha1 = openssl_cert(2048, "sha1");
+    let s = hostile(Some(&sha1)).await;
+    let j = tls_journey(s.port(), &sha1.pem_path, "");
+    let r = run(&j, &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["step `cert`: TLS handshake with `127.0.0.1` failed: the certificate of `127.0.0.1` is not trusted: the server's certificate is signed with SHA-1 (sha1WithRSAEncryption), a weak signature algorithm that is no longer accepted"]);
+    assert_no_debug_output(r.message.as_deref().unwrap());
+    let r = run(&journey(&format!("      - name: page\n        http: {{url: \"https://127.0.0.1:{}/ok\", ca_file: \"{}\", proxy: none}}\n", s.port(), sha1.pem_path.display())), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["signed with SHA-1 (sha1WithRSAEncryption), a weak signature algorithm"]);
+    assert_eq!(r.steps[0].phases.iter().map(|p| p.name).collect::<Vec<_>>(), ["connect"], "connect is kept");
+
+    let weak_ca = openssl_cert(1024, "sha256");
+    let s = hostile(Some(&weak_ca)).await;
+    let r = run(&tls_journey(s.port(), &weak_ca.pem_path, ""), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["the certificate of `127.0.0.1` is not trusted: its issuer `CN=Vantage weak test CA` signs with a 1024-bit RSA key, too weak to be accepted (at least 2048 bits)"]);
+    assert_no_debug_output(r.message.as_deref().unwrap());
+
+    // The same tooling with SHA-256 and a 2048-bit CA passes: the weakness is what fails.
+    let fine = openssl_cert(2048, "sha256");
+    let s = hostile(Some(&fine)).await;
+    assert_ok(&run(&tls_journey(s.port(), &fine.pem_path, ""), &env()).await);
+    for c in [sha1, weak_ca, fine] {
+        let _ = std::fs::remove_dir_all(c.pem_path.parent().unwrap());
+    }
+}
+
+/// `crl_file`: a leaf on its issuer's CRL fails as revoked (tls and http
+/// steps); one that is not on it passes; without the CRL both pass.
+#[tokio::test]
+async fn a_certificate_on_the_crl_is_revoked() {
+    let pki = revocation_pki();
+    let revoked = hostile(Some(&pki.revoked)).await;
+    let good = hostile(Some(&pki.good)).await;
+    let crl = format!(", crl_file: \"{}\"", pki.crl_pem.display());
+    let r = run(&tls_journey(revoked.port(), &pki.ca_pem, &crl), &env()).await;
+    assert_fails(&r, ErrorType::Tls, &["step `cert`: TLS handshake with `127.0.0.1` failed: the certificate of `127.0.0.1` (serial 2a) has been revoked by its issuer"]);
+    assert_no_debug_output(r.message.as_deref().unwrap());
+    let page = format!("      - name: page\n        http: {{url: \"https://127.0.0.1:{}/ok\", ca_file: \"{}\", proxy: none{crl}}}\n", revoked.port(), pki.ca_pem.display());
+    assert_fails(&run(&journey(&page), &env()).await, ErrorType::Tls, &["has been revoked by its issuer"]);
+    assert_ok(&run(&tls_journey(good.port(), &pki.ca_pem, &crl), &env()).await);
+    assert_ok(&run(&tls_journey(revoked.port(), &pki.ca_pem, ""), &env()).await);
+    // A CRL file that is not one is a config failure naming it.
+    let r = run(&tls_journey(good.port(), &pki.ca_pem, &format!(", crl_file: \"{}\"", pki.ca_pem.display())), &env()).await;
+    assert_fails(&r, ErrorType::Config, &["CRL file `", "ca.pem`"]);
+    let _ = std::fs::remove_dir_all(pki.ca_pem.parent().unwrap());
+}
+
+/// Retries through the real binary and a real collector: a target that fails
+/// once then recovers makes one successful run that needed a retry; one that
+/// always fails makes one failed run (not one per attempt) with the last
+/// attempt's message. Each attempt has its own root span, tied by the run id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_through_the_agent_count_each_run_once() {
+    let recovers = flaky(1).await;
+    let broken = flaky(u32::MAX).await;
+    let col = Collector::start();
+    let dir = common::tempdir();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, "id: t\nlocation: test-1\nadmin: {listen: \"\"}\n").unwrap();
+    let probes = dir.join("p.yaml");
+    let j = |name: &str, port: u16| {
+        format!("  - name: {name}\n    interval: 60s\n    timeout: 5s\n    retries: {{attempts: 3, delay: 100ms}}\n    steps:\n      - name: get\n        http: {{url: \"http://127.0.0.1:{port}/x\", proxy: none}}\n        assert: {{body_contains: recovered}}\n")
+    };
+    std::fs::write(&probes, format!("journeys:\n{}{}", j("recovers", recovers.port()), j("broken", broken.port()))).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).args(["--otlp-endpoint", &col.grpc_endpoint()]).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.len(), 2, "one result per run, not per attempt: {stdout}");
+    let (ok, bad) = (&runs[0], &runs[1]);
+    assert_eq!((ok["journey"].as_str(), ok["outcome"].as_str(), ok["attempts"].as_u64(), ok["retried"].as_bool()), (Some("recovers"), Some("success"), Some(2), Some(true)), "{stdout}");
+    let earlier = ok["failed_attempts"].as_array().unwrap();
+    assert_eq!(earlier.len(), 1, "{stdout}");
+    assert!(earlier[0].as_str().unwrap().starts_with("attempt 1: http_status: step `get`: ") && earlier[0].as_str().unwrap().contains("got 503"), "{stdout}");
+    assert_eq!((bad["journey"].as_str(), bad["outcome"].as_str(), bad["error_type"].as_str(), bad["attempts"].as_u64()), (Some("broken"), Some("failure"), Some("http_status"), Some(3)), "{stdout}");
+    assert!(bad["message"].as_str().unwrap().contains("got 503 (body: not yet    3)"), "the last attempt's message: {stdout}");
+    assert_eq!(bad["failed_attempts"].as_array().unwrap().len(), 2, "{stdout}");
+    assert_eq!((recovers.seen().len(), broken.seen().len()), (2, 3), "attempts made");
+
+    let wait = Duration::from_secs(15);
+    let last = |name: &str, journey: &str, want: &[(&str, &str)]| -> f64 {
+        let pts = col.wait_for_metric(name, |p| p.attributes.get("journey.name").map(String::as_str) == Some(journey) && want.iter().all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v)), wait);
+        pts.last().unwrap().value.unwrap()
+    };
+    assert_eq!(last("synthetics.journey.runs", "recovers", &[("outcome", "success")]), 1.0);
+    assert_eq!(last("synthetics.journey.runs", "recovers", &[("outcome", "failure"), ("error.type", "http_status")]), 0.0, "the failed attempt is not a run");
+    assert_eq!(last("synthetics.journey.runs", "broken", &[("outcome", "failure"), ("error.type", "http_status")]), 1.0, "three attempts, one failed run");
+    assert_eq!(last("synthetics.journey.retried", "recovers", &[("result", "recovered")]), 1.0);
+    assert_eq!(last("synthetics.journey.retried", "broken", &[("result", "failed")]), 1.0);
+
+    // 5 attempts: a root span and a step span each.
+    let spans = distinct_spans(&col, 10);
+    for (journey, attempts, run) in [("recovers", 2, ok), ("broken", 3, bad)] {
+        let mut roots: Vec<_> = spans.iter().filter(|s| s.name == format!("journey {journey}") && s.parent_span_id.is_none()).collect();
+        // An export retried after a slow acknowledgement delivers a span twice (at least once): count span ids.
+        roots.sort_by_key(|s| (s.attributes.get("synthetics.run.attempt").cloned(), s.span_id.clone()));
+        roots.dedup_by_key(|s| s.span_id.clone());
+        let numbers: Vec<&str> = roots.iter().map(|s| s.attributes["synthetics.run.attempt"].as_str()).collect();
+        let want: Vec<String> = (1..=attempts).map(|i| i.to_string()).collect();
+        assert_eq!(numbers, want, "{journey}: {roots:?}");
+        assert!(roots.iter().all(|s| s.attributes["synthetics.run.id"] == run["run_id"].as_str().unwrap()), "{journey}: one run id for all attempts: {roots:?}");
+        for (i, s) in roots.iter().enumerate() {
+            let failed = s.status_code == "STATUS_CODE_ERROR";
+            assert_eq!(failed, journey == "broken" || i == 0, "{journey} attempt {}: {}", i + 1, s.status_code);
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Through the binary and a real collector: the span records the HTTP version
+/// used (`2` through ALPN, `1.1`), and a certificate failure is the step's
+/// message only, not also an ERROR/WARN line of the TLS libraries on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_record_the_http_version_and_tls_failures_stay_out_of_the_log() {
+    let cert = test_cert();
+    let h2 = h2_only(Some(&cert)).await;
+    let h1 = hostile(None).await;
+    let selfsigned = hostile(Some(&cert)).await;
+    let col = Collector::start();
+    let dir = common::tempdir();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, "id: t\nadmin: {listen: \"\"}\n").unwrap();
+    let probes = dir.join("p.yaml");
+    let j = |name: &str, url: String, extra: &str| format!("  - name: {name}\n    interval: 60s\n    steps:\n      - name: get\n        http: {{url: \"{url}\", proxy: none{extra}}}\n");
+    std::fs::write(
+        &probes,
+        format!(
+            "journeys:\n{}{}{}",
+            j("h2", format!("https://127.0.0.1:{}/a", h2.port()), ", tls_verify: false"),
+            j("h1", format!("http://127.0.0.1:{}/ok", h1.port()), ""),
+            j("badcert", format!("https://127.0.0.1:{}/ok", selfsigned.port()), "")
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).args(["--otlp-endpoint", &col.grpc_endpoint()]).env_remove("VANTAGE_LOG").env_remove("RUST_LOG").kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.iter().map(|r| r["outcome"].as_str().unwrap()).collect::<Vec<_>>(), ["success", "success", "failure"], "{stdout}");
+    assert!(runs[2]["message"].as_str().unwrap().contains("is self-signed"), "{stdout}");
+    for noise in ["Sending fatal alert", "failed to verify TLS certificate", "rustls", "BadCertificate", "UnknownIssuer"] {
+        assert!(!stderr.contains(noise), "`{noise}` in the agent's log:\n{stderr}");
+    }
+    let spans = distinct_spans(&col, 6);
+    let version = |trace: &serde_json::Value| spans.iter().find(|s| s.name == "step get" && s.trace_id == trace.as_str().unwrap()).map(|s| s.attributes.get("network.protocol.version").cloned());
+    assert_eq!(version(&runs[0]["trace_id"]), Some(Some("2".to_string())), "{spans:?}");
+    assert_eq!(version(&runs[1]["trace_id"]), Some(Some("1.1".to_string())), "{spans:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -64,6 +64,9 @@ pub struct AgentConfig {
     /// Agent-wide SLO defaults and the fleet's locations, for `vantage slo generate`.
     #[serde(default)]
     pub slo: super::slo::AgentSloSpec,
+    /// Forward proxy for every `http` step (a step's own `proxy:` wins); when
+    /// set, `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` are ignored.
+    pub proxy: Option<ProxySpec>,
 }
 
 
@@ -134,6 +137,12 @@ impl Spans {
         add("admin.", nested.admin);
         add("bundles.", nested.bundles);
         add("telemetry.otlp.", nested.telemetry.unwrap_or_default().otlp);
+        // Apart: `proxy` may be a plain string, which would fail the nested parse above.
+        #[derive(Deserialize)]
+        struct Proxy {
+            proxy: Option<Level>,
+        }
+        add("proxy.", serde_saphyr::from_str::<Proxy>(text).ok().and_then(|p| p.proxy));
         Spans { file: file.to_path_buf(), keys }
     }
 
@@ -339,5 +348,141 @@ impl AgentConfig {
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .or_else(|| std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+    }
+}
+
+/// `proxy:` agent-wide or on an `http` step: `none`, a URL, or the full form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum ProxySpec {
+    /// `none` (direct, the environment ignored) or `http://[user:password@]host:port`.
+    Url(String),
+    Full(ProxySettings),
+}
+
+/// The full form of `proxy:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// `http://host:port` (the proxy itself is spoken to in plain HTTP; https goes through CONNECT), or `none`.
+    pub url: String,
+    /// File in the credentials directory holding `user:password`, sent as `Proxy-Authorization: Basic`.
+    pub credentials: Option<String>,
+    /// Hosts reached directly: `example.com` (and its subdomains), `.example.com`, `10.0.0.0/8`, `::1`, `*` (all).
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for ProxySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ProxySpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`none`, a proxy URL `http://host:port`, or `{url, credentials, no_proxy}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ProxySpec, E> {
+                Ok(ProxySpec::Url(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ProxySpec, A::Error> {
+                ProxySettings::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ProxySpec::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ProxySpec {
+    /// The full form (a bare string is its `url`).
+    pub fn settings(&self) -> ProxySettings {
+        match self {
+            ProxySpec::Url(u) => ProxySettings { url: u.clone(), credentials: None, no_proxy: Vec::new() },
+            ProxySpec::Full(s) => s.clone(),
+        }
+    }
+
+    /// Every problem with the setting, as `(key below proxy, message)`;
+    /// messages never repeat a password written in the URL.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let s = self.settings();
+        let mut out = Vec::new();
+        if s.url == "none" {
+            if s.credentials.is_some() || !s.no_proxy.is_empty() {
+                out.push(("url", "`url: none` takes no `credentials` or `no_proxy`".to_string()));
+            }
+            return out;
+        }
+        match url::Url::parse(&s.url) {
+            Ok(u) if u.scheme() == PROXY_SCHEME && u.host_str().is_some_and(|h| !h.is_empty()) => {
+                if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
+                    out.push(("url", format!("expected a proxy URL without a path, e.g. http://proxy.example:3128, got `{}`", shown_proxy_url(&s.url))));
+                }
+                if s.credentials.is_some() && (!u.username().is_empty() || u.password().is_some()) {
+                    out.push(("credentials", "give the proxy's credentials either in the URL or in `credentials`, not both".to_string()));
+                }
+            }
+            Ok(u) => out.push(("url", format!("expected `none` or an http://host:port proxy URL, got `{}` (a `{}` proxy is not supported; the agent speaks plain HTTP to the proxy and tunnels https through CONNECT)", shown_proxy_url(&s.url), u.scheme()))),
+            Err(_) => out.push(("url", format!("expected `none` or an http://host:port proxy URL, got `{}`", shown_proxy_url(&s.url)))),
+        }
+        if let Some(f) = &s.credentials {
+            if f.is_empty() || f == "." || f == ".." || f.contains('/') {
+                out.push(("credentials", format!("expected a file name in the credentials directory (holding `user:password`), got `{f}`")));
+            }
+        }
+        for entry in &s.no_proxy {
+            let ok = !entry.is_empty()
+                && match entry.split_once('/') {
+                    Some((ip, bits)) => ip.parse::<std::net::IpAddr>().is_ok_and(|ip| bits.parse::<u8>().is_ok_and(|b| b <= if ip.is_ipv4() { 32 } else { 128 })),
+                    None => entry.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '*')) && (entry == "*" || !entry.contains('*')),
+                };
+            if !ok {
+                out.push(("no_proxy", format!("expected host names (`example.com`, `.example.com`), IP addresses, networks (`10.0.0.0/8`) or `*`, got `{entry}`")));
+            }
+        }
+        out
+    }
+}
+
+/// The agent speaks plain HTTP to a proxy (https targets go through CONNECT).
+const PROXY_SCHEME: &str = "http";
+
+/// A proxy URL for messages: a password written in it is replaced.
+pub fn shown_proxy_url(u: &str) -> String {
+    crate::redact::strip_url_passwords(u)
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::{ProxySpec, Spans};
+
+    fn spec(y: &str) -> ProxySpec {
+        serde_saphyr::from_str(y).unwrap()
+    }
+
+    #[test]
+    fn proxy_is_a_url_none_or_the_full_form_and_problems_hide_passwords() {
+        assert_eq!(spec("none"), ProxySpec::Url("none".into()));
+        assert!(spec("http://p.test:3128").problems().is_empty());
+        assert!(spec("{url: \"http://p.test:3128\", credentials: proxy-auth, no_proxy: [localhost, .corp.test, 10.0.0.0/8, \"::1\"]}").problems().is_empty());
+        assert!(serde_saphyr::from_str::<ProxySpec>("{url: none, typo: 1}").is_err(), "unknown keys are refused");
+        let p = spec("\"socks5://u:hunter22@p.test:1080\"").problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].1.contains("got `socks5://u:[REDACTED]@p.test:1080`") && !p[0].1.contains("hunter22"), "{p:?}");
+        let p = spec("{url: \"http://u:pw@p.test:3128/x\", credentials: ../etc/shadow, no_proxy: [\"a b\", 10.0.0.0/99]}").problems();
+        let keys: Vec<&str> = p.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["url", "credentials", "credentials", "no_proxy", "no_proxy"], "{p:?}");
+        assert!(p.iter().all(|(_, m)| !m.contains(":pw@")), "{p:?}");
+        assert_eq!(spec("{url: none, no_proxy: [a.test]}").problems().len(), 1);
+    }
+
+    #[test]
+    fn proxy_keys_have_locations_whether_string_or_map() {
+        let sp = Spans::read(std::path::Path::new("a.yaml"), "id: a\nproxy:\n  url: http://p.test\n  no_proxy: [x]\nadmin: {listen: \"127.0.0.1:1\"}\n");
+        assert_eq!(sp.keys.get("proxy.no_proxy"), Some(&(4, 13)));
+        assert!(sp.written("admin.listen"), "the other nested keys survive");
+        let sp = Spans::read(std::path::Path::new("a.yaml"), "proxy: none\nadmin: {listen: \"127.0.0.1:1\"}\n");
+        assert!(sp.written("proxy") && sp.written("admin.listen"));
     }
 }

@@ -159,6 +159,13 @@ fn check_agent(a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
             err(&format!("telemetry.otlp.{key}"), format!("`telemetry.otlp.{key}`: expected a file name in the credentials directory, got `{f}`"));
         }
     }
+    if let Some(p) = &a.proxy {
+        let short = matches!(p, agent::ProxySpec::Url(_));
+        for (k, m) in p.problems() {
+            let key = if short { "proxy".to_string() } else { format!("proxy.{k}") };
+            err(&key, format!("`{key}`: {m}"));
+        }
+    }
     for k in &a.bundles.trusted_keys {
         if let Err(m) = crate::bundle::parse_public_key(k) {
             err("bundles.trusted_keys", format!("`bundles.trusted_keys`: {m}"));

@@ -427,6 +427,7 @@ pub fn agent_changes(running: &AgentConfig, new: &AgentConfig) -> AgentChanges {
         ("concurrency", d(&r.concurrency, &n.concurrency)),
         ("step_timeout", d(&r.step_timeout, &n.step_timeout)),
         ("credentials_dir", d(&r.credentials_dir, &n.credentials_dir)),
+        ("proxy", d(&r.proxy, &n.proxy)),
         ("state_dir", d(&r.state_dir, &n.state_dir)),
         ("artifacts_dir", d(&r.artifacts_dir, &n.artifacts_dir)),
         ("admin.listen", d(&r.admin.listen, &n.admin.listen)),

@@ -24,6 +24,8 @@ pub struct RunEnv {
     pub agent_id: String,
     pub location: String,
     pub credentials_dir: Option<PathBuf>,
+    /// The agent-wide `proxy:` for HTTP steps (else the environment's).
+    pub proxy: Option<crate::config::agent::ProxySpec>,
     pub(crate) resolver: OnceLock<hickory_resolver::TokioResolver>,
     pub(crate) tls: OnceLock<crate::steps::tls::TlsConfigs>,
     pub tracer: opentelemetry_sdk::trace::Tracer,
@@ -62,6 +64,7 @@ impl RunEnv {
             agent_id: agent.agent_id(),
             location: agent.location.clone(),
             credentials_dir: agent.credentials_dir(),
+            proxy: agent.proxy.clone(),
             resolver: OnceLock::new(),
             tls: OnceLock::new(),
             tracer,

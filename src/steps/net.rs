@@ -227,6 +227,40 @@ pub fn describe_io(e: &io::Error) -> String {
     }
 }
 
+/// The first certificate of the chain signed with a weak algorithm (MD5, SHA-1):
+/// which one (`the server's certificate` or the intermediate's subject) and the algorithm.
+fn weak_signature(chain: &[CertificateDer<'_>]) -> Option<(String, &'static str)> {
+    const WEAK: [(&str, &str); 5] = [
+        ("1.2.840.113549.1.1.5", "SHA-1 (sha1WithRSAEncryption)"),
+        ("1.2.840.113549.1.1.4", "MD5 (md5WithRSAEncryption)"),
+        ("1.2.840.113549.1.1.2", "MD2 (md2WithRSAEncryption)"),
+        ("1.2.840.10045.4.1", "SHA-1 (ecdsa-with-SHA1)"),
+        ("1.2.840.10040.4.3", "SHA-1 (dsa-with-sha1)"),
+    ];
+    chain.iter().enumerate().find_map(|(i, der)| {
+        let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let oid = c.signature_algorithm.algorithm.to_id_string();
+        let alg = WEAK.iter().find(|(o, _)| *o == oid)?.1;
+        let who = if i == 0 { "the server's certificate".to_string() } else { format!("the intermediate `{}`", c.subject()) };
+        Some((who, alg))
+    })
+}
+
+/// The leaf's issuer (when the server presents it) with an RSA key under 2048 bits, and its size.
+fn weak_issuer_key(chain: &[CertificateDer<'_>]) -> Option<(String, usize)> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    chain.iter().skip(1).find_map(|der| {
+        let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        if c.subject() != leaf.issuer() {
+            return None;
+        }
+        match c.public_key().parsed().ok()? {
+            x509_parser::public_key::PublicKey::RSA(rsa) if rsa.key_size() < 2048 => Some((c.subject().to_string(), rsa.key_size())),
+            _ => None,
+        }
+    })
+}
+
 /// A failed TLS handshake in an operator's words: which certificate problem
 /// (with the dates, issuer or names involved), or what the server did.
 pub fn describe_handshake_failure(
@@ -324,12 +358,22 @@ pub fn describe_handshake_failure(
                 let held = if held.is_empty() { "no names".to_string() } else { held.join(", ") };
                 format!("hostname mismatch: the certificate presented for `{server_name}` is valid only for {held}")
             }
-            CertificateError::Revoked => format!("{cert} has been revoked by its issuer"),
-            CertificateError::BadSignature
-            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
-            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
-                format!("{cert} is signed with a weak or unsupported algorithm, or its signature does not verify")
+            CertificateError::Revoked => {
+                let serial = leaf.as_ref().map(|c| format!(" (serial {})", c.raw_serial_as_string())).unwrap_or_default();
+                format!("{cert}{serial} has been revoked by its issuer: it is on the certificate revocation list (`crl_file`)")
             }
+            CertificateError::UnknownRevocationStatus => format!("{cert}: its revocation status is unknown (no CRL from its issuer)"),
+            #[allow(deprecated)] // rustls still maps webpki's context-free error to it
+            CertificateError::UnsupportedSignatureAlgorithm
+            | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => match weak_signature(chain) {
+                Some((who, alg)) => format!("{cert} is not trusted: {who} is signed with {alg}, a weak signature algorithm that is no longer accepted (reissue it with SHA-256 or better)"),
+                None => format!("{cert} is signed with an unsupported signature algorithm"),
+            },
+            CertificateError::BadSignature => match weak_issuer_key(chain) {
+                Some((issuer, bits)) => format!("{cert} is not trusted: its issuer `{issuer}` signs with a {bits}-bit RSA key, too weak to be accepted (at least 2048 bits)"),
+                None => format!("{cert} has a signature that does not verify (a weak key of its issuer, or a corrupted certificate)"),
+            },
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => format!("{cert} is not valid for TLS server authentication (extended key usage)"),
             CertificateError::BadEncoding => format!("{cert} is malformed"),
             // e.g. a CA certificate served as the server's own (what `openssl req -x509` makes).

@@ -32,6 +32,8 @@ pub struct TlsSpec {
     pub verify: bool,
     /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
     pub ca_file: Option<String>,
+    /// Certificate revocation lists (PEM or DER): a certificate they list fails as revoked.
+    pub crl_file: Option<String>,
     pub min_days_remaining: Option<f64>,
     /// Application protocols to offer (ALPN), e.g. `[h2]`. Default: none, so
     /// servers that speak only one protocol (gRPC, for one) are not refused.
@@ -39,13 +41,16 @@ pub struct TlsSpec {
     pub alpn: Vec<String>,
 }
 
+/// A CA file and a CRL file, by path.
+type TrustFiles = (Option<String>, Option<String>);
+
 /// Client TLS configurations, built once: verifying (system roots), and not.
 pub struct TlsConfigs {
     provider: Arc<CryptoProvider>,
     pub verified: Arc<ClientConfig>,
     pub insecure: Arc<ClientConfig>,
-    /// Verifying configs with an extra CA file, by path.
-    with_ca: Mutex<HashMap<String, Arc<ClientConfig>>>,
+    /// Verifying configs with an extra CA file and/or a CRL file, by paths.
+    with_ca: Mutex<HashMap<TrustFiles, Arc<ClientConfig>>>,
 }
 
 impl TlsConfigs {
@@ -74,24 +79,68 @@ impl TlsConfigs {
 
     /// The config for a step: verifying or not, with an optional extra CA file.
     pub fn pick(&self, verify: bool, ca_file: Option<&str>) -> Result<Arc<ClientConfig>, StepError> {
-        match (verify, ca_file) {
-            (false, _) => Ok(self.insecure.clone()),
-            (true, None) => Ok(self.verified.clone()),
-            (true, Some(path)) => {
-                let mut cache = self.with_ca.lock().expect("tls cache lock");
-                if let Some(c) = cache.get(path) {
-                    return Ok(c.clone());
-                }
-                let certs: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<_, _>>()).map_err(|e| StepError::new(ErrorType::Config, format!("cannot read CA file `{path}`: {e}")))?;
-                let cfg = Self::verifying(&self.provider, certs).map_err(|e| StepError::new(ErrorType::Config, format!("CA file `{path}`: {e}")))?;
-                if cache.len() > 64 {
-                    cache.clear();
-                }
-                cache.insert(path.to_string(), cfg.clone());
-                Ok(cfg)
-            }
+        self.pick_with_crl(verify, ca_file, None)
+    }
+
+    /// [`Self::pick`], also checking revocation against a CRL file.
+    pub fn pick_with_crl(&self, verify: bool, ca_file: Option<&str>, crl_file: Option<&str>) -> Result<Arc<ClientConfig>, StepError> {
+        if !verify {
+            return Ok(self.insecure.clone());
         }
+        if ca_file.is_none() && crl_file.is_none() {
+            return Ok(self.verified.clone());
+        }
+        let key = (ca_file.map(str::to_string), crl_file.map(str::to_string));
+        let mut cache = self.with_ca.lock().expect("tls cache lock");
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let certs: Vec<CertificateDer<'static>> = match ca_file {
+            Some(path) => CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<_, _>>()).map_err(|e| StepError::new(ErrorType::Config, format!("cannot read CA file `{path}`: {e}")))?,
+            None => Vec::new(),
+        };
+        let cfg = match crl_file {
+            None => Self::verifying(&self.provider, certs).map_err(|e| StepError::new(ErrorType::Config, format!("CA file `{}`: {e}", ca_file.unwrap_or_default())))?,
+            Some(crl) => self.verifying_with_crls(certs, crl)?,
+        };
+        if cache.len() > 64 {
+            cache.clear();
+        }
+        cache.insert(key, cfg.clone());
+        Ok(cfg)
+    }
+
+    /// The platform verifier knows no CRLs: webpki's own verifier, with the
+    /// same roots (the system's and the extra CAs) and the CRLs. Certificates
+    /// whose issuer has no CRL in the file pass (the file need not cover every CA).
+    fn verifying_with_crls(&self, extra: Vec<CertificateDer<'static>>, crl_file: &str) -> Result<Arc<ClientConfig>, StepError> {
+        use tokio_rustls::rustls::pki_types::CertificateRevocationListDer;
+        let bad = |why: String| StepError::new(ErrorType::Config, format!("CRL file `{crl_file}`: {why}"));
+        let raw = std::fs::read(crl_file).map_err(|e| StepError::new(ErrorType::Config, format!("cannot read CRL file `{crl_file}`: {e}")))?;
+        let crls: Vec<CertificateRevocationListDer<'static>> = if raw.starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::pem_slice_iter(&raw).collect::<Result<_, _>>().map_err(|e| bad(format!("not valid PEM: {e}")))?
+        } else {
+            vec![CertificateRevocationListDer::from(raw)]
+        };
+        if crls.is_empty() {
+            return Err(bad("expected at least one `-----BEGIN X509 CRL-----` block".into()));
+        }
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for c in extra {
+            roots.add(c).map_err(|e| bad(format!("a CA certificate is not usable: {e}")))?;
+        }
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let verifier = tokio_rustls::rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .with_crls(crls)
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| bad(format!("not a usable certificate revocation list ({e})")))?;
+        let cfg = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_webpki_verifier(verifier)
+            .with_no_client_auth();
+        Ok(with_alpn(cfg))
     }
 }
 
@@ -134,6 +183,7 @@ pub struct TlsStep {
     server_name: Option<Template>,
     verify: bool,
     ca_file: Option<Template>,
+    crl_file: Option<Template>,
     min_days_remaining: Option<f64>,
     alpn: Vec<Vec<u8>>,
 }
@@ -153,6 +203,7 @@ impl TlsStep {
             server_name: spec.server_name.as_deref().map(|s| c.template("tls.server_name", s)),
             verify: spec.verify,
             ca_file: spec.ca_file.as_deref().map(|s| c.template("tls.ca_file", s)),
+            crl_file: spec.crl_file.as_deref().map(|s| c.template("tls.crl_file", s)),
             min_days_remaining: spec.min_days_remaining,
             alpn: spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
         })
@@ -169,8 +220,12 @@ impl TlsStep {
             Some(t) => Some(ctx.render(t)?),
             None => None,
         };
+        let crl = match &self.crl_file {
+            Some(t) => Some(ctx.render(t)?),
+            None => None,
+        };
         // The shared configs offer `http/1.1` for HTTP and WebSocket; this step offers only what it says.
-        let mut config = (*ctx.env.tls()?.pick(self.verify, ca.as_deref())?).clone();
+        let mut config = (*ctx.env.tls()?.pick_with_crl(self.verify, ca.as_deref(), crl.as_deref())?).clone();
         config.alpn_protocols = self.alpn.clone();
         let config = Arc::new(config);
         let mut obs = Observation::default();

@@ -396,3 +396,139 @@ pub async fn forward_proxy() -> Server {
     });
     Server { addr, task, seen, accepted }
 }
+
+/// Answers 503 to the first `fails` requests, then 200 "recovered" (one
+/// request per connection): a target that recovers, for retries.
+pub async fn flaky(fails: u32) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(Mutex::new(0));
+    let (s2, a2) = (seen.clone(), accepted.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            *a2.lock().unwrap() += 1;
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut io: Box<dyn Io> = Box::new(tcp);
+                let Some((head, _)) = read_request(&mut io).await else { return };
+                let n = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(head);
+                    s.len() as u32
+                };
+                let resp = if n <= fails {
+                    format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\nConnection: close\r\n\r\nnot yet {n:>4}")
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nrecovered".to_string()
+                };
+                let _ = io.write_all(resp.as_bytes()).await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    Server { addr, task, seen, accepted }
+}
+
+/// A proxy that refuses everyone with 407 and, like some proxies' error
+/// pages, echoes the request it got (credentials included) in the body.
+pub async fn refusing_proxy() -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(Mutex::new(0));
+    let (s2, a2) = (seen.clone(), accepted.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else { return };
+            *a2.lock().unwrap() += 1;
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut io: Box<dyn Io> = Box::new(tcp);
+                let Some((head, _)) = read_request(&mut io).await else { return };
+                seen.lock().unwrap().push(head.clone());
+                let resp = format!(
+                    "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                    head.len()
+                );
+                let _ = io.write_all(resp.as_bytes()).await;
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    Server { addr, task, seen, accepted }
+}
+
+/// Runs the `openssl` command line in `dir` (for certificates rcgen cannot
+/// make: SHA-1 signatures, 1024-bit RSA keys). Installed by
+/// `.ci/install-test-deps` (install_openssl).
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `openssl` ({e}): install the openssl package (.ci/install-test-deps does)"));
+    assert!(out.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A certificate for `localhost`/127.0.0.1 made with openssl: a CA with an
+/// RSA key of `ca_bits`, and an ECDSA leaf it signs with `digest` (`sha1`,
+/// `sha256`). The server presents leaf and CA; `pem_path` is the CA.
+pub fn openssl_cert(ca_bits: u32, digest: &str) -> TestCert {
+    use rustls::pki_types::pem::PemObject;
+    let dir = super::tempdir();
+    let newkey = format!("rsa:{ca_bits}");
+    openssl(&dir, &["req", "-x509", "-newkey", &newkey, "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=Vantage weak test CA", "-days", "30", "-sha256"]);
+    openssl(&dir, &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    let digest = format!("-{digest}");
+    openssl(&dir, &["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "30", &digest, "-extfile", "ext.cnf"]);
+    let leaf = rustls::pki_types::CertificateDer::from_pem_file(dir.join("leaf.pem")).unwrap();
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+    TestCert { config_chain: vec![leaf, ca], key, pem_path: dir.join("ca.pem") }
+}
+
+/// A CA (`pem_path`), two leaves for `localhost`/127.0.0.1 it signed
+/// (serials 0x2a and 0x2b) and a CRL of that CA revoking 0x2a.
+pub struct RevocationPki {
+    pub revoked: TestCert,
+    pub good: TestCert,
+    pub ca_pem: std::path::PathBuf,
+    pub crl_pem: std::path::PathBuf,
+}
+
+pub fn revocation_pki() -> RevocationPki {
+    use rcgen::{BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber};
+    let dir = super::tempdir();
+    let now = time::OffsetDateTime::now_utc();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "Vantage revocation test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |serial: u8| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, format!("revocation test leaf {serial:x}"));
+        p.serial_number = Some(SerialNumber::from(vec![serial]));
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        TestCert { config_chain: vec![cert.der().clone()], key: rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der())), pem_path: dir.join("ca.pem") }
+    };
+    let crl = CertificateRevocationListParams {
+        this_update: now - time::Duration::hours(1),
+        next_update: now + time::Duration::days(7),
+        crl_number: SerialNumber::from(vec![1]),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams { serial_number: SerialNumber::from(vec![0x2a]), revocation_time: now - time::Duration::minutes(30), reason_code: Some(RevocationReason::KeyCompromise), invalidity_date: None }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("crl.pem"), crl.pem().unwrap()).unwrap();
+    RevocationPki { revoked: leaf(0x2a), good: leaf(0x2b), ca_pem: dir.join("ca.pem"), crl_pem: dir.join("crl.pem") }
+}

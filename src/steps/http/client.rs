@@ -12,7 +12,7 @@ use http::{Method, Request, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
-use hyper_util::client::proxy::matcher::{Intercept, Matcher};
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry::trace::TraceContextExt;
 use reqwest::cookie::CookieStore;
@@ -74,6 +74,7 @@ impl Conn {
 pub(super) struct TlsChoice {
     pub verify: bool,
     pub ca_file: Option<String>,
+    pub crl_file: Option<String>,
 }
 
 /// What the step asks of the client, the same for every hop.
@@ -119,14 +120,15 @@ pub(super) async fn send(ctx: &mut RunContext, req: &Req<'_>, opts: &Options, to
     let url = req.url;
     let host = url.host_str().ok_or_else(|| StepError::new(ErrorType::Config, format!("URL `{}` has no host", display_url(url))))?.to_string();
     let port = url.port_or_known_default().unwrap_or(80);
-    let proxy = proxy_for(&opts.proxy, url)?;
+    let proxy = proxy_for(ctx, &opts.proxy, url)?;
     let key = format!(
-        "{}://{host}:{port}#{}#{}#{:?}#{}",
+        "{}://{host}:{port}#{}#{}#{}#{:?}#{}",
         url.scheme(),
         opts.tls.verify,
         opts.tls.ca_file.as_deref().unwrap_or(""),
+        opts.tls.crl_file.as_deref().unwrap_or(""),
         opts.version,
-        proxy.as_ref().map(|p| p.uri().to_string()).unwrap_or_default()
+        proxy.as_ref().map(|p| format!("{}{}", p.name(), if p.auth.is_some() { "+auth" } else { "" })).unwrap_or_default()
     );
 
     let pooled = ctx.state.get_mut::<ConnectionCache>().conns.remove(&key).filter(Conn::usable);
@@ -283,37 +285,91 @@ fn build_request(ctx: &RunContext, req: &Req<'_>, conn: &Conn, host: &str) -> Re
     builder.body(Full::new(req.body.clone())).map_err(|e| StepError::new(ErrorType::Config, format!("cannot build the request: {e}")))
 }
 
-/// The proxy for `url`: the step's, none, or the environment's (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`).
-fn proxy_for(choice: &ProxyChoice, url: &Url) -> Result<Option<Intercept>, StepError> {
+/// The forward proxy a request goes through.
+pub(super) struct Route {
+    host: String,
+    port: u16,
+    /// `Proxy-Authorization: Basic …`, when the proxy has credentials.
+    auth: Option<HeaderValue>,
+}
+
+impl Route {
+    /// For messages: never with credentials.
+    fn name(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The proxy for `url`: the step's `proxy:`, else the agent's, else the
+/// environment's (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`); none for a
+/// host in its `no_proxy`. Its password becomes one of the run's secrets.
+fn proxy_for(ctx: &mut RunContext, choice: &ProxyChoice, url: &Url) -> Result<Option<Route>, StepError> {
     // None when the environment names no proxy: most agents, and no per-request work then.
     static FROM_ENV: OnceLock<Option<Matcher>> = OnceLock::new();
     let env = || {
         let set = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"].iter().any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
         set.then(Matcher::from_env)
     };
-    let matcher = match choice {
-        ProxyChoice::None => return Ok(None),
-        ProxyChoice::Env => match FROM_ENV.get_or_init(env) {
-            Some(m) => m,
-            None => return Ok(None),
-        },
-        ProxyChoice::Url(_) => &Matcher::builder().build(),
+    let settings = match choice {
+        ProxyChoice::Set(s) => Some(s.clone()),
+        ProxyChoice::Inherit => ctx.env.proxy.as_ref().map(|p| Arc::new(p.settings())),
     };
+    if settings.is_none() && FROM_ENV.get_or_init(env).is_none() {
+        return Ok(None);
+    }
     let uri: Uri = url.as_str().parse().map_err(|_| StepError::new(ErrorType::Config, format!("`{}` is not a valid request URL", display_url(url))))?;
-    Ok(match choice {
-        ProxyChoice::None => None,
-        ProxyChoice::Env => matcher.intercept(&uri),
-        ProxyChoice::Url(p) => {
-            let m = Matcher::builder().http(p.clone()).https(p.clone()).build();
-            Some(m.intercept(&uri).ok_or_else(|| StepError::new(ErrorType::Config, format!("`proxy: {p}` is not a usable proxy URL: expected http://host:port")))?)
+    let intercept = match &settings {
+        None => FROM_ENV.get_or_init(env).as_ref().and_then(|m| m.intercept(&uri)),
+        Some(s) if s.url == "none" => None,
+        Some(s) => {
+            let m = Matcher::builder().http(s.url.as_str()).https(s.url.as_str()).no(s.no_proxy.join(",")).build();
+            let i = m.intercept(&uri);
+            if i.is_none() && Matcher::builder().http(s.url.as_str()).https(s.url.as_str()).build().intercept(&uri).is_none() {
+                let shown = crate::config::agent::shown_proxy_url(&s.url);
+                return Err(StepError::new(ErrorType::Config, format!("`proxy: {shown}` is not a usable proxy URL: expected http://host:port")));
+            }
+            i
         }
-    })
+    };
+    let Some(i) = intercept else { return Ok(None) };
+    let puri = i.uri();
+    let host = puri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = puri.port_u16().unwrap_or(80);
+    let mut auth = i.basic_auth().cloned();
+    if let Some(file) = settings.as_ref().and_then(|s| s.credentials.as_deref()) {
+        let pair = crate::steps::context::read_secret(ctx.env.credentials_dir.as_deref(), file)
+            .map_err(|e| StepError::new(ErrorType::Config, format!("proxy credentials: {}", e.message)))?;
+        if !pair.contains(':') {
+            return Err(StepError::new(ErrorType::Config, format!("proxy credentials: expected `user:password` in the credentials file `{file}`")));
+        }
+        use base64::Engine as _;
+        let mut v = HeaderValue::from_str(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())))
+            .map_err(|_| StepError::new(ErrorType::Config, format!("proxy credentials: the credentials file `{file}` holds characters not allowed in a header")))?;
+        v.set_sensitive(true);
+        auth = Some(v);
+    }
+    if let Some(a) = &auth {
+        // Whatever the source (step, agent, environment), the password is redacted wherever it could appear.
+        use base64::Engine as _;
+        let decoded = a.to_str().ok().and_then(|t| t.strip_prefix("Basic ")).and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+        if let Some(pair) = decoded.and_then(|d| String::from_utf8(d).ok()) {
+            if let Some((_, pass)) = pair.split_once(':') {
+                ctx.add_secret(pass);
+            }
+            ctx.add_secret(&pair);
+        }
+    }
+    Ok(Some(Route { host, port, auth }))
 }
 
 /// Opens a connection (through the proxy if any), recording dns, connect and
 /// tls; phases completed before a failure are kept.
 #[allow(clippy::too_many_arguments)]
-async fn connect(ctx: &mut RunContext, url: &Url, host: &str, port: u16, proxy: Option<&Intercept>, opts: &Options, totals: &mut Vec<Phase>, cert: &mut Option<SystemTime>) -> Result<Conn, StepError> {
+async fn connect(ctx: &mut RunContext, url: &Url, host: &str, port: u16, proxy: Option<&Route>, opts: &Options, totals: &mut Vec<Phase>, cert: &mut Option<SystemTime>) -> Result<Conn, StepError> {
     let mut phases = Vec::new();
     let r = connect_inner(ctx, url, host, port, proxy, opts, &mut phases, cert).await;
     for p in phases {
@@ -328,7 +384,7 @@ async fn connect_inner(
     url: &Url,
     host: &str,
     port: u16,
-    proxy: Option<&Intercept>,
+    proxy: Option<&Route>,
     opts: &Options,
     phases: &mut Vec<Phase>,
     cert: &mut Option<SystemTime>,
@@ -339,16 +395,13 @@ async fn connect_inner(
         let (tcp, _) = connect_tcp(ctx, bare_host, port, phases).await?;
         return if https { over_tls(ctx, tcp, bare_host, opts, phases, cert, None).await } else { plain(tcp, opts.version, None).await };
     };
-    let puri = proxy.uri();
-    let phost = puri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-    let pport = puri.port_u16().unwrap_or(80);
-    let pname = format!("http://{phost}:{pport}");
-    let (tcp, _) = connect_tcp(ctx, &phost, pport, phases).await.map_err(|e| StepError::new(e.error_type, format!("proxy `{pname}`: {}", e.message)))?;
+    let pname = proxy.name();
+    let (tcp, _) = connect_tcp(ctx, &proxy.host, proxy.port, phases).await.map_err(|e| StepError::new(e.error_type, format!("proxy `{pname}`: {}", e.message)))?;
     if !https {
         if opts.version == HttpVersion::V2 {
             return Err(StepError::new(ErrorType::Config, "`http_version: \"2\"` over plain http:// cannot go through a proxy; use https:// or `proxy: none`".to_string()));
         }
-        return plain(tcp, HttpVersion::V1_1, Some(proxy.basic_auth().cloned())).await;
+        return plain(tcp, HttpVersion::V1_1, Some(proxy.auth.clone())).await;
     }
     // CONNECT through the proxy; the tunnel's set-up counts as connecting.
     ctx.waiting_for = "the proxy to open a tunnel (CONNECT)";
@@ -359,7 +412,7 @@ async fn connect_inner(
         let _ = conn.with_upgrades().await;
     });
     let mut req = Request::connect(authority.as_str()).header(http::header::HOST, authority.as_str());
-    if let Some(auth) = proxy.basic_auth() {
+    if let Some(auth) = &proxy.auth {
         req = req.header(http::header::PROXY_AUTHORIZATION, auth.clone());
     }
     let req = req.body(Full::new(Bytes::new())).map_err(|_| StepError::new(ErrorType::Config, format!("`{authority}` is not a valid CONNECT target")))?;
@@ -389,7 +442,7 @@ async fn over_tls<IO>(
 where
     IO: crate::steps::net::TlsTransport + Send + 'static,
 {
-    let base = ctx.env.tls()?.pick(opts.tls.verify, opts.tls.ca_file.as_deref())?;
+    let base = ctx.env.tls()?.pick_with_crl(opts.tls.verify, opts.tls.ca_file.as_deref(), opts.tls.crl_file.as_deref())?;
     let mut cfg = (*base).clone();
     cfg.alpn_protocols = match opts.version {
         HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

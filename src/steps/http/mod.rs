@@ -9,6 +9,7 @@ mod client;
 mod decode;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use url::Url;
 pub use client::ConnectionCache;
 use client::{Options, Req, TlsChoice};
 
+use crate::config::agent::{ProxySettings, ProxySpec};
 use crate::config::model::ByteSize;
 use crate::config::template::{JsonTemplate, Template};
 use crate::steps::compile::{Checker, StepCx};
@@ -52,13 +54,17 @@ pub struct HttpSpec {
     pub tls_verify: bool,
     /// Extra PEM file of trusted CAs (private PKI, self-signed targets).
     pub ca_file: Option<String>,
+    /// Certificate revocation lists (PEM or DER): a certificate they list fails as revoked.
+    pub crl_file: Option<String>,
     /// Bodies larger than this (after decoding) are cut and the step fails with `body_too_large`.
     pub max_body: Option<ByteSize>,
     /// `auto` (HTTP/2 when the server offers it through ALPN), `"1.1"` or `"2"`.
     #[serde(default)]
     pub http_version: HttpVersion,
-    /// `http://host:port` (optionally with `user:password@`), or `none`; default: `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`.
-    pub proxy: Option<String>,
+    /// `none`, `http://host:port` (optionally with `user:password@`), or
+    /// `{url, credentials, no_proxy}`; default: the agent's `proxy`, else
+    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`.
+    pub proxy: Option<ProxySpec>,
     /// Keep the body as sent (compressed) instead of decoding it.
     #[serde(default)]
     pub raw_body: bool,
@@ -113,10 +119,10 @@ impl<'de> Deserialize<'de> for HttpVersion {
 /// Where a step's requests go through.
 #[derive(Debug, Clone)]
 pub(crate) enum ProxyChoice {
-    /// `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (and their lower-case forms).
-    Env,
-    None,
-    Url(String),
+    /// The agent's `proxy:`, else `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` (and their lower-case forms).
+    Inherit,
+    /// The step's own (`url: none` included).
+    Set(Arc<ProxySettings>),
 }
 
 fn default_method() -> String {
@@ -160,6 +166,7 @@ pub struct HttpStep {
     allow_insecure_redirects: bool,
     tls_verify: bool,
     ca_file: Option<Template>,
+    crl_file: Option<Template>,
     max_body: u64,
     version: HttpVersion,
     proxy: ProxyChoice,
@@ -198,15 +205,14 @@ impl HttpStep {
         } else {
             Body::None
         };
-        let proxy = match spec.proxy.as_deref() {
-            None => ProxyChoice::Env,
-            Some("none") => ProxyChoice::None,
+        let proxy = match &spec.proxy {
+            None => ProxyChoice::Inherit,
             Some(p) => {
-                match Url::parse(p) {
-                    Ok(u) if u.scheme() == "http" && u.host_str().is_some() => {}
-                    _ => c.error("http.proxy", &format!("expected `none` or an http://host:port proxy URL, got `{}`", display_proxy(p))),
+                for (k, m) in p.problems() {
+                    let key = if matches!(p, ProxySpec::Url(_)) { "http.proxy".to_string() } else { format!("http.proxy.{k}") };
+                    c.error(&key, &m);
                 }
-                ProxyChoice::Url(p.to_string())
+                ProxyChoice::Set(Arc::new(p.settings()))
             }
         };
         Some(HttpStep {
@@ -218,6 +224,7 @@ impl HttpStep {
             allow_insecure_redirects: spec.allow_insecure_redirects,
             tls_verify: spec.tls_verify,
             ca_file: spec.ca_file.as_deref().map(|f| c.template("http.ca_file", f)),
+            crl_file: spec.crl_file.as_deref().map(|f| c.template("http.crl_file", f)),
             max_body: spec.max_body.map(|b| b.0).unwrap_or(DEFAULT_MAX_BODY),
             version: spec.http_version,
             proxy,
@@ -240,6 +247,10 @@ impl HttpStep {
             tls: TlsChoice {
                 verify: self.tls_verify,
                 ca_file: match &self.ca_file {
+                    Some(t) => Some(ctx.render(t)?),
+                    None => None,
+                },
+                crl_file: match &self.crl_file {
                     Some(t) => Some(ctx.render(t)?),
                     None => None,
                 },
@@ -392,10 +403,6 @@ pub(crate) fn display_url(url: &Url) -> String {
     let _ = clean.set_password(None);
     let _ = clean.set_username("");
     clean.to_string()
-}
-
-fn display_proxy(p: &str) -> String {
-    Url::parse(p).map(|u| display_url(&u)).unwrap_or_else(|_| "(not a URL)".into())
 }
 
 /// A cookie's value from the run's jar, for any URL the run has visited.
