@@ -995,6 +995,10 @@ async fn the_shipped_gameday_scenario_pages_the_owning_team_with_generated_rules
     for bin in [PROMETHEUS, ALERTMANAGER] {
         assert!(Path::new(bin).exists(), "{bin} is missing: run .ci/install-test-deps (installs Debian's prometheus and prometheus-alertmanager)");
     }
+    assert!(
+        std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "curl is missing (the shipped scenario's WebSocket fault runs it): run .ci/install-test-deps"
+    );
     let root = env!("CARGO_MANIFEST_DIR");
     let shipped = |p: &str| std::fs::read_to_string(format!("{root}/packaging/examples/{p}")).unwrap();
     let demo = start_demo_env().await.unwrap();
