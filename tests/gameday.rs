@@ -1142,6 +1142,35 @@ async fn the_shipped_gameday_scenario_pages_the_owning_team_with_generated_rules
     for a in &agents {
         wait_ready(&http, &format!("http://127.0.0.1:{}/healthz", a.1), "agent").await;
     }
+    // A game day starts from a quiet pipeline. Prometheus scrapes only ~5 s
+    // after it is ready (target discovery), while its rules run at once: until
+    // then JourneyNoResults is pending, and with the compressed `for: 5s` it
+    // can fire just after the first injection, as if the fault had caused it.
+    // So: every agent scraped, and no page pending or firing, for 3 s in a row.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut quiet = 0;
+    while quiet < 3 {
+        let get = |q: String| {
+            let http = http.clone();
+            async move { http.get(q).send().await.ok()?.json::<Value>().await.ok() }
+        };
+        let up = get(format!("http://127.0.0.1:{prom_port}/api/v1/query?query=sum(up)")).await;
+        let alerts = get(format!("http://127.0.0.1:{prom_port}/api/v1/alerts")).await;
+        let pages: Vec<Value> = alerts
+            .as_ref()
+            .and_then(|a| a["data"]["alerts"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["labels"]["severity"] == "page")
+            .collect();
+        let all_up = up.as_ref().and_then(|u| u["data"]["result"][0]["value"][1].as_str().map(|v| v == "3")) == Some(true);
+        quiet = if all_up && alerts.is_some() && pages.is_empty() { quiet + 1 } else { 0 };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no quiet start within 90 s: up {up:?}, pages {pages:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     // The shipped scenario, pointed at this test's addresses, holds in seconds.
     let sc = shipped("gameday-demo.yaml");
