@@ -10,7 +10,15 @@
 //!
 //!   cargo build --release --example bench_slo && target/release/examples/bench_slo 1000 6
 //!
-//! Arguments: journeys (1000), minutes of Prometheus evaluation (6).
+//! Arguments: journeys (1000), minutes of Prometheus evaluation (6), days of
+//! history to backfill (0). With days > 0, the series the long-window rules
+//! read are first written as Prometheus would have recorded them over that
+//! many days (`promtool tsdb create-blocks-from openmetrics`, one file per 2 h
+//! block): the per-location base rates (`slo:sli_*:rate5m`, every minute, for
+//! the longest burn window, 3 d) and the per-journey averages
+//! (`slo:sli_*:journey_avg_rate5m`, every 5 minutes, for the whole SLO
+//! period); then a Prometheus without rules compacts the blocks as a long-running one would have,
+//! and the measured one evaluates the rules over them.
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -102,11 +110,88 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes `days` of recorded SLI history ending at `end` (unix seconds) into
+/// the TSDB at `data`, one OpenMetrics file per 2 h block (promtool re-reads
+/// its whole input once per 2 h block). Returns the samples written.
+fn backfill(dir: &std::path::Path, data: &std::path::Path, journeys: usize, days: u64, end: i64) -> u64 {
+    use std::io::Write as _;
+    const BLOCK: i64 = 2 * 3600;
+    let base_from = end - 3 * 86400; // the longest burn window reads 3 d of base rates
+    let start = (end - days as i64 * 86400).div_euclid(BLOCK) * BLOCK;
+    let file = dir.join("backfill.om");
+    let mut samples = 0u64;
+    // What the live rules record: 1/30 runs per second per location (30 s interval),
+    // every 50th journey failing in loc-a, every 10th slower than its 2 s latency
+    // threshold; a little variation so chunks do not compress better than real ones.
+    let rate = |t: i64| (1.0 / 30.0) * (1.0 + 0.01 * ((t / 60) % 7) as f64);
+    let mut t0 = start;
+    while t0 < end {
+        let t1 = (t0 + BLOCK).min(end);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        for (name, error) in [("slo:sli_error:rate5m", true), ("slo:sli_total:rate5m", false)] {
+            writeln!(w, "# TYPE {name} gauge").unwrap();
+            for j in 0..journeys {
+                for (loc, l) in LOCATIONS.iter().enumerate() {
+                    for slo in ["availability", "latency"] {
+                        if slo == "latency" && j % 2 != 0 {
+                            continue;
+                        }
+                        let bad = if slo == "availability" { j % 50 == 0 && loc == 0 } else { j % 10 == 0 };
+                        let extra = if slo == "latency" { ",threshold=\"2\"" } else { "" };
+                        let mut t = t0.max(base_from).div_euclid(60) * 60;
+                        while t < t1 {
+                            if t >= t0 {
+                                let v = if error && !bad { 0.0 } else { rate(t) };
+                                writeln!(w, "{name}{{journey_name=\"j{j:04}\",synthetics_location=\"{l}\",slo=\"{slo}\"{extra}}} {v} {t}").unwrap();
+                                samples += 1;
+                            }
+                            t += 60;
+                        }
+                    }
+                }
+            }
+        }
+        for (name, error) in [("slo:sli_error:journey_avg_rate5m", true), ("slo:sli_total:journey_avg_rate5m", false)] {
+            writeln!(w, "# TYPE {name} gauge").unwrap();
+            for j in 0..journeys {
+                for slo in ["availability", "latency"] {
+                    if slo == "latency" && j % 2 != 0 {
+                        continue;
+                    }
+                    let bad_locs = if slo == "availability" { u32::from(j % 50 == 0) } else if j % 10 == 0 { 3 } else { 0 };
+                    let mut t = t0.div_euclid(300) * 300;
+                    while t < t1 {
+                        if t >= t0 {
+                            let v = rate(t) * if error { bad_locs as f64 } else { 3.0 };
+                            writeln!(w, "{name}{{journey_name=\"j{j:04}\",slo=\"{slo}\"}} {v} {t}").unwrap();
+                            samples += 1;
+                        }
+                        t += 300;
+                    }
+                }
+            }
+        }
+        writeln!(w, "# EOF").unwrap();
+        w.flush().unwrap();
+        drop(w);
+        let o = Command::new("promtool").args(["tsdb", "create-blocks-from", "openmetrics", "-q"]).arg(&file).arg(data).output().expect("promtool (Debian package prometheus)");
+        assert!(o.status.success(), "promtool: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        t0 = t1;
+    }
+    let _ = std::fs::remove_file(&file);
+    samples
+}
+
+fn blocks(data: &std::path::Path) -> usize {
+    std::fs::read_dir(data).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().join("meta.json").exists()).count()).unwrap_or(0)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let journeys: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let minutes: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6);
+    let days: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
     let exe = std::env::current_exe().unwrap();
     let vantage = exe
         .parent()
@@ -141,6 +226,10 @@ async fn main() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let rules = std::fs::read_to_string(dir.join("slo/rules/vantage-slo.yaml")).unwrap();
+    // The backfill writes the series these rules record, under the same names and labels.
+    for r in ["record: slo:sli_error:rate5m", "record: slo:sli_total:journey_avg_rate5m", "threshold: \"2\"", "sum by (journey_name, slo) (avg_over_time(slo:sli_error:rate5m[5m]))"] {
+        assert!(days == 0 || rules.contains(r), "the generated rules changed: no `{r}`; update backfill()");
+    }
     let n_rules = rules.matches("\n      - record: ").count() + rules.matches("\n      - alert: ").count();
     let gen_median = median(&mut gen);
     println!(
@@ -167,6 +256,43 @@ async fn main() {
         );
         tokio::spawn(async move { axum::serve(l, app).await });
     }
+    let data = dir.join("data");
+    let retention = format!("--storage.tsdb.retention.time={}d", days + 10);
+    if days > 0 {
+        let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 - 120;
+        let t0 = Instant::now();
+        let n = backfill(&dir, &data, journeys, days, end);
+        let written = t0.elapsed().as_secs_f64();
+        // Compact as a long-running Prometheus would have: no rules, no scrapes,
+        // until the block count has not changed for 2 minutes (compaction runs every minute).
+        std::fs::write(dir.join("empty.yml"), "global: {}\n").unwrap();
+        let before = blocks(&data);
+        let p = Kill(
+            Command::new("/usr/bin/prometheus")
+                .arg(format!("--config.file={}", dir.join("empty.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", data.display()))
+                .arg(&retention)
+                .arg(format!("--web.listen-address=127.0.0.1:{}", free_port()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("/usr/bin/prometheus (Debian package prometheus)"),
+        );
+        let t1 = Instant::now();
+        let (mut last, mut since) = (blocks(&data), Instant::now());
+        while since.elapsed() < Duration::from_secs(120) && t1.elapsed() < Duration::from_secs(1800) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let b = blocks(&data);
+            if b != last {
+                (last, since) = (b, Instant::now());
+            }
+        }
+        drop(p);
+        println!(
+            "backfilled {days} d: {n} samples in {before} blocks ({written:.0} s), compacted to {last} blocks ({:.0} s)",
+            t1.elapsed().as_secs_f64()
+        );
+    }
     let port = free_port();
     let cfg = format!(
         "global: {{scrape_interval: 15s, scrape_timeout: 10s}}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: vantage\n    static_configs: [{{targets: [{}]}}]\n",
@@ -178,7 +304,8 @@ async fn main() {
     let prom = Kill(
         Command::new("/usr/bin/prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(&retention)
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -219,8 +346,20 @@ async fn main() {
     .await
     .unwrap_or(f64::NAN);
     let firing = q("count(ALERTS%7Balertstate%3D%22firing%22%7D)").await.unwrap_or(0.0);
+    if days > 0 {
+        // The rules saw the history: samples per series in the longest windows they read.
+        let query = |e: &'static str| {
+            let client = client.clone();
+            let url = format!("{api}/api/v1/query");
+            async move { client.get(format!("{url}?query={}", url::form_urlencoded::byte_serialize(e.as_bytes()).collect::<String>())).send().await.ok()?.json::<serde_json::Value>().await.ok()?["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok() }
+        };
+        let base = query("count_over_time(slo:sli_total:rate5m{journey_name=\"j0001\",synthetics_location=\"loc-a\",slo=\"availability\"}[3d])").await;
+        let avg = query("count_over_time(slo:sli_total:journey_avg_rate5m{journey_name=\"j0001\",slo=\"availability\"}[30d])").await;
+        let budget = query("slo:error_budget_remaining:ratio{journey_name=\"j0000\",slo=\"availability\"}").await;
+        println!("history seen by the rules: {base:?} base-rate samples in 3d, {avg:?} journey averages in 30d (one series each); j0000 budget remaining {budget:?}");
+    }
     println!(
-        "prometheus {journeys} journeys x 3 locations: {series:.0} head series, {minutes} min of data, {firing:.0} alerts firing, peak PSS {} MiB",
+        "prometheus {journeys} journeys x 3 locations: {series:.0} head series, {minutes} min of live data after {days} d of backfilled history, {firing:.0} alerts firing, peak PSS {} MiB",
         peak_pss / 1024
     );
     let mut cycle = 0.0;

@@ -560,3 +560,86 @@ async fn canaries_in_every_encoding_never_leave() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 11: OTLP headers from the credentials directory (an API key) and
+/// from the config reach a real collector on the wire, over gRPC (as request
+/// metadata of every Export call, decoded from HTTP/2 by a TLS-terminating
+/// proxy in front of Rotel, which cannot log or require headers itself) and
+/// over HTTP (in every request head); the key never appears in the agent's
+/// output, even at `VANTAGE_LOG=trace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_headers_from_credentials_reach_the_collector_over_grpc_and_http_and_never_the_logs() {
+    use common::tls::{GrpcProxy, Pki, TlsProxy};
+    use base64::Engine as _;
+    let t = Target::start().await;
+    let col = Collector::start();
+    let dir = tempdir();
+    let pki = Pki::new(&dir);
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    let key = format!("otlp-k3y-{}", uuid::Uuid::new_v4().simple());
+    write(&creds, "otlp-api-key", &format!("{key}\n"));
+    let probes = write(&dir, "probes.yaml", PROBES);
+    let grpc = GrpcProxy::start(pki.server_config(false, &[b"h2"]), col.grpc_port()).await;
+    let http = TlsProxy::start(pki.server_config(false, &[b"http/1.1"]), col.http_port()).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&key);
+    for (proto, port, id) in [("grpc", grpc.port, "hdr-grpc"), ("http/protobuf", http.port, "hdr-http")] {
+        let cfg = write(
+            &dir,
+            &format!("{id}.yaml"),
+            &format!(
+                "id: {id}\nlocation: eu-test-1\ncredentials_dir: creds\ntelemetry:\n  otlp:\n    endpoint: \"https://localhost:{port}\"\n    protocol: {proto}\n    ca_file: ca.pem\n    headers: {{x-tenant: acme}}\n    header_credentials: {{x-api-key: otlp-api-key}}\n"
+            ),
+        );
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--log-format", "json", "once", "--journey", "healthy"])
+            .arg(&probes)
+            .arg("--config")
+            .arg(&cfg)
+            .current_dir(&dir)
+            .env("BASE", t.url(""))
+            .env("VANTAGE_LOG", "trace");
+        let out = run(cmd).await;
+        let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{output}");
+        assert!(
+            !output.contains(&key) && !output.contains(&key[9..]) && !output.contains(&b64[..24]),
+            "{proto}: the API key is in the agent's output:\n{output}"
+        );
+        // Through the proxy to the collector, which accepted the data.
+        col.wait_for_spans(|s| s.name == "journey healthy" && s.resource.get("service.instance.id").map(String::as_str) == Some(id), WAIT);
+        col.wait_for_metric(
+            "synthetics.journey.runs",
+            |p| p.resource.get("service.instance.id").map(String::as_str) == Some(id) && p.attributes["outcome"] == "success",
+            WAIT,
+        );
+    }
+    // gRPC: every Export call carried both headers as metadata.
+    for service in ["trace.v1.TraceService/Export", "metrics.v1.MetricsService/Export"] {
+        let calls = grpc.requests_to(service);
+        assert!(!calls.is_empty(), "no gRPC call to {service}: {:?}", grpc.requests.lock().unwrap());
+        for c in &calls {
+            let has = |k: &str, v: &str| c.headers.iter().any(|(hk, hv)| hk == k && hv == v);
+            assert!(has("x-api-key", &key) && has("x-tenant", "acme"), "{service}: metadata {:?}", c.headers);
+            assert!(has("content-type", "application/grpc"), "{c:?}");
+        }
+    }
+    // HTTP: every request head carried both headers.
+    let seen = http.seen_text();
+    let heads: Vec<&str> = seen
+        .split("POST /v1/")
+        .skip(1)
+        .map(|r| r.split("\r\n\r\n").next().unwrap())
+        .collect();
+    for path in ["traces ", "metrics "] {
+        assert!(heads.iter().any(|h| h.starts_with(path)), "no POST /v1/{path}in {heads:?}");
+    }
+    for h in &heads {
+        let h = h.to_ascii_lowercase();
+        assert!(
+            h.contains(&format!("\r\nx-api-key: {key}\r\n")) && h.contains("\r\nx-tenant: acme\r\n"),
+            "request head without the headers: {h}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

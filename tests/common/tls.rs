@@ -292,3 +292,102 @@ impl BundleServer {
         format!("https://localhost:{}{path}", self.port)
     }
 }
+
+/// One request as [`GrpcProxy`] decoded it: path and headers (gRPC metadata).
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// TLS-terminating HTTP/2 proxy in front of a plaintext (h2c) gRPC server,
+/// recording every request's path and headers after HPACK decoding (which
+/// hides them from a byte recorder like [`TlsProxy`]). Requests, responses
+/// and trailers are forwarded as they are.
+pub struct GrpcProxy {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<SeenRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GrpcProxy {
+    pub async fn start(cfg: Arc<ServerConfig>, upstream: u16) -> GrpcProxy {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let acceptor = TlsAcceptor::from(cfg);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let timeout = std::time::Duration::from_secs(10);
+                    let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    let Ok((send, conn)) = hyper::client::conn::http2::handshake(
+                        TokioExecutor::new(),
+                        TokioIo::new(up),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    tokio::spawn(conn);
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            seen.lock().unwrap().push(SeenRequest {
+                                path: req.uri().path().to_string(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect(),
+                            });
+                            let mut send = send.clone();
+                            async move { send.send_request(req).await }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        GrpcProxy {
+            port,
+            requests,
+            task,
+        }
+    }
+
+    /// Every recorded request to a path ending in `suffix`.
+    pub fn requests_to(&self, suffix: &str) -> Vec<SeenRequest> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.ends_with(suffix))
+            .cloned()
+            .collect()
+    }
+}
