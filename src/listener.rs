@@ -136,10 +136,7 @@ pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: 
                 let (id, gone) = acceptor.wait_for_data();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let sent = tokio::select! {
-                        r = tokio::time::timeout(WAITING_GRACE, stream.readable()) => r.is_ok_and(|r| r.is_ok()) && has_data(&stream),
-                        _ = gone.cancelled() => false,
-                    };
+                    let sent = first_byte_within(&stream, WAITING_GRACE, &gone).await;
                     acceptor.done_waiting(id);
                     if sent {
                         if acceptor.table.open() < acceptor.limits.max_connections {
@@ -158,6 +155,18 @@ pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: 
 /// Connections accepted at the cap that have sent nothing yet wait at most this
 /// for a first byte; beyond `max_connections` of them they are closed at once.
 const WAITING_GRACE: Duration = Duration::from_millis(250);
+
+/// Whether a connection accepted with nothing sent has sent a byte by the time
+/// its grace ends or it is told to go.
+async fn first_byte_within(stream: &tokio::net::TcpStream, grace: Duration, gone: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::timeout(grace, stream.readable()) => {}
+        _ = gone.cancelled() => {}
+    }
+    // Told to go, it may have sent its request already (its wake-up queued behind a
+    // burst of accepts): a request that has arrived is never dropped for an idle one.
+    has_data(stream)
+}
 
 /// Whether bytes are waiting on the socket (a non-blocking peek).
 fn has_data(stream: &tokio::net::TcpStream) -> bool {
@@ -658,6 +667,29 @@ mod tests {
         assert!(String::from_utf8_lossy(&got).contains("ok"), "{}", String::from_utf8_lossy(&got));
         assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_told_to_go_is_kept_if_its_request_has_arrived() {
+        // A burst of idle connects displaces waiting connections before their tasks
+        // run; one whose request is already on the socket must still be served.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        for round in 0..20 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+            let gone = CancellationToken::new();
+            gone.cancel();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(first_byte_within(&s, Duration::from_secs(1), &gone).await, "round {round}: dropped with its request");
+            // An idle one told to go is dropped at once.
+            let _idle = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            let t = Instant::now();
+            assert!(!first_byte_within(&s, Duration::from_secs(1), &gone).await);
+            assert!(t.elapsed() < Duration::from_millis(500));
+        }
     }
 
     #[test]
