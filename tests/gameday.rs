@@ -224,17 +224,7 @@ async fn gameday_figures_match_the_agents_event_streams_and_healing_restores_suc
 "#,
     );
     let out = fleet.dir.join("report");
-    let run = Command::new(BIN)
-        .arg("gameday")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .kill_on_drop(true)
-        .output();
-    let run = tokio::time::timeout(Duration::from_secs(150), run)
-        .await
-        .expect("game day finishes")
-        .unwrap();
+    let run = run_gameday(&scenario, &out, Duration::from_secs(150)).await;
     let stderr = String::from_utf8_lossy(&run.stderr);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(
@@ -733,17 +723,7 @@ faults:
 "#
     ));
     let out = fleet.dir.join("report");
-    let run = Command::new(BIN)
-        .arg("gameday")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .kill_on_drop(true)
-        .output();
-    let run = tokio::time::timeout(Duration::from_secs(150), run)
-        .await
-        .expect("game day finishes")
-        .unwrap();
+    let run = run_gameday(&scenario, &out, Duration::from_secs(150)).await;
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(
         run.status.code(),
@@ -1188,17 +1168,7 @@ async fn the_shipped_gameday_scenario_pages_the_owning_team_with_generated_rules
     std::fs::write(&scenario, &sc).unwrap();
 
     let out = dir.join("report");
-    let run = Command::new(BIN)
-        .arg("gameday")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&out)
-        .kill_on_drop(true)
-        .output();
-    let run = tokio::time::timeout(Duration::from_secs(330), run)
-        .await
-        .expect("game day finishes")
-        .unwrap();
+    let run = run_gameday(&scenario, &out, Duration::from_secs(330)).await;
     let stderr = text(&run.stderr);
     let stdout = text(&run.stdout);
     assert_eq!(run.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -1308,4 +1278,10 @@ async fn the_shipped_gameday_scenario_pages_the_owning_team_with_generated_rules
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&demo.credentials_dir);
+}
+
+/// `vantage gameday SCENARIO --out OUT`, killed if it outlives `limit`.
+async fn run_gameday(scenario: &std::path::Path, out: &std::path::Path, limit: Duration) -> std::process::Output {
+    let run = Command::new(BIN).arg("gameday").arg(scenario).arg("--out").arg(out).kill_on_drop(true).output();
+    tokio::time::timeout(limit, run).await.expect("game day finishes").unwrap()
 }
