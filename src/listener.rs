@@ -133,11 +133,16 @@ pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: 
                 // At the cap and nothing sent yet (a request may be a moment behind its
                 // handshake): it waits for a first byte without holding up the accept
                 // loop, displacing the longest-waiting such connection when too many wait.
-                let (id, gone) = acceptor.wait_for_data();
+                let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                let (id, gone) = acceptor.wait_for_data(peer);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let sent = first_byte_within(&stream, WAITING_GRACE, &gone).await;
                     acceptor.done_waiting(id);
+                    if !sent {
+                        use std::os::fd::AsRawFd;
+                        abort_on_close(stream.as_raw_fd());
+                    }
                     if sent {
                         if acceptor.table.open() < acceptor.limits.max_connections {
                             acceptor.serve(stream);
@@ -171,9 +176,39 @@ async fn first_byte_within(stream: &tokio::net::TcpStream, grace: Duration, gone
 /// Whether bytes are waiting on the socket (a non-blocking peek).
 fn has_data(stream: &tokio::net::TcpStream) -> bool {
     use std::os::fd::AsRawFd;
+    fd_has_data(stream.as_raw_fd())
+}
+
+/// The address that occurs most often (the first of equals), if any.
+fn most_common(ips: impl Iterator<Item = std::net::IpAddr>) -> Option<std::net::IpAddr> {
+    let mut counts: Vec<(std::net::IpAddr, usize)> = Vec::new();
+    for ip in ips {
+        match counts.iter_mut().find(|(x, _)| *x == ip) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((ip, 1)),
+        }
+    }
+    counts.into_iter().rev().max_by_key(|(_, n)| *n).map(|(ip, _)| ip)
+}
+
+/// A connection closed for the listener's sake (shed, or silent past its grace)
+/// is reset rather than closed: no TIME_WAIT is kept for it, so a flood of them
+/// cannot fill the host's table of closing connections (on loopback a new
+/// client's port can then collide with one and be refused).
+fn abort_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on one of this listener's sockets, with a value we own.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t);
+    }
+}
+
+fn fd_has_data(fd: std::os::fd::RawFd) -> bool {
     let mut b = 0u8;
-    // SAFETY: a one-byte peek into a byte we own, on a socket we own; MSG_DONTWAIT never blocks.
-    let n = unsafe { libc::recv(stream.as_raw_fd(), (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    // SAFETY: a one-byte peek into a byte we own; MSG_DONTWAIT never blocks. The fd is
+    // one of this listener's sockets; if it has just closed and its number been reused,
+    // the peek reads nothing and at worst misjudges one shedding choice.
+    let n = unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     n > 0
 }
 
@@ -183,14 +218,16 @@ struct Acceptor {
     shutdown: CancellationToken,
     table: Table,
     /// Connections accepted at the cap that have not sent a byte yet, oldest first.
-    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken, std::net::IpAddr)>>,
     next_id: AtomicU64,
 }
 
 impl Acceptor {
     fn serve(self: &Arc<Self>, stream: tokio::net::TcpStream) {
         let _ = stream.set_nodelay(true);
-        let conn = self.table.add();
+        use std::os::fd::AsRawFd;
+        let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let conn = self.table.add(stream.as_raw_fd(), peer);
         let me = self.clone();
         tokio::spawn(async move {
             serve_connection(stream, me.app.clone(), me.limits, me.shutdown.clone(), conn.clone()).await;
@@ -210,6 +247,8 @@ impl Acceptor {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         if self.table.open() >= 2 * self.limits.max_connections || !self.table.shed_least_active() {
+            use std::os::fd::AsRawFd;
+            abort_on_close(stream.as_raw_fd());
             return false;
         }
         self.serve(stream);
@@ -218,13 +257,17 @@ impl Acceptor {
 
     /// Registers a connection waiting for its first byte; the longest-waiting one
     /// is told to go when more than `max_connections` wait.
-    fn wait_for_data(&self) -> (u64, CancellationToken) {
+    fn wait_for_data(&self, peer: std::net::IpAddr) -> (u64, CancellationToken) {
         let token = CancellationToken::new();
         let mut w = self.waiting.lock().expect("listener waiting");
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        w.push_back((id, token.clone()));
+        w.push_back((id, token.clone(), peer));
         while w.len() > self.limits.max_connections {
-            if let Some((_, old)) = w.pop_front() {
+            // The longest-waiting connection of the address with the most waiting:
+            // a flood from one address displaces its own, not another client's.
+            let busiest = most_common(w.iter().map(|(_, _, ip)| *ip));
+            let i = w.iter().position(|(_, _, ip)| Some(*ip) == busiest).unwrap_or(0);
+            if let Some((_, old, _)) = w.remove(i) {
                 old.cancel();
             }
         }
@@ -233,7 +276,7 @@ impl Acceptor {
 
     fn done_waiting(&self, id: u64) {
         let mut w = self.waiting.lock().expect("listener waiting");
-        if let Some(i) = w.iter().position(|(x, _)| *x == id) {
+        if let Some(i) = w.iter().position(|(x, _, _)| *x == id) {
             w.remove(i);
         }
     }
@@ -248,6 +291,9 @@ struct Conn {
     started: Instant,
     /// Milliseconds after `started` when a byte last moved (read or written).
     last: Arc<AtomicU64>,
+    /// Its socket, to see whether a request waits unread before shedding it.
+    fd: std::os::fd::RawFd,
+    peer: std::net::IpAddr,
 }
 
 impl Conn {
@@ -292,8 +338,8 @@ impl Table {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn add(&self) -> Arc<Conn> {
-        let c = Arc::new(Conn { busy: Default::default(), evict: CancellationToken::new(), started: Instant::now(), last: Arc::new(AtomicU64::new(0)) });
+    fn add(&self, fd: std::os::fd::RawFd, peer: std::net::IpAddr) -> Arc<Conn> {
+        let c = Arc::new(Conn { busy: Default::default(), evict: CancellationToken::new(), started: Instant::now(), last: Arc::new(AtomicU64::new(0)), fd, peer });
         self.open.fetch_add(1, Ordering::Relaxed);
         self.live.lock().expect("listener table").push(c.clone());
         c
@@ -311,7 +357,25 @@ impl Table {
     /// Sheds the least recently active connection not being answered; false if every one is.
     fn shed_least_active(&self) -> bool {
         let mut live = self.live.lock().expect("listener table");
-        let victim = live.iter().enumerate().filter(|(_, c)| c.busy.load(Ordering::Relaxed) == 0).min_by_key(|(_, c)| c.last_active()).map(|(i, _)| i);
+        // Least recently active first; one whose bytes wait unread (a request that
+        // came in before its task ran, in a burst) is passed over, a few at most.
+        // Taken from the address holding the most such connections, so one flooding
+        // address sheds its own connections, not another client's.
+        let sheddable = |c: &Arc<Conn>| c.busy.load(Ordering::Relaxed) == 0;
+        let busiest = most_common(live.iter().filter(|c| sheddable(c)).map(|c| c.peer));
+        let mut passed = Vec::new();
+        let victim = loop {
+            let next = live
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| sheddable(c) && Some(c.peer) == busiest && !passed.contains(i))
+                .min_by_key(|(_, c)| c.last_active())
+                .map(|(i, c)| (i, c.fd));
+            match next {
+                Some((i, fd)) if passed.len() < 8 && fd_has_data(fd) => passed.push(i),
+                other => break other.map(|(i, _)| i),
+            }
+        };
         let Some(i) = victim else { return false };
         let c = live.swap_remove(i);
         c.evict.cancel();
@@ -362,7 +426,10 @@ async fn serve_connection(
         let wake = hard_stop.unwrap_or_else(|| idle_at.into());
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = me.evict.cancelled() => return,
+            _ = me.evict.cancelled() => {
+                abort_on_close(me.fd);
+                return;
+            }
             _ = shutdown.cancelled(), if hard_stop.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 hard_stop = Some(tokio::time::Instant::now() + Duration::from_secs(2));
@@ -690,6 +757,48 @@ mod tests {
             assert!(!first_byte_within(&s, Duration::from_secs(1), &gone).await);
             assert!(t.elapsed() < Duration::from_millis(500));
         }
+    }
+
+    #[tokio::test]
+    async fn shedding_passes_over_a_connection_whose_request_waits_unread() {
+        use std::os::fd::AsRawFd;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut with_request = TcpStream::connect(addr).await.unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        let table = Table::new();
+        let older = table.add(a.as_raw_fd(), LO);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let newer = table.add(b.as_raw_fd(), LO);
+        // Without a request both are idle and the older goes first...
+        assert!(table.shed_least_active());
+        assert!(older.evict.is_cancelled() && !newer.evict.is_cancelled());
+        // ...but a request sitting in its socket keeps it, and the idle one goes.
+        let table = Table::new();
+        let older = table.add(a.as_raw_fd(), LO);
+        let newer = table.add(b.as_raw_fd(), LO);
+        with_request.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(table.shed_least_active());
+        assert!(!older.evict.is_cancelled() && newer.evict.is_cancelled());
+    }
+
+    const LO: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn the_address_with_the_most_connections_sheds_its_own() {
+        let other: std::net::IpAddr = [127, 0, 0, 2].into();
+        let table = Table::new();
+        let health = table.add(-1, other);
+        std::thread::sleep(Duration::from_millis(3));
+        let flood: Vec<_> = (0..3).map(|_| table.add(-1, LO)).collect();
+        assert!(table.shed_least_active());
+        assert!(!health.evict.is_cancelled(), "the other client's (older) connection was shed");
+        assert_eq!(flood.iter().filter(|c| c.evict.is_cancelled()).count(), 1);
+        assert_eq!(most_common([other, LO, LO, other, LO].into_iter()), Some(LO));
+        assert_eq!(most_common(std::iter::empty()), None);
     }
 
     #[test]
