@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::target::Target;
 use common::{free_port, tempdir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vantage");
 const TOKEN: &str = "admin-token-canary-5f1e";
@@ -119,118 +118,6 @@ fn runs(agent: &Agent, journey: &str) -> (u64, u64) {
     let v: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
     let j = &v["journeys"][journey];
     (j["runs"].as_u64().unwrap_or(0), j["failures"].as_u64().unwrap_or(0))
-}
-
-fn open_fds(agent: &Agent) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", agent.child.id())).map(|d| d.count()).unwrap_or(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_checks_and_journeys_go_on_while_idle_and_slow_clients_flood_both_listeners() {
-    let target = Target::start().await;
-    let agent = start(&target, false);
-    let t0 = Instant::now();
-    while runs(&agent, "hook").0 < 1 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no run of `hook`");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (hook0, hook_fail0) = runs(&agent, "hook");
-    let (api0, api_fail0) = runs(&agent, "api");
-    let fds0 = open_fds(&agent);
-
-    // 1,500 connections per listener, well over the caps (128 admin, 256 callback):
-    // idle, a head one byte a second, a body one byte a second; and a body flood.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut tasks = Vec::new();
-    for addr in [agent.admin, agent.callback] {
-        for i in 0..1500 {
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await else { return };
-                let (mut rd, mut wr) = s.into_split();
-                let drip: &'static [u8] = match i % 4 {
-                    0 | 1 => b"",
-                    2 => b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaa",
-                    _ => b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\nbbbbbbbbbbbbbbb",
-                };
-                let writer = async move {
-                    for b in drip.chunks(1) {
-                        if wr.write_all(b).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    std::future::pending::<()>().await
-                };
-                let mut buf = [0u8; 256];
-                tokio::select! {
-                    _ = async { while rd.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {} } => {}
-                    _ = writer => {}
-                    _ = stop.cancelled() => {}
-                }
-            }));
-        }
-        for _ in 0..4 {
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let body = vec![b'x'; 60_000];
-                while !stop.is_cancelled() {
-                    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await else { continue };
-                    let head = format!("POST /hook HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        s.write_all(head.as_bytes()).await?;
-                        s.write_all(&body).await?;
-                        let mut sink = Vec::new();
-                        s.read_to_end(&mut sink).await
-                    })
-                    .await;
-                }
-            }));
-        }
-    }
-    // /healthz every 100 ms from a thread of its own, for 6 s.
-    let admin = agent.admin;
-    let health = std::thread::spawn(move || {
-        let mut ms = Vec::new();
-        let end = Instant::now() + Duration::from_secs(6);
-        while Instant::now() < end {
-            let t = Instant::now();
-            let r = request(admin, "GET /healthz", &[], b"");
-            ms.push((r.map(|(s, _)| s), t.elapsed().as_secs_f64() * 1000.0));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        ms
-    });
-    let mut fds_max = 0;
-    while !health.is_finished() {
-        fds_max = fds_max.max(open_fds(&agent));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let probes = health.join().unwrap();
-    stop.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    // Every probe answered; the bound (100 ms) for at least 95 % of them and
-    // the median well below it. (The strict every-probe bound is the release
-    // benchmark's, examples/bench_listeners.rs; this debug build shares 2 cores
-    // with other builds, where a scheduling stall can delay one probe.)
-    assert!(probes.len() >= 30, "{probes:?}");
-    let failed: Vec<_> = probes.iter().filter(|(s, _)| *s != Some(200)).collect();
-    assert!(failed.is_empty(), "/healthz not answered: {failed:?} of {}", probes.len());
-    let mut ms: Vec<f64> = probes.iter().map(|(_, ms)| *ms).collect();
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let slow: Vec<_> = ms.iter().filter(|m| **m > 100.0).collect();
-    assert!(ms[ms.len() / 2] < 50.0, "/healthz median {:.1} ms: {ms:?}", ms[ms.len() / 2]);
-    assert!(slow.len() * 20 <= ms.len(), "/healthz over 100 ms in more than 5 % of {} probes: {slow:?}", ms.len());
-    // Descriptors: per listener at most three times its cap (128, 256): served,
-    // shed and closing, accepted at the cap and waiting for a first byte.
-    assert!(fds_max <= fds0 + 3 * (128 + 256), "the agent held {fds_max} descriptors (before: {fds0})");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (hook1, hook_fail1) = runs(&agent, "hook");
-    let (api1, api_fail1) = runs(&agent, "api");
-    assert!(hook1 > hook0 && api1 > api0, "journeys stopped running: hook {hook0}→{hook1}, api {api0}→{api1}");
-    assert_eq!((hook_fail1 - hook_fail0, api_fail1 - api_fail0), (0, 0), "journeys failed during the flood");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
