@@ -544,6 +544,12 @@ async fn reload(config: PathBuf, admin: Option<String>) -> anyhow::Result<i32> {
         Ok(0)
     } else {
         eprint!("{body}");
+        // The agent's reply names only where the problems are (it echoes no file
+        // content over the network); the details come from the same check run here.
+        if body.starts_with("reload rejected") {
+            eprintln!("the same check of {}, run here:", config.display());
+            check(Some(config), Vec::new());
+        }
         Ok(1)
     }
 }
