@@ -938,8 +938,10 @@ async fn webhook_relay(callbacks: Vec<u16>) -> u16 {
                         .post(format!("http://127.0.0.1:{port}{}", uri.path()))
                         .header("content-type", "application/json")
                         .body(body.clone());
-                    if let Some(run) = headers.get("x-synthetic-run") {
-                        req = req.header("x-synthetic-run", run.clone());
+                    for h in ["x-synthetic-run", "x-callback-token"] {
+                        if let Some(v) = headers.get(h) {
+                            req = req.header(h, v.clone());
+                        }
                     }
                     req.send()
                 });
