@@ -12,7 +12,7 @@ set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ex="$repo/packaging/examples"
 dir="$ex/prometheus"
-bin="${VANTAGE_BIN:-$repo/target/debug/vantage}"
+bin="${VANTAGE_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/vantage}"
 
 passed=0
 failed=0
