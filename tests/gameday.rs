@@ -96,21 +96,7 @@ impl Fleet {
                 ),
             )
             .unwrap();
-            let mut cmd = Command::new(BIN);
-            cmd.args(["run", "--config"])
-                .arg(&cfg)
-                .env("VANTAGE_LOG", "error")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            for (k, v) in &demo.overrides {
-                cmd.env(k, v);
-            }
-            agents.push((
-                name.to_string(),
-                format!("http://127.0.0.1:{admin}"),
-                cmd.spawn().unwrap(),
-            ));
+            agents.push((name.to_string(), format!("http://127.0.0.1:{admin}"), run_agent(&cfg, &demo)));
         }
         let f = Fleet {
             demo,
@@ -1019,17 +1005,8 @@ async fn the_shipped_gameday_scenario_pages_the_owning_team_with_generated_rules
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"])
-            .arg(&cfg)
-            .env("VANTAGE_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        for (k, v) in &demo.overrides {
-            cmd.env(k, v);
-        }
-        agents.push((loc, admin, cfg, cmd.spawn().unwrap()));
+        let agent = run_agent(&cfg, &demo);
+        agents.push((loc, admin, cfg, agent));
         callbacks.push(callback);
     }
     let relay = webhook_relay(callbacks).await;
@@ -1286,4 +1263,17 @@ async fn the_shipped_gameday_scenario_pages_the_owning_team_with_generated_rules
 async fn run_gameday(scenario: &std::path::Path, out: &std::path::Path, limit: Duration) -> std::process::Output {
     let run = Command::new(BIN).arg("gameday").arg(scenario).arg("--out").arg(out).kill_on_drop(true).output();
     tokio::time::timeout(limit, run).await.expect("game day finishes").unwrap()
+}
+
+/// `vantage run --config CFG` against the demo (its environment overrides), quiet, killed on drop.
+fn run_agent(cfg: &Path, demo: &DemoEnv) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(cfg)
+        .env("VANTAGE_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd.envs(&demo.overrides);
+    cmd.spawn().unwrap()
 }
