@@ -100,14 +100,39 @@ pub async fn prometheus_firing(
 }
 
 pub fn parse_prometheus(body: &[u8]) -> Result<Vec<Alert>, serde_json::Error> {
+    Ok(parse_prometheus_states(body)?
+        .into_iter()
+        .filter(|(_, firing)| *firing)
+        .map(|(a, _)| a)
+        .collect())
+}
+
+/// Alerts pending or firing in Prometheus: before a fault, a pending alert
+/// is one that may still fire and be taken for the new fault's signal.
+pub async fn prometheus_active(
+    client: &reqwest::Client,
+    src: &AlertSource,
+) -> Result<Vec<Alert>, String> {
+    let url = format!("{}/api/v1/alerts", src.url);
+    let body = get(client, &url).await?;
+    parse_prometheus_states(&body)
+        .map(|v| v.into_iter().map(|(a, _)| a).collect())
+        .map_err(|e| format!("{url}: unexpected answer: {e}"))
+}
+
+/// Every alert with whether it is firing (the others are pending).
+fn parse_prometheus_states(body: &[u8]) -> Result<Vec<(Alert, bool)>, serde_json::Error> {
     let r: PromResponse = serde_json::from_slice(body)?;
     Ok(r.data
         .alerts
         .into_iter()
-        .filter(|a| a.state == "firing")
-        .map(|a| Alert {
-            labels: a.labels,
-            receivers: vec![],
+        .map(|a| {
+            let firing = a.state == "firing";
+            let alert = Alert {
+                labels: a.labels,
+                receivers: vec![],
+            };
+            (alert, firing)
         })
         .collect())
 }
@@ -170,6 +195,11 @@ mod tests {
             "page".to_string()
         )])));
         assert_eq!(a[0].key(), "alertname=JourneyFailing,team=marketing");
+        let all = parse_prometheus_states(body).unwrap();
+        assert_eq!(
+            all.iter().map(|(a, f)| (a.team("team"), *f)).collect::<Vec<_>>(),
+            vec![(Some("marketing"), true), (Some("identity"), false)]
+        );
     }
 
     #[test]

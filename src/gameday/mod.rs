@@ -497,7 +497,9 @@ async fn run_fault(
         ..Default::default()
     };
     let pairs = expected_pairs(agents, f);
-    // Settle: the expected journeys should be passing everywhere before we break them.
+    // Settle: the expected journeys pass everywhere and no alert in the
+    // scenario's scope is pending or firing (one from the previous fault
+    // could still fire and be taken for this fault's signal).
     let settle_until = tokio::time::Instant::now() + f.settle;
     let mut last_print = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
@@ -506,35 +508,51 @@ async fn run_fault(
             .filter(|p| latest(log, agents, p, 0).as_deref() != Some("success"))
             .map(|(a, j)| format!("{j}@{a}"))
             .collect();
-        if failing.is_empty() {
+        let loud = if failing.is_empty() {
+            active_alerts(sc, client).await
+        } else {
+            vec![]
+        };
+        if failing.is_empty() && loud.is_empty() {
             run.settled = true;
             break;
         }
+        let waiting_for = if failing.is_empty() {
+            format!("alerts to clear: {}", loud.join(", "))
+        } else {
+            format!("{} to pass", failing.join(", "))
+        };
         if tokio::time::Instant::now() >= settle_until {
-            let w = format!(
-                "not all expected journeys passed before injection (after waiting {}): {}",
-                humantime::format_duration(f.settle),
-                failing.join(", ")
-            );
+            let w = if failing.is_empty() {
+                format!(
+                    "alerts still pending or firing before injection (after waiting {}): {}; they are not counted as this fault's signals",
+                    humantime::format_duration(f.settle),
+                    loud.join(", ")
+                )
+            } else {
+                format!(
+                    "not all expected journeys passed before injection (after waiting {}): {}",
+                    humantime::format_duration(f.settle),
+                    failing.join(", ")
+                )
+            };
             eprintln!("gameday: {tag}: {w}; injecting anyway");
             run.warnings.push(w);
             break;
         }
         if last_print.elapsed() >= Duration::from_secs(5) {
-            eprintln!(
-                "gameday: {tag}: waiting for {} to pass before injecting",
-                failing.join(", ")
-            );
+            eprintln!("gameday: {tag}: waiting for {waiting_for} before injecting");
             last_print = tokio::time::Instant::now();
         }
+        let pause = if failing.is_empty() { POLL } else { Duration::from_millis(250) };
         tokio::select! {
             _ = stop.token.cancelled() => { run.ended_ms = now_ms(); run.interrupted = stop.reason(); return run; }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
-    // Alerts already there before the fault are not its signals.
+    // Alerts already there before the fault (pending ones too) are not its signals.
     if let Some(p) = &sc.prometheus {
-        if let Ok(a) = alerts::prometheus_firing(client, p).await {
+        if let Ok(a) = alerts::prometheus_active(client, p).await {
             run.prometheus.baseline = a.iter().map(Alert::key).collect();
         }
     }
@@ -658,6 +676,28 @@ async fn run_fault(
     run.ended_ms = now_ms();
     run.interrupted = stop.reason();
     run
+}
+
+/// Alerts in the scenario's scope that are pending or firing in Prometheus,
+/// or active in Alertmanager, named for a person. An unreachable source counts
+/// as quiet here: the pre-flight checked it, and polling records its errors.
+async fn active_alerts(sc: &Scenario, client: &reqwest::Client) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    let name = |a: &Alert| {
+        let label = |k: &str| a.labels.get(k).map(String::as_str).unwrap_or("?");
+        format!("{} for {}", label("alertname"), label(&sc.team_label))
+    };
+    if let Some(p) = &sc.prometheus {
+        if let Ok(a) = alerts::prometheus_active(client, p).await {
+            out.extend(a.iter().filter(|a| a.matches(&p.match_labels)).map(name));
+        }
+    }
+    if let Some(m) = &sc.alertmanager {
+        if let Ok(a) = alerts::alertmanager_active(client, m).await {
+            out.extend(a.iter().filter(|a| a.matches(&m.match_labels)).map(name));
+        }
+    }
+    out.into_iter().collect()
 }
 
 async fn poll_alerts(

@@ -53,7 +53,8 @@ pub struct FaultSpec {
     pub hold: Dur,
     pub heal: Spanned<ActionSpec>,
     pub expect: ExpectSpec,
-    /// Before injecting, wait at most this long for the expected journeys to pass everywhere.
+    /// Before injecting, wait at most this long for the expected journeys to pass everywhere
+    /// and for alerts in scope (pending or firing) to clear.
     pub settle: Option<Dur>,
     /// After healing, wait at most this long for success and resolved alerts.
     pub recover_within: Option<Dur>,
