@@ -145,6 +145,8 @@ async fn main() {
     println!("cpu_util_of_one_core={:.1}%", (cpu1 - cpu0) / elapsed * 100.0);
     println!("lateness_ms p50={} p99={} max={}", late["p50"], late["p99"], late["max"]);
     println!("peak_rss_mb={:.1} (VmHWM) rss_now_mb={:.1} peak_pss_mb={:.1}", status_kb(pid, "VmHWM:") as f64 / 1024.0, status_kb(pid, "VmRSS:") as f64 / 1024.0, peak_pss as f64 / 1024.0);
+    // Where the resident memory is: heap and stacks (anon) or mapped code (file).
+    println!("rss_anon_mb={:.1} rss_file_mb={:.1}", status_kb(pid, "RssAnon:") as f64 / 1024.0, status_kb(pid, "RssFile:") as f64 / 1024.0);
     println!("skipped={skipped} failures_total={failures}");
     drop(agent);
     drop(collector);

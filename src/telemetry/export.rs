@@ -409,6 +409,11 @@ async fn drain(sh: &Shared) -> Result<(), ()> {
             )
         };
         if batch.is_empty() {
+            // A backlog (an outage, a burst) grew the queue; give that memory back.
+            let mut q = sh.queue.lock().expect("span queue");
+            if q.1.capacity() > 4 * BATCH {
+                q.1.shrink_to(BATCH);
+            }
             return Ok(());
         }
         let result = {
