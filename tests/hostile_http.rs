@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::collector::Collector;
-use common::hostile::{flaky, forward_proxy, h2_only, hostile, openssl_cert, refusing_proxy, revocation_pki, test_cert};
+use common::hostile::{flaky, forward_proxy, h2_only, hostile, openssl_cert, refusing_proxy, revocation_pki, test_cert, ws_echo};
 use vantage::config::{AgentConfig, Journey};
 use vantage::runner::context::RunEnv;
 use vantage::runner::result::{ErrorType, Outcome, RunResult};
@@ -450,6 +450,76 @@ async fn proxy_credentials_never_reach_messages_logs_or_spans() {
         for secret in [PROXY_PASS, b64.as_str(), &b64[..b64.len() - 4]] {
             assert!(!text.contains(secret), "`{secret}` leaked to {what}: {text}");
         }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `websocket` steps take the same proxies as `http` steps (agent-wide with
+/// file credentials, or their own `proxy:`): ws:// and wss:// through a
+/// CONNECT tunnel, TLS inside it. A refusing or absent proxy is named, its
+/// credentials never shown. A child `vantage once`, so the wss:// server's
+/// certificate can be trusted through `SSL_CERT_FILE` without touching this
+/// test's own environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_go_through_the_proxy_with_its_credentials() {
+    let cert = test_cert();
+    let (ws, wss) = (ws_echo(None).await, ws_echo(Some(&cert)).await);
+    let (proxy, refusing) = (forward_proxy().await, refusing_proxy().await);
+    let down = common::free_port();
+    let dir = proxy_credentials();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, format!("id: t\nadmin: {{listen: \"\"}}\ncredentials_dir: {}\nproxy: {{url: \"http://127.0.0.1:{}\", credentials: proxy-auth}}\n", dir.display(), proxy.port())).unwrap();
+    let journey = |name: &str, url: String, proxy: &str| {
+        format!("  - name: {name}\n    interval: 60s\n    steps:\n      - name: echo\n        websocket: {{connect: \"{url}\", send: hello, receive: 2s{proxy}}}\n        assert: {{body_contains: hello}}\n")
+    };
+    let probes = dir.join("p.yaml");
+    let text = [
+        journey("ws", format!("ws://127.0.0.1:{}/feed", ws.port()), ""),
+        journey("wss", format!("wss://127.0.0.1:{}/feed", wss.port()), ""),
+        journey("refused", format!("ws://127.0.0.1:{}/feed", ws.port()), &format!(", proxy: \"http://{PROXY_USER}:{PROXY_PASS}@127.0.0.1:{}\"", refusing.port())),
+        journey("down", format!("wss://127.0.0.1:{}/feed", wss.port()), &format!(", proxy: \"http://127.0.0.1:{down}\"")),
+        journey("direct", format!("ws://127.0.0.1:{}/feed", ws.port()), ", proxy: none"),
+    ]
+    .concat();
+    std::fs::write(&probes, format!("journeys:\n{text}")).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).env("SSL_CERT_FILE", &cert.pem_path).kill_on_drop(true);
+    for v in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_DIR"] {
+        cmd.env_remove(v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let runs: HashMap<String, serde_json::Value> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).map(|v| (v["journey"].as_str().unwrap().to_string(), v)).collect();
+    assert_eq!(runs.len(), 5, "{stdout}\n{stderr}");
+    for ok in ["ws", "wss", "direct"] {
+        assert_eq!(runs[ok]["outcome"], "success", "{ok}: {stdout}\n{stderr}");
+    }
+    // Both through the agent's proxy, as CONNECT tunnels carrying its credentials.
+    let seen = proxy.seen();
+    let auth = format!("proxy-authorization: basic {}", basic(PROXY_USER, PROXY_PASS)).to_ascii_lowercase();
+    let mut lines: Vec<&str> = seen.iter().map(|h| h.lines().next().unwrap()).collect();
+    lines.sort();
+    let mut want = vec![format!("CONNECT 127.0.0.1:{} HTTP/1.1", ws.port()), format!("CONNECT 127.0.0.1:{} HTTP/1.1", wss.port())];
+    want.sort();
+    assert_eq!(lines, want, "{seen:?}");
+    assert!(seen.iter().all(|h| h.to_ascii_lowercase().contains(&auth)), "{seen:?}");
+    // The tunnel's time counts as connecting, and wss:// did its TLS inside it.
+    let phases = &runs["wss"]["steps"][0]["phases"];
+    assert!(phases.get("connect").is_some() && phases.get("tls").is_some() && phases.get("handshake").is_some(), "{phases}");
+    // The WebSocket server got the handshakes (ws and direct; wss on its own server), never the proxy's credentials.
+    assert_eq!((ws.seen().len(), wss.seen().len()), (2, 1));
+    assert!(ws.seen().iter().chain(wss.seen().iter()).all(|h| h.starts_with("GET /feed") && !h.to_ascii_lowercase().contains("proxy-authorization")), "{:?}", ws.seen());
+    // Failures name the proxy and what it did, never its credentials.
+    assert_eq!(runs["refused"]["error_type"], "connect", "{stdout}");
+    let refused = runs["refused"]["message"].as_str().unwrap();
+    assert!(refused.contains(&format!("proxy `http://127.0.0.1:{}` refused CONNECT 127.0.0.1:{}: 407 Proxy Authentication Required", refusing.port(), ws.port())), "{refused}");
+    assert_eq!(refusing.seen().len(), 1);
+    assert!(refusing.seen()[0].to_ascii_lowercase().contains(&auth), "the URL's credentials were offered");
+    assert_eq!(runs["down"]["error_type"], "connect", "{stdout}");
+    let down_msg = runs["down"]["message"].as_str().unwrap();
+    assert!(down_msg.contains(&format!("proxy `http://127.0.0.1:{down}`: ")) && down_msg.contains("connection refused"), "{down_msg}");
+    for secret in [PROXY_PASS, basic(PROXY_USER, PROXY_PASS).as_str()] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "`{secret}` leaked: {stdout}\n{stderr}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -22,6 +22,7 @@ use reqwest::cookie::CookieStore;
 use url::Url;
 
 pub use client::ConnectionCache;
+pub(crate) use client::{proxy_for, tunnel};
 use client::{Options, Req, TlsChoice};
 
 use crate::config::agent::{ProxySettings, ProxySpec};
@@ -125,6 +126,16 @@ pub(crate) enum ProxyChoice {
     Set(Arc<ProxySettings>),
 }
 
+/// A step's own `proxy:` (its problems reported under `KIND.proxy`), else the agent's or the environment's.
+pub(crate) fn compile_proxy(spec: Option<&ProxySpec>, kind: &str, c: &mut Checker) -> ProxyChoice {
+    let Some(p) = spec else { return ProxyChoice::Inherit };
+    for (k, m) in p.problems() {
+        let key = if matches!(p, ProxySpec::Url(_)) { format!("{kind}.proxy") } else { format!("{kind}.proxy.{k}") };
+        c.error(&key, &m);
+    }
+    ProxyChoice::Set(Arc::new(p.settings()))
+}
+
 fn default_method() -> String {
     "GET".into()
 }
@@ -205,16 +216,7 @@ impl HttpStep {
         } else {
             Body::None
         };
-        let proxy = match &spec.proxy {
-            None => ProxyChoice::Inherit,
-            Some(p) => {
-                for (k, m) in p.problems() {
-                    let key = if matches!(p, ProxySpec::Url(_)) { "http.proxy".to_string() } else { format!("http.proxy.{k}") };
-                    c.error(&key, &m);
-                }
-                ProxyChoice::Set(Arc::new(p.settings()))
-            }
-        };
+        let proxy = compile_proxy(spec.proxy.as_ref(), "http", c);
         Some(HttpStep {
             method,
             url,
