@@ -524,6 +524,28 @@ async fn websockets_go_through_the_proxy_with_its_credentials() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `crl_file` with verification off would never find a certificate
+/// revoked: `vantage check` says so at the step's file:line:column.
+#[test]
+fn a_crl_file_with_verification_off_is_a_check_error() {
+    let dir = common::tempdir();
+    let probes = dir.join("p.yaml");
+    std::fs::write(
+        &probes,
+        "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: page\n        http: {url: \"https://a.test/\", tls_verify: false, crl_file: crl.pem}\n      - name: cert\n        tls: {address: \"a.test:443\", verify: false, crl_file: crl.pem}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&probes).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    let file = probes.display();
+    for (at, key) in [("5:9", "http.crl_file"), ("7:9", "tls.crl_file")] {
+        let want = format!("{file}:{at}: journey `j`, step `{}`: `{key}`: a CRL cannot be checked when certificate verification is off (`tls_verify: false`/`verify: false`): no certificate would ever be found revoked; remove `crl_file` or turn verification on", if key.starts_with("http") { "page" } else { "cert" });
+        assert!(text.contains(&want), "expected `{want}` in:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Bad `proxy:` settings are `check` errors at their file:line:column, never
 /// repeating a password.
 #[test]
