@@ -173,6 +173,33 @@ async fn the_cookie_jar_applies_cookies_by_path() {
     assert_ok(&run(&j, &env()).await);
 }
 
+/// The jar follows domain and path across redirects to another origin: a
+/// cookie of 127.0.0.1 is not sent to 127.0.0.2 (another host, the cookie's
+/// domain), and comes back on a redirect to its own host only within its path.
+#[tokio::test]
+async fn the_cookie_jar_applies_domain_and_path_across_origins_in_redirects() {
+    let (a, b) = (hostile(None).await, common::hostile::hostile_on("127.0.0.2", None).await);
+    let (ao, bo) = (format!("http://127.0.0.1:{}", a.port()), format!("http://127.0.0.2:{}", b.port()));
+    let to = |from: &str, target: String| format!("{from}/to?302&{}", url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>());
+    let step = |name: &str, url: String, assert: &str| get(&url).replace("name: s", &format!("name: {name}")) + &format!("        assert: {{{assert}}}\n");
+    let j = journey(
+        &[
+            get(&format!("{ao}/set-cookie")),
+            step("a-to-b", to(&ao, format!("{bo}/app/echo")), "body_contains: \"GET /app/echo\", body_not_contains: \"sid=abc\""),
+            step("b-to-a-in-path", to(&bo, format!("{ao}/app/echo")), "body_contains: \"sid=abc\", body_not_contains: \"other=1\""),
+            step("b-to-a-outside", to(&bo, format!("{ao}/b/echo")), "body_contains: \"GET /b/echo\", body_not_contains: \"sid=abc\""),
+        ]
+        .concat(),
+    );
+    assert_ok(&run(&j, &env()).await);
+    let on_b = b.seen();
+    assert_eq!(on_b.len(), 3, "{on_b:?}");
+    assert!(on_b.iter().all(|h| !h.to_ascii_lowercase().contains("\r\ncookie:")), "a cookie of 127.0.0.1 reached 127.0.0.2: {on_b:?}");
+    let on_a = a.seen();
+    assert!(on_a.iter().any(|h| h.starts_with("GET /app/echo") && h.contains("cookie: sid=abc\r\n")), "{on_a:?}");
+    assert!(on_a.iter().any(|h| h.starts_with("GET /b/echo") && !h.contains("sid=abc")), "{on_a:?}");
+}
+
 #[tokio::test]
 async fn a_server_lying_about_the_length_is_named_50_runs() {
     let s = hostile(None).await;

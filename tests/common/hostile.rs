@@ -75,7 +75,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The misbehaving HTTP/1.1 server (see [`respond`] for its paths); with
 /// `tls`, over TLS offering `http/1.1` only.
 pub async fn hostile(tls: Option<&TestCert>) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    hostile_on("127.0.0.1", tls).await
+}
+
+/// [`hostile`] on another loopback address (127.0.0.2: another host for cookies).
+pub async fn hostile_on(ip: &str, tls: Option<&TestCert>) -> Server {
+    let l = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(Mutex::new(0));
