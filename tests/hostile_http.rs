@@ -573,6 +573,43 @@ fn a_crl_file_with_verification_off_is_a_check_error() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A failed TLS handshake keeps the phases before it: `vantage once --format
+/// json` prints `dns` and `connect` for the http and tls steps (a name, so
+/// there is a lookup; the self-signed certificate is not trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_failure_still_reports_dns_and_connect() {
+    let cert = test_cert();
+    let tls = hostile(Some(&cert)).await;
+    let dir = common::tempdir();
+    let probes = dir.join("p.yaml");
+    std::fs::write(
+        &probes,
+        format!(
+            "journeys:\n  - name: page\n    interval: 60s\n    steps:\n      - name: s\n        http: {{url: \"https://localhost:{p}/ok\", proxy: none}}\n\
+             \x20 - name: cert\n    interval: 60s\n    steps:\n      - name: s\n        tls: {{address: \"localhost:{p}\"}}\n",
+            p = tls.port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json"]).arg(&probes).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.len(), 2, "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for r in &runs {
+        assert_eq!((r["outcome"].as_str(), r["error_type"].as_str()), (Some("failure"), Some("tls")), "{r}");
+        let phases = r["steps"][0]["phases"].as_object().unwrap();
+        let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+        assert!(names.contains(&"dns") && names.contains(&"connect") && !names.contains(&"ttfb"), "{r}");
+        for p in ["dns", "connect"] {
+            let ms = phases[p].as_f64().unwrap();
+            assert!((0.0..10_000.0).contains(&ms), "{p} = {ms} ms: {r}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Bad `proxy:` settings are `check` errors at their file:line:column, never
 /// repeating a password.
 #[test]
