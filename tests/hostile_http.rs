@@ -246,6 +246,63 @@ async fn a_decompression_bomb_fails_body_too_large() {
     assert_fails(&r, ErrorType::BodyTooLarge, &["expected a decoded body of at most 1048576 bytes (max_body)"]);
 }
 
+/// Summed PSS of a process, in bytes (/proc/PID/smaps_rollup).
+fn pss(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|kb| kb * 1024)
+}
+
+/// A 1 GiB gzip bomb (about 1 MiB on the wire) against `vantage once`: the
+/// step fails `body_too_large` at `max_body` of decoded bytes, and the
+/// process's memory (PSS, polled while it runs) stays far below the bomb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gib_decompression_bomb_fails_body_too_large_in_bounded_memory() {
+    let wire = common::hostile::gib_bomb().len();
+    assert!((512 * 1024..4 * 1024 * 1024).contains(&wire), "{wire} bytes on the wire");
+    // The bomb is real: its first MiB decodes to zeros, and it declares 1 GiB.
+    let mut d = flate2::read::GzDecoder::new(common::hostile::gib_bomb());
+    let mut head = vec![1u8; 1 << 20];
+    std::io::Read::read_exact(&mut d, &mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 0));
+    assert_eq!(u32::from_le_bytes(common::hostile::gib_bomb()[wire - 4..].try_into().unwrap()), 1 << 30);
+
+    let s = hostile(None).await;
+    let dir = common::tempdir();
+    let probes = dir.join("p.yaml");
+    std::fs::write(&probes, format!("journeys:\n  - name: bomb\n    interval: 60s\n    steps:\n      - name: s\n        http: {{url: \"http://127.0.0.1:{}/bomb-gib\", proxy: none}}\n", s.port())).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json"]).arg(&probes).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    let (mut peak, mut samples) = (0u64, 0u32);
+    let wait = child.wait_with_output();
+    tokio::pin!(wait);
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                out = &mut wait => break out.unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                    if let Some(p) = pss(pid) {
+                        peak = peak.max(p);
+                        samples += 1;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("vantage once ends by itself");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(r["error_type"], "body_too_large", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains("expected a decoded body of at most 1048576 bytes (max_body)"), "{msg}");
+    assert!(samples > 0, "the process was never measured");
+    assert!(peak < 100 * 1024 * 1024, "peak PSS {} MiB over {samples} samples", peak >> 20);
+    eprintln!("gib bomb: peak PSS {:.1} MiB over {samples} samples", peak as f64 / 1048576.0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn bodies_are_decoded_for_assertions_and_kept_raw_on_request() {
     let s = hostile(None).await;

@@ -222,6 +222,42 @@ pub async fn bomb() -> Vec<u8> {
     .clone()
 }
 
+/// A gzip bomb of 1 GiB of zeros, about 1 MiB on the wire, built in well
+/// under a second: one MiB of zeros deflated with a full flush (independent,
+/// byte-aligned blocks) repeated 1024 times, and a CRC combined, not computed
+/// over the whole. A valid gzip member; built once.
+pub fn gib_bomb() -> &'static [u8] {
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        use flate2::{Compress, Compression, Crc, FlushCompress};
+        const MIB: usize = 1 << 20;
+        let zeros = vec![0u8; MIB];
+        let mut c = Compress::new(Compression::best(), false);
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        while c.total_in() < MIB as u64 {
+            let from = c.total_in() as usize;
+            c.compress_vec(&zeros[from..], &mut chunk, FlushCompress::Full).unwrap();
+        }
+        let mut last = Vec::with_capacity(64);
+        c.compress_vec(&[], &mut last, FlushCompress::Finish).unwrap();
+        let mut one = Crc::new();
+        one.update(&zeros);
+        let mut crc = Crc::new();
+        for _ in 0..1024 {
+            crc.combine(&one);
+        }
+        assert_eq!(crc.amount(), 1 << 30);
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        for _ in 0..1024 {
+            out.extend_from_slice(&chunk);
+        }
+        out.extend_from_slice(&last);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&crc.amount().to_le_bytes());
+        out
+    })
+}
+
 /// Writes the response for `target`; false ends the connection.
 async fn respond(io: &mut Box<dyn Io>, raw: Option<&std::net::TcpStream>, addr: SocketAddr, target: &str, head: &str, body: &[u8]) -> bool {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -276,6 +312,7 @@ async fn respond(io: &mut Box<dyn Io>, raw: Option<&std::net::TcpStream>, addr: 
             v.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
             v
         }
+        "/bomb-gib" => ok(gib_bomb(), "Content-Encoding: gzip\r\n"),
         "/bomb" => {
             let b = bomb().await;
             ok(&b, "Content-Encoding: gzip\r\n")
