@@ -499,6 +499,8 @@ pub async fn refusing_proxy() -> Server {
 
 /// A WebSocket server echoing text messages, over TLS (ALPN `http/1.1`)
 /// with `tls`. `seen` holds each handshake request's head.
+// The handshake callback's error type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 pub async fn ws_echo(tls: Option<&TestCert>) -> Server {
     let acceptor = tls.map(|c| tls_acceptor(c, &[b"http/1.1"]));
     serve(move |io, seen| {
