@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::collector::Collector;
-use common::hostile::{flaky, forward_proxy, h2_only, hostile, openssl_cert, refusing_proxy, revocation_pki, test_cert};
+use common::hostile::{flaky, forward_proxy, h2_only, hostile, openssl_cert, refusing_proxy, revocation_pki, test_cert, ws_echo};
 use vantage::config::{AgentConfig, Journey};
 use vantage::runner::context::RunEnv;
 use vantage::runner::result::{ErrorType, Outcome, RunResult};
@@ -173,6 +173,33 @@ async fn the_cookie_jar_applies_cookies_by_path() {
     assert_ok(&run(&j, &env()).await);
 }
 
+/// The jar follows domain and path across redirects to another origin: a
+/// cookie of 127.0.0.1 is not sent to 127.0.0.2 (another host, the cookie's
+/// domain), and comes back on a redirect to its own host only within its path.
+#[tokio::test]
+async fn the_cookie_jar_applies_domain_and_path_across_origins_in_redirects() {
+    let (a, b) = (hostile(None).await, common::hostile::hostile_on("127.0.0.2", None).await);
+    let (ao, bo) = (format!("http://127.0.0.1:{}", a.port()), format!("http://127.0.0.2:{}", b.port()));
+    let to = |from: &str, target: String| format!("{from}/to?302&{}", url::form_urlencoded::byte_serialize(target.as_bytes()).collect::<String>());
+    let step = |name: &str, url: String, assert: &str| get(&url).replace("name: s", &format!("name: {name}")) + &format!("        assert: {{{assert}}}\n");
+    let j = journey(
+        &[
+            get(&format!("{ao}/set-cookie")),
+            step("a-to-b", to(&ao, format!("{bo}/app/echo")), "body_contains: \"GET /app/echo\", body_not_contains: \"sid=abc\""),
+            step("b-to-a-in-path", to(&bo, format!("{ao}/app/echo")), "body_contains: \"sid=abc\", body_not_contains: \"other=1\""),
+            step("b-to-a-outside", to(&bo, format!("{ao}/b/echo")), "body_contains: \"GET /b/echo\", body_not_contains: \"sid=abc\""),
+        ]
+        .concat(),
+    );
+    assert_ok(&run(&j, &env()).await);
+    let on_b = b.seen();
+    assert_eq!(on_b.len(), 3, "{on_b:?}");
+    assert!(on_b.iter().all(|h| !h.to_ascii_lowercase().contains("\r\ncookie:")), "a cookie of 127.0.0.1 reached 127.0.0.2: {on_b:?}");
+    let on_a = a.seen();
+    assert!(on_a.iter().any(|h| h.starts_with("GET /app/echo") && h.contains("cookie: sid=abc\r\n")), "{on_a:?}");
+    assert!(on_a.iter().any(|h| h.starts_with("GET /b/echo") && !h.contains("sid=abc")), "{on_a:?}");
+}
+
 #[tokio::test]
 async fn a_server_lying_about_the_length_is_named_50_runs() {
     let s = hostile(None).await;
@@ -217,6 +244,63 @@ async fn a_decompression_bomb_fails_body_too_large() {
     let s = hostile(None).await;
     let r = run(&journey(&get(&format!("http://127.0.0.1:{}/bomb", s.port()))), &env()).await;
     assert_fails(&r, ErrorType::BodyTooLarge, &["expected a decoded body of at most 1048576 bytes (max_body)"]);
+}
+
+/// Summed PSS of a process, in bytes (/proc/PID/smaps_rollup).
+fn pss(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|kb| kb * 1024)
+}
+
+/// A 1 GiB gzip bomb (about 1 MiB on the wire) against `vantage once`: the
+/// step fails `body_too_large` at `max_body` of decoded bytes, and the
+/// process's memory (PSS, polled while it runs) stays far below the bomb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gib_decompression_bomb_fails_body_too_large_in_bounded_memory() {
+    let wire = common::hostile::gib_bomb().len();
+    assert!((512 * 1024..4 * 1024 * 1024).contains(&wire), "{wire} bytes on the wire");
+    // The bomb is real: its first MiB decodes to zeros, and it declares 1 GiB.
+    let mut d = flate2::read::GzDecoder::new(common::hostile::gib_bomb());
+    let mut head = vec![1u8; 1 << 20];
+    std::io::Read::read_exact(&mut d, &mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 0));
+    assert_eq!(u32::from_le_bytes(common::hostile::gib_bomb()[wire - 4..].try_into().unwrap()), 1 << 30);
+
+    let s = hostile(None).await;
+    let dir = common::tempdir();
+    let probes = dir.join("p.yaml");
+    std::fs::write(&probes, format!("journeys:\n  - name: bomb\n    interval: 60s\n    steps:\n      - name: s\n        http: {{url: \"http://127.0.0.1:{}/bomb-gib\", proxy: none}}\n", s.port())).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json"]).arg(&probes).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    let (mut peak, mut samples) = (0u64, 0u32);
+    let wait = child.wait_with_output();
+    tokio::pin!(wait);
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                out = &mut wait => break out.unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                    if let Some(p) = pss(pid) {
+                        peak = peak.max(p);
+                        samples += 1;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("vantage once ends by itself");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(r["error_type"], "body_too_large", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains("expected a decoded body of at most 1048576 bytes (max_body)"), "{msg}");
+    assert!(samples > 0, "the process was never measured");
+    assert!(peak < 100 * 1024 * 1024, "peak PSS {} MiB over {samples} samples", peak >> 20);
+    eprintln!("gib bomb: peak PSS {:.1} MiB over {samples} samples", peak as f64 / 1048576.0);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -449,6 +533,135 @@ async fn proxy_credentials_never_reach_messages_logs_or_spans() {
     for (what, text) in [("stdout", &stdout), ("stderr", &stderr), ("collector", &raw)] {
         for secret in [PROXY_PASS, b64.as_str(), &b64[..b64.len() - 4]] {
             assert!(!text.contains(secret), "`{secret}` leaked to {what}: {text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `websocket` steps take the same proxies as `http` steps (agent-wide with
+/// file credentials, or their own `proxy:`): ws:// and wss:// through a
+/// CONNECT tunnel, TLS inside it. A refusing or absent proxy is named, its
+/// credentials never shown. A child `vantage once`, so the wss:// server's
+/// certificate can be trusted through `SSL_CERT_FILE` without touching this
+/// test's own environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_go_through_the_proxy_with_its_credentials() {
+    let cert = test_cert();
+    let (ws, wss) = (ws_echo(None).await, ws_echo(Some(&cert)).await);
+    let (proxy, refusing) = (forward_proxy().await, refusing_proxy().await);
+    let down = common::free_port();
+    let dir = proxy_credentials();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, format!("id: t\nadmin: {{listen: \"\"}}\ncredentials_dir: {}\nproxy: {{url: \"http://127.0.0.1:{}\", credentials: proxy-auth}}\n", dir.display(), proxy.port())).unwrap();
+    let journey = |name: &str, url: String, proxy: &str| {
+        format!("  - name: {name}\n    interval: 60s\n    steps:\n      - name: echo\n        websocket: {{connect: \"{url}\", send: hello, receive: 2s{proxy}}}\n        assert: {{body_contains: hello}}\n")
+    };
+    let probes = dir.join("p.yaml");
+    let text = [
+        journey("ws", format!("ws://127.0.0.1:{}/feed", ws.port()), ""),
+        journey("wss", format!("wss://127.0.0.1:{}/feed", wss.port()), ""),
+        journey("refused", format!("ws://127.0.0.1:{}/feed", ws.port()), &format!(", proxy: \"http://{PROXY_USER}:{PROXY_PASS}@127.0.0.1:{}\"", refusing.port())),
+        journey("down", format!("wss://127.0.0.1:{}/feed", wss.port()), &format!(", proxy: \"http://127.0.0.1:{down}\"")),
+        journey("direct", format!("ws://127.0.0.1:{}/feed", ws.port()), ", proxy: none"),
+    ]
+    .concat();
+    std::fs::write(&probes, format!("journeys:\n{text}")).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).env("SSL_CERT_FILE", &cert.pem_path).kill_on_drop(true);
+    for v in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_DIR"] {
+        cmd.env_remove(v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let runs: HashMap<String, serde_json::Value> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).map(|v| (v["journey"].as_str().unwrap().to_string(), v)).collect();
+    assert_eq!(runs.len(), 5, "{stdout}\n{stderr}");
+    for ok in ["ws", "wss", "direct"] {
+        assert_eq!(runs[ok]["outcome"], "success", "{ok}: {stdout}\n{stderr}");
+    }
+    // Both through the agent's proxy, as CONNECT tunnels carrying its credentials.
+    let seen = proxy.seen();
+    let auth = format!("proxy-authorization: basic {}", basic(PROXY_USER, PROXY_PASS)).to_ascii_lowercase();
+    let mut lines: Vec<&str> = seen.iter().map(|h| h.lines().next().unwrap()).collect();
+    lines.sort();
+    let mut want = vec![format!("CONNECT 127.0.0.1:{} HTTP/1.1", ws.port()), format!("CONNECT 127.0.0.1:{} HTTP/1.1", wss.port())];
+    want.sort();
+    assert_eq!(lines, want, "{seen:?}");
+    assert!(seen.iter().all(|h| h.to_ascii_lowercase().contains(&auth)), "{seen:?}");
+    // The tunnel's time counts as connecting, and wss:// did its TLS inside it.
+    let phases = &runs["wss"]["steps"][0]["phases"];
+    assert!(phases.get("connect").is_some() && phases.get("tls").is_some() && phases.get("handshake").is_some(), "{phases}");
+    // The WebSocket server got the handshakes (ws and direct; wss on its own server), never the proxy's credentials.
+    assert_eq!((ws.seen().len(), wss.seen().len()), (2, 1));
+    assert!(ws.seen().iter().chain(wss.seen().iter()).all(|h| h.starts_with("GET /feed") && !h.to_ascii_lowercase().contains("proxy-authorization")), "{:?}", ws.seen());
+    // Failures name the proxy and what it did, never its credentials.
+    assert_eq!(runs["refused"]["error_type"], "connect", "{stdout}");
+    let refused = runs["refused"]["message"].as_str().unwrap();
+    assert!(refused.contains(&format!("proxy `http://127.0.0.1:{}` refused CONNECT 127.0.0.1:{}: 407 Proxy Authentication Required", refusing.port(), ws.port())), "{refused}");
+    assert_eq!(refusing.seen().len(), 1);
+    assert!(refusing.seen()[0].to_ascii_lowercase().contains(&auth), "the URL's credentials were offered");
+    assert_eq!(runs["down"]["error_type"], "connect", "{stdout}");
+    let down_msg = runs["down"]["message"].as_str().unwrap();
+    assert!(down_msg.contains(&format!("proxy `http://127.0.0.1:{down}`: ")) && down_msg.contains("connection refused"), "{down_msg}");
+    for secret in [PROXY_PASS, basic(PROXY_USER, PROXY_PASS).as_str()] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "`{secret}` leaked: {stdout}\n{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `crl_file` with verification off would never find a certificate
+/// revoked: `vantage check` says so at the step's file:line:column.
+#[test]
+fn a_crl_file_with_verification_off_is_a_check_error() {
+    let dir = common::tempdir();
+    let probes = dir.join("p.yaml");
+    std::fs::write(
+        &probes,
+        "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: page\n        http: {url: \"https://a.test/\", tls_verify: false, crl_file: crl.pem}\n      - name: cert\n        tls: {address: \"a.test:443\", verify: false, crl_file: crl.pem}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&probes).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    let file = probes.display();
+    for (at, key) in [("5:9", "http.crl_file"), ("7:9", "tls.crl_file")] {
+        let want = format!("{file}:{at}: journey `j`, step `{}`: `{key}`: a CRL cannot be checked when certificate verification is off (`tls_verify: false`/`verify: false`): no certificate would ever be found revoked; remove `crl_file` or turn verification on", if key.starts_with("http") { "page" } else { "cert" });
+        assert!(text.contains(&want), "expected `{want}` in:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A failed TLS handshake keeps the phases before it: `vantage once --format
+/// json` prints `dns` and `connect` for the http and tls steps (a name, so
+/// there is a lookup; the self-signed certificate is not trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_failure_still_reports_dns_and_connect() {
+    let cert = test_cert();
+    let tls = hostile(Some(&cert)).await;
+    let dir = common::tempdir();
+    let probes = dir.join("p.yaml");
+    std::fs::write(
+        &probes,
+        format!(
+            "journeys:\n  - name: page\n    interval: 60s\n    steps:\n      - name: s\n        http: {{url: \"https://localhost:{p}/ok\", proxy: none}}\n\
+             \x20 - name: cert\n    interval: 60s\n    steps:\n      - name: s\n        tls: {{address: \"localhost:{p}\"}}\n",
+            p = tls.port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json"]).arg(&probes).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let runs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(runs.len(), 2, "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for r in &runs {
+        assert_eq!((r["outcome"].as_str(), r["error_type"].as_str()), (Some("failure"), Some("tls")), "{r}");
+        let phases = r["steps"][0]["phases"].as_object().unwrap();
+        let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+        assert!(names.contains(&"dns") && names.contains(&"connect") && !names.contains(&"ttfb"), "{r}");
+        for p in ["dns", "connect"] {
+            let ms = phases[p].as_f64().unwrap();
+            assert!((0.0..10_000.0).contains(&ms), "{p} = {ms} ms: {r}");
         }
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -64,7 +64,7 @@ pub struct AgentConfig {
     /// Agent-wide SLO defaults and the fleet's locations, for `vantage slo generate`.
     #[serde(default)]
     pub slo: super::slo::AgentSloSpec,
-    /// Forward proxy for every `http` step (a step's own `proxy:` wins); when
+    /// Forward proxy for every `http` and `websocket` step (a step's own `proxy:` wins); when
     /// set, `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` are ignored.
     pub proxy: Option<ProxySpec>,
 }

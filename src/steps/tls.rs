@@ -195,6 +195,9 @@ impl TlsStep {
                 c.error("tls.min_days_remaining", "expected a number of days >= 0");
             }
         }
+        if spec.crl_file.is_some() && !spec.verify {
+            c.error("tls.crl_file", crate::steps::http::CRL_WITHOUT_VERIFY);
+        }
         if spec.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
             c.error("tls.alpn", "expected protocol names of 1 to 255 bytes, e.g. [h2, http/1.1]");
         }
@@ -460,5 +463,13 @@ mod tests {
         let e = attempt(&mut ctx, &untrusted).await.expect_err("self-signed, no CA file");
         assert_eq!(e.error_type, ErrorType::Tls, "{}", e.message);
         let _ = std::fs::remove_file(&ca);
+    }
+
+    #[test]
+    fn a_crl_file_with_verification_off_is_a_check_error() {
+        let errs = crate::steps::compile::test_step_errors("name: c\ntls: {address: \"a.test:443\", verify: false, crl_file: crl.pem}\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("`tls.crl_file`: a CRL cannot be checked when certificate verification is off"), "{errs:?}");
+        assert!(crate::steps::compile::test_step_errors("name: c\ntls: {address: \"a.test:443\", crl_file: crl.pem}\n").is_empty());
     }
 }

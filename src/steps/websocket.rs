@@ -22,11 +22,13 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::config::agent::ProxySpec;
 use crate::config::model::Dur;
 use crate::config::template::Template;
 use crate::steps::assertions::Assertions;
 use crate::steps::compile::{Checker, StepCx};
 use crate::steps::context::{RunContext, RunStateSlot};
+use crate::steps::http::{compile_proxy, proxy_for, tunnel, ProxyChoice};
 use crate::steps::net::{connect_tcp, describe_io, handshake};
 use crate::steps::{KindInfo, Needs, StepKind};
 use crate::vocab::{fmt_dur, ErrorType, Observation, Phase, StepError};
@@ -53,6 +55,10 @@ pub struct WebSocketSpec {
     pub since_step: Option<String>,
     #[serde(default)]
     pub close: bool,
+    /// As for `http` steps: `none`, `http://host:port` or `{url, credentials,
+    /// no_proxy}`; default: the agent's `proxy`, else `HTTP_PROXY` (ws://),
+    /// `HTTPS_PROXY` (wss://), `NO_PROXY`. Both go through a CONNECT tunnel.
+    pub proxy: Option<ProxySpec>,
 }
 
 fn default_connection() -> String {
@@ -150,6 +156,7 @@ pub struct WebSocketStep {
     receive: Option<Duration>,
     since_step: Option<String>,
     close: bool,
+    proxy: ProxyChoice,
     filter: Arc<Assertions>,
 }
 
@@ -184,6 +191,7 @@ impl WebSocketStep {
             receive: spec.receive.map(|d| d.0),
             since_step: spec.since_step.clone(),
             close: spec.close,
+            proxy: compile_proxy(spec.proxy.as_ref(), "websocket", c),
             filter,
         })
     }
@@ -262,9 +270,10 @@ impl WebSocketStep {
         if let Some(p) = &self.subprotocol {
             h.insert("sec-websocket-protocol", hv(p)?);
         }
+        // Cookies and proxies are chosen as for the same URL in http(s).
+        let mut http_url = url.clone();
+        let _ = http_url.set_scheme(if secure { "https" } else { "http" });
         if self.use_cookies {
-            let mut http_url = url.clone();
-            let _ = http_url.set_scheme(if secure { "https" } else { "http" });
             if let Some(c) = ctx.cookies.cookies(&http_url) {
                 h.insert("cookie", c);
             }
@@ -274,12 +283,26 @@ impl WebSocketStep {
             let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
             req.headers_mut().insert(name, hv(&v)?);
         }
-        let (tcp, _) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
-        let io: Box<dyn Io> = if secure {
-            let cfg = ctx.env.tls()?.pick(true, None)?;
-            Box::new(handshake(ctx, tcp, &host, cfg, &mut obs.phases).await?.0)
-        } else {
-            Box::new(tcp)
+        let io: Box<dyn Io> = match proxy_for(ctx, &self.proxy, &http_url)? {
+            None => {
+                let (tcp, _) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
+                if secure {
+                    let cfg = ctx.env.tls()?.pick(true, None)?;
+                    Box::new(handshake(ctx, tcp, &host, cfg, &mut obs.phases).await?.0)
+                } else {
+                    Box::new(tcp)
+                }
+            }
+            Some(route) => {
+                let authority = format!("{}:{port}", url.host_str().unwrap_or_default());
+                let tunnel = tunnel(ctx, &route, &authority, &mut obs.phases).await?;
+                if secure {
+                    let cfg = ctx.env.tls()?.pick(true, None)?;
+                    Box::new(handshake(ctx, tunnel, &host, cfg, &mut obs.phases).await?.0)
+                } else {
+                    Box::new(tunnel)
+                }
+            }
         };
         ctx.waiting_for = "the WebSocket handshake";
         let t = Instant::now();
@@ -440,6 +463,14 @@ mod tests {
         assert!(errs[0].contains("test.yaml:1:1") && errs[0].contains("`websocket.connect`: expected a ws:// or wss:// URL, got scheme `http` (use ws:// for a WebSocket)"), "{}", errs[0]);
         assert!(crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"${env.X}/ws\"}\n").is_empty());
         assert!(crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"wss://${env.X}/ws\"}\n").is_empty());
+    }
+
+    #[test]
+    fn a_bad_proxy_is_a_check_error_like_on_http_steps() {
+        let errs = crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"ws://a.test/\", proxy: \"socks5://p.test:1080\"}\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("`websocket.proxy`: expected `none` or an http://host:port proxy URL, got `socks5://p.test:1080`"), "{errs:?}");
+        assert!(crate::steps::compile::test_step_errors("name: s\nwebsocket: {connect: \"ws://a.test/\", proxy: {url: \"http://p.test:3128\", no_proxy: [a.test]}}\n").is_empty());
     }
 
     /// Sends `count` numbered messages `{"n":i}` (text, or binary of `pad` bytes) as fast as it can, then keeps the connection open.

@@ -1,7 +1,8 @@
 //! Loopback servers that behave like the worst real ones, for the HTTP client
 //! suite: a raw HTTP/1.1 server whose paths misbehave on purpose (optionally
 //! over TLS), an HTTP/2-only server (TLS ALPN `h2` only, or cleartext prior
-//! knowledge) and a small forward proxy (absolute-form and CONNECT). Every
+//! knowledge), a small forward proxy (absolute-form and CONNECT) and a
+//! WebSocket echo server (optionally over TLS). Every
 //! server is a task aborted when its handle drops.
 
 use std::io::Write;
@@ -74,7 +75,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The misbehaving HTTP/1.1 server (see [`respond`] for its paths); with
 /// `tls`, over TLS offering `http/1.1` only.
 pub async fn hostile(tls: Option<&TestCert>) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    hostile_on("127.0.0.1", tls).await
+}
+
+/// [`hostile`] on another loopback address (127.0.0.2: another host for cookies).
+pub async fn hostile_on(ip: &str, tls: Option<&TestCert>) -> Server {
+    let l = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(Mutex::new(0));
@@ -216,6 +222,42 @@ pub async fn bomb() -> Vec<u8> {
     .clone()
 }
 
+/// A gzip bomb of 1 GiB of zeros, about 1 MiB on the wire, built in well
+/// under a second: one MiB of zeros deflated with a full flush (independent,
+/// byte-aligned blocks) repeated 1024 times, and a CRC combined, not computed
+/// over the whole. A valid gzip member; built once.
+pub fn gib_bomb() -> &'static [u8] {
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        use flate2::{Compress, Compression, Crc, FlushCompress};
+        const MIB: usize = 1 << 20;
+        let zeros = vec![0u8; MIB];
+        let mut c = Compress::new(Compression::best(), false);
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        while c.total_in() < MIB as u64 {
+            let from = c.total_in() as usize;
+            c.compress_vec(&zeros[from..], &mut chunk, FlushCompress::Full).unwrap();
+        }
+        let mut last = Vec::with_capacity(64);
+        c.compress_vec(&[], &mut last, FlushCompress::Finish).unwrap();
+        let mut one = Crc::new();
+        one.update(&zeros);
+        let mut crc = Crc::new();
+        for _ in 0..1024 {
+            crc.combine(&one);
+        }
+        assert_eq!(crc.amount(), 1 << 30);
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        for _ in 0..1024 {
+            out.extend_from_slice(&chunk);
+        }
+        out.extend_from_slice(&last);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&crc.amount().to_le_bytes());
+        out
+    })
+}
+
 /// Writes the response for `target`; false ends the connection.
 async fn respond(io: &mut Box<dyn Io>, raw: Option<&std::net::TcpStream>, addr: SocketAddr, target: &str, head: &str, body: &[u8]) -> bool {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -270,6 +312,7 @@ async fn respond(io: &mut Box<dyn Io>, raw: Option<&std::net::TcpStream>, addr: 
             v.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
             v
         }
+        "/bomb-gib" => ok(gib_bomb(), "Content-Encoding: gzip\r\n"),
         "/bomb" => {
             let b = bomb().await;
             ok(&b, "Content-Encoding: gzip\r\n")
@@ -339,10 +382,13 @@ pub async fn h2_only(tls: Option<&TestCert>) -> Server {
     Server { addr, task, seen, accepted }
 }
 
-/// A forward proxy: absolute-form requests are relayed to their origin
-/// (HTTP/1.1, one request per connection), CONNECT opens a tunnel. `seen`
-/// holds each request line.
-pub async fn forward_proxy() -> Server {
+/// A loopback listener handing every accepted connection to `conn` (a task
+/// each) with the server's `seen` list; counts connections in `accepted`.
+async fn serve<F, Fut>(conn: F) -> Server
+where
+    F: Fn(Box<dyn Io>, Arc<Mutex<Vec<String>>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -352,112 +398,139 @@ pub async fn forward_proxy() -> Server {
         loop {
             let Ok((tcp, _)) = l.accept().await else { return };
             *a2.lock().unwrap() += 1;
-            let seen = s2.clone();
-            tokio::spawn(async move {
-                let mut io: Box<dyn Io> = Box::new(tcp);
-                let Some((head, body)) = read_request(&mut io).await else { return };
-                let line = head.lines().next().unwrap_or_default().to_string();
-                seen.lock().unwrap().push(head.clone());
-                let mut parts = line.split_whitespace();
-                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                if method == "CONNECT" {
-                    let Ok(mut up) = TcpStream::connect(target).await else {
-                        let _ = io.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").await;
-                        return;
-                    };
-                    if io.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
-                        return;
-                    }
-                    let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
-                    return;
-                }
-                let Ok(u) = url::Url::parse(target) else {
-                    let _ = io.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
-                    return;
-                };
-                let Ok(mut up) = TcpStream::connect((u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(80))).await else { return };
-                let path = match u.query() {
-                    Some(q) => format!("{}?{q}", u.path()),
-                    None => u.path().to_string(),
-                };
-                let rest = head.split_once("\r\n").map(|(_, r)| r).unwrap_or("");
-                let rest: String = rest.split("\r\n").filter(|h| !h.to_ascii_lowercase().starts_with("proxy-")).collect::<Vec<_>>().join("\r\n");
-                let fwd = format!("{method} {path} HTTP/1.1\r\n{rest}");
-                let fwd = fwd.replacen("\r\n\r\n", "\r\nConnection: close\r\nVia: 1.1 test-proxy\r\n\r\n", 1);
-                if up.write_all(fwd.as_bytes()).await.is_err() || up.write_all(&body).await.is_err() {
-                    return;
-                }
-                let mut resp = Vec::new();
-                let _ = up.read_to_end(&mut resp).await;
-                let _ = io.write_all(&resp).await;
-                let _ = io.shutdown().await;
-            });
+            tokio::spawn(conn(Box::new(tcp), s2.clone()));
         }
     });
     Server { addr, task, seen, accepted }
+}
+
+/// A proxy's view of the one request of a connection, recorded in `seen`.
+struct ProxyRequest {
+    head: String,
+    method: String,
+    target: String,
+    body: Vec<u8>,
+}
+
+async fn proxy_request(io: &mut Box<dyn Io>, seen: &Mutex<Vec<String>>) -> Option<ProxyRequest> {
+    let (head, body) = read_request(io).await?;
+    seen.lock().unwrap().push(head.clone());
+    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
+    let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    Some(ProxyRequest { head, method, target, body })
+}
+
+/// A forward proxy: absolute-form requests are relayed to their origin
+/// (HTTP/1.1, one request per connection), CONNECT opens a tunnel. `seen`
+/// holds each request's head.
+pub async fn forward_proxy() -> Server {
+    serve(|mut io, seen| async move {
+        let Some(ProxyRequest { head, method, target, body }) = proxy_request(&mut io, &seen).await else { return };
+        if method == "CONNECT" {
+            let Ok(mut up) = TcpStream::connect(&target).await else {
+                let _ = io.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n").await;
+                return;
+            };
+            if io.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+            return;
+        }
+        let Ok(u) = url::Url::parse(&target) else {
+            let _ = io.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+            return;
+        };
+        let Ok(mut up) = TcpStream::connect((u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(80))).await else { return };
+        let path = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_string(),
+        };
+        let rest = head.split_once("\r\n").map(|(_, r)| r).unwrap_or("");
+        let rest: String = rest.split("\r\n").filter(|h| !h.to_ascii_lowercase().starts_with("proxy-")).collect::<Vec<_>>().join("\r\n");
+        let fwd = format!("{method} {path} HTTP/1.1\r\n{rest}");
+        let fwd = fwd.replacen("\r\n\r\n", "\r\nConnection: close\r\nVia: 1.1 test-proxy\r\n\r\n", 1);
+        if up.write_all(fwd.as_bytes()).await.is_err() || up.write_all(&body).await.is_err() {
+            return;
+        }
+        let mut resp = Vec::new();
+        let _ = up.read_to_end(&mut resp).await;
+        let _ = io.write_all(&resp).await;
+        let _ = io.shutdown().await;
+    })
+    .await
 }
 
 /// Answers 503 to the first `fails` requests, then 200 "recovered" (one
 /// request per connection): a target that recovers, for retries.
 pub async fn flaky(fails: u32) -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let accepted = Arc::new(Mutex::new(0));
-    let (s2, a2) = (seen.clone(), accepted.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
-            *a2.lock().unwrap() += 1;
-            let seen = s2.clone();
-            tokio::spawn(async move {
-                let mut io: Box<dyn Io> = Box::new(tcp);
-                let Some((head, _)) = read_request(&mut io).await else { return };
-                let n = {
-                    let mut s = seen.lock().unwrap();
-                    s.push(head);
-                    s.len() as u32
-                };
-                let resp = if n <= fails {
-                    format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\nConnection: close\r\n\r\nnot yet {n:>4}")
-                } else {
-                    "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nrecovered".to_string()
-                };
-                let _ = io.write_all(resp.as_bytes()).await;
-                let _ = io.shutdown().await;
-            });
-        }
-    });
-    Server { addr, task, seen, accepted }
+    serve(move |mut io, seen| async move {
+        let Some((head, _)) = read_request(&mut io).await else { return };
+        let n = {
+            let mut s = seen.lock().unwrap();
+            s.push(head);
+            s.len() as u32
+        };
+        let resp = if n <= fails {
+            format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\nConnection: close\r\n\r\nnot yet {n:>4}")
+        } else {
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nrecovered".to_string()
+        };
+        let _ = io.write_all(resp.as_bytes()).await;
+        let _ = io.shutdown().await;
+    })
+    .await
 }
 
 /// A proxy that refuses everyone with 407 and, like some proxies' error
 /// pages, echoes the request it got (credentials included) in the body.
 pub async fn refusing_proxy() -> Server {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let accepted = Arc::new(Mutex::new(0));
-    let (s2, a2) = (seen.clone(), accepted.clone());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else { return };
-            *a2.lock().unwrap() += 1;
-            let seen = s2.clone();
-            tokio::spawn(async move {
-                let mut io: Box<dyn Io> = Box::new(tcp);
-                let Some((head, _)) = read_request(&mut io).await else { return };
-                seen.lock().unwrap().push(head.clone());
-                let resp = format!(
-                    "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-                    head.len()
-                );
-                let _ = io.write_all(resp.as_bytes()).await;
-                let _ = io.shutdown().await;
-            });
+    serve(|mut io, seen| async move {
+        let Some(ProxyRequest { head, .. }) = proxy_request(&mut io, &seen).await else { return };
+        let resp = format!(
+            "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            head.len()
+        );
+        let _ = io.write_all(resp.as_bytes()).await;
+        let _ = io.shutdown().await;
+    })
+    .await
+}
+
+/// A WebSocket server echoing text messages, over TLS (ALPN `http/1.1`)
+/// with `tls`. `seen` holds each handshake request's head.
+// The handshake callback's error type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
+pub async fn ws_echo(tls: Option<&TestCert>) -> Server {
+    let acceptor = tls.map(|c| tls_acceptor(c, &[b"http/1.1"]));
+    serve(move |io, seen| {
+        let acceptor = acceptor.clone();
+        async move {
+            let io: Box<dyn Io> = match acceptor {
+                Some(a) => match a.accept(io).await {
+                    Ok(t) => Box::new(t),
+                    Err(_) => return,
+                },
+                None => io,
+            };
+            let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                let mut head = format!("{} {}\r\n", req.method(), req.uri());
+                for (k, v) in req.headers() {
+                    head.push_str(&format!("{k}: {}\r\n", String::from_utf8_lossy(v.as_bytes())));
+                }
+                seen.lock().unwrap().push(head);
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(io, record).await else { return };
+            use futures_util::{SinkExt, StreamExt};
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    break;
+                }
+            }
         }
-    });
-    Server { addr, task, seen, accepted }
+    })
+    .await
 }
 
 /// Runs the `openssl` command line in `dir` (for certificates rcgen cannot

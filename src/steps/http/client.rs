@@ -286,7 +286,7 @@ fn build_request(ctx: &RunContext, req: &Req<'_>, conn: &Conn, host: &str) -> Re
 }
 
 /// The forward proxy a request goes through.
-pub(super) struct Route {
+pub(crate) struct Route {
     host: String,
     port: u16,
     /// `Proxy-Authorization: Basic …`, when the proxy has credentials.
@@ -307,7 +307,7 @@ impl Route {
 /// The proxy for `url`: the step's `proxy:`, else the agent's, else the
 /// environment's (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`); none for a
 /// host in its `no_proxy`. Its password becomes one of the run's secrets.
-fn proxy_for(ctx: &mut RunContext, choice: &ProxyChoice, url: &Url) -> Result<Option<Route>, StepError> {
+pub(crate) fn proxy_for(ctx: &mut RunContext, choice: &ProxyChoice, url: &Url) -> Result<Option<Route>, StepError> {
     // None when the environment names no proxy: most agents, and no per-request work then.
     static FROM_ENV: OnceLock<Option<Matcher>> = OnceLock::new();
     let env = || {
@@ -395,23 +395,36 @@ async fn connect_inner(
         let (tcp, _) = connect_tcp(ctx, bare_host, port, phases).await?;
         return if https { over_tls(ctx, tcp, bare_host, opts, phases, cert, None).await } else { plain(tcp, opts.version, None).await };
     };
-    let pname = proxy.name();
-    let (tcp, _) = connect_tcp(ctx, &proxy.host, proxy.port, phases).await.map_err(|e| StepError::new(e.error_type, format!("proxy `{pname}`: {}", e.message)))?;
     if !https {
         if opts.version == HttpVersion::V2 {
             return Err(StepError::new(ErrorType::Config, "`http_version: \"2\"` over plain http:// cannot go through a proxy; use https:// or `proxy: none`".to_string()));
         }
+        let tcp = proxy_tcp(ctx, proxy, phases).await?;
         return plain(tcp, HttpVersion::V1_1, Some(proxy.auth.clone())).await;
     }
-    // CONNECT through the proxy; the tunnel's set-up counts as connecting.
+    let tunnel = tunnel(ctx, proxy, &format!("{host}:{port}"), phases).await?;
+    over_tls(ctx, tunnel, bare_host, opts, phases, cert, None).await
+}
+
+/// A TCP connection to the proxy; failures name the proxy (never its credentials).
+async fn proxy_tcp(ctx: &mut RunContext, proxy: &Route, phases: &mut Vec<Phase>) -> Result<tokio::net::TcpStream, StepError> {
+    let (tcp, _) = connect_tcp(ctx, &proxy.host, proxy.port, phases).await.map_err(|e| StepError::new(e.error_type, format!("proxy `{}`: {}", proxy.name(), e.message)))?;
+    Ok(tcp)
+}
+
+/// A tunnel to `authority` (`host:port`) through the proxy (HTTP CONNECT, with
+/// the proxy's credentials). Setting it up counts as connecting: its time is
+/// added to the `connect` phase. Used by `http` (https://) and `websocket` steps.
+pub(crate) async fn tunnel(ctx: &mut RunContext, proxy: &Route, authority: &str, phases: &mut Vec<Phase>) -> Result<TokioIo<hyper::upgrade::Upgraded>, StepError> {
+    let pname = proxy.name();
+    let tcp = proxy_tcp(ctx, proxy, phases).await?;
     ctx.waiting_for = "the proxy to open a tunnel (CONNECT)";
     let t = Instant::now();
-    let authority = format!("{}:{port}", host);
     let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await.map_err(|e| StepError::new(ErrorType::Connect, format!("proxy `{pname}`: {}", hyper_cause(&e))))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let mut req = Request::connect(authority.as_str()).header(http::header::HOST, authority.as_str());
+    let mut req = Request::connect(authority).header(http::header::HOST, authority);
     if let Some(auth) = &proxy.auth {
         req = req.header(http::header::PROXY_AUTHORIZATION, auth.clone());
     }
@@ -426,7 +439,7 @@ async fn connect_inner(
         Some(p) => p.duration += t.elapsed(),
         None => phases.push(Phase { name: "connect", duration: t.elapsed() }),
     }
-    over_tls(ctx, TokioIo::new(tunnel), bare_host, opts, phases, cert, None).await
+    Ok(TokioIo::new(tunnel))
 }
 
 /// TLS, offering the protocols `http_version` allows, then HTTP/2 if the server picked it.

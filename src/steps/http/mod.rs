@@ -22,6 +22,7 @@ use reqwest::cookie::CookieStore;
 use url::Url;
 
 pub use client::ConnectionCache;
+pub(crate) use client::{proxy_for, tunnel};
 use client::{Options, Req, TlsChoice};
 
 use crate::config::agent::{ProxySettings, ProxySpec};
@@ -125,6 +126,20 @@ pub(crate) enum ProxyChoice {
     Set(Arc<ProxySettings>),
 }
 
+/// `crl_file` with verification off would pass revoked certificates silently.
+pub(crate) const CRL_WITHOUT_VERIFY: &str =
+    "a CRL cannot be checked when certificate verification is off (`tls_verify: false`/`verify: false`): no certificate would ever be found revoked; remove `crl_file` or turn verification on";
+
+/// A step's own `proxy:` (its problems reported under `KIND.proxy`), else the agent's or the environment's.
+pub(crate) fn compile_proxy(spec: Option<&ProxySpec>, kind: &str, c: &mut Checker) -> ProxyChoice {
+    let Some(p) = spec else { return ProxyChoice::Inherit };
+    for (k, m) in p.problems() {
+        let key = if matches!(p, ProxySpec::Url(_)) { format!("{kind}.proxy") } else { format!("{kind}.proxy.{k}") };
+        c.error(&key, &m);
+    }
+    ProxyChoice::Set(Arc::new(p.settings()))
+}
+
 fn default_method() -> String {
     "GET".into()
 }
@@ -205,16 +220,10 @@ impl HttpStep {
         } else {
             Body::None
         };
-        let proxy = match &spec.proxy {
-            None => ProxyChoice::Inherit,
-            Some(p) => {
-                for (k, m) in p.problems() {
-                    let key = if matches!(p, ProxySpec::Url(_)) { "http.proxy".to_string() } else { format!("http.proxy.{k}") };
-                    c.error(&key, &m);
-                }
-                ProxyChoice::Set(Arc::new(p.settings()))
-            }
-        };
+        if spec.crl_file.is_some() && !spec.tls_verify {
+            c.error("http.crl_file", CRL_WITHOUT_VERIFY);
+        }
+        let proxy = compile_proxy(spec.proxy.as_ref(), "http", c);
         Some(HttpStep {
             method,
             url,
@@ -513,6 +522,15 @@ mod tests {
         let chain: Vec<Url> = (0..=10).map(|i| u(&format!("http://a.test/{}", i % 2))).collect();
         let e = step.check_redirect(&u("http://a.test/0"), &u("http://a.test/1"), &chain).unwrap_err();
         assert!(e.message.starts_with("expected at most 10 redirects, got more (a loop: `http://a.test/1` was visited before): `http://a.test/0` → `http://a.test/1`"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_crl_file_with_verification_off_is_a_check_error() {
+        let errs = crate::steps::compile::test_step_errors("name: c\nhttp: {url: \"https://a.test/\", tls_verify: false, crl_file: crl.pem}\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("test.yaml:1:1: journey `test`, step `c`: `http.crl_file`: a CRL cannot be checked when certificate verification is off"), "{errs:?}");
+        assert!(crate::steps::compile::test_step_errors("name: c\nhttp: {url: \"https://a.test/\", crl_file: crl.pem}\n").is_empty());
+        assert!(crate::steps::compile::test_step_errors("name: c\nhttp: {url: \"https://a.test/\", tls_verify: false}\n").is_empty());
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! `vantage run` under systemd's notify protocol: a unix datagram socket the
+//! test binds stands in for systemd (`NOTIFY_SOCKET`), `WATCHDOG_USEC` asks
+//! for watchdog pings. Timing-dependent: run 50 times in a row, 0 failures.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vantage");
+
+/// A `vantage run` child, killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The notify socket in `dir`, and an agent whose one journey connects to a loopback listener.
+fn start(dir: &Path, envs: &[(&str, String)]) -> (UnixDatagram, Agent, std::net::TcpListener) {
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!("journeys:\n  - name: j\n    interval: 1s\n    steps:\n      - name: s\n        tcp: {{address: \"{}\"}}\n", target.local_addr().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("agent.yaml"),
+        "id: w\nprobes: [p.yaml]\nadmin: {listen: \"\"}\nshutdown_grace: 1s\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(dir.join("agent.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env("NOTIFY_SOCKET", &sock_path);
+    cmd.env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    (sock, Agent(cmd.spawn().unwrap()), target)
+}
+
+/// The notifications received until `until` holds or `within` passes, each with its arrival time.
+fn receive(
+    sock: &UnixDatagram,
+    within: Duration,
+    until: impl Fn(&[(Instant, String)]) -> bool,
+) -> Vec<(Instant, String)> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline && !until(&got) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let at = Instant::now();
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                got.push((at, line.to_string()));
+            }
+        }
+    }
+    got
+}
+
+fn pings_after_ready(got: &[(Instant, String)]) -> Vec<Instant> {
+    let Some(ready) = got.iter().position(|(_, m)| m == "READY=1") else {
+        return Vec::new();
+    };
+    got[ready..]
+        .iter()
+        .filter(|(_, m)| m == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+/// READY=1, then WATCHDOG=1 at about half of WATCHDOG_USEC (3 s) while the
+/// scheduler's heartbeat moves, then STOPPING=1 on SIGTERM.
+#[test]
+fn run_reports_ready_then_feeds_the_watchdog_and_says_stopping() {
+    let dir = common::tempdir();
+    let (sock, agent, _target) = start(&dir, &[("WATCHDOG_USEC", "3000000".to_string())]);
+    let got = receive(&sock, Duration::from_secs(15), |g| {
+        pings_after_ready(g).len() >= 3
+    });
+    let pings = pings_after_ready(&got);
+    let msgs: Vec<&str> = got.iter().map(|(_, m)| m.as_str()).collect();
+    assert!(
+        pings.len() >= 3,
+        "expected READY=1 then 3 WATCHDOG=1, got {msgs:?}"
+    );
+    for w in pings.windows(2) {
+        let gap = w[1] - w[0];
+        // Paced at WATCHDOG_USEC / 2, and never as late as WATCHDOG_USEC.
+        assert!(
+            gap > Duration::from_millis(1000) && gap < Duration::from_millis(3000),
+            "ping gap {gap:?}: {msgs:?}"
+        );
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &agent.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let got = receive(&sock, Duration::from_secs(10), |g| {
+        g.iter().any(|(_, m)| m == "STOPPING=1")
+    });
+    assert!(got.iter().any(|(_, m)| m == "STOPPING=1"), "{got:?}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `WATCHDOG_PID` naming another process (the watchdog is meant for it): READY=1, no pings.
+#[test]
+fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
+    let dir = common::tempdir();
+    let (sock, agent, _target) = start(
+        &dir,
+        &[
+            ("WATCHDOG_USEC", "1000000".to_string()),
+            ("WATCHDOG_PID", std::process::id().to_string()),
+        ],
+    );
+    let mut got = receive(&sock, Duration::from_secs(15), |g| {
+        g.iter().any(|(_, m)| m == "READY=1")
+    });
+    // Pings would come every 0.5 s from the start: 2 s more shows there are none.
+    got.extend(receive(&sock, Duration::from_secs(2), |_| false));
+    let msgs: Vec<&str> = got.iter().map(|(_, m)| m.as_str()).collect();
+    assert!(msgs.contains(&"READY=1"), "{msgs:?}");
+    assert!(!msgs.contains(&"WATCHDOG=1"), "{msgs:?}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}
