@@ -42,7 +42,7 @@ fn start(dir: &Path, envs: &[(&str, String)]) -> (UnixDatagram, Agent, std::net:
     cmd.args(["run", "--config"])
         .arg(dir.join("agent.yaml"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
         .env("NOTIFY_SOCKET", &sock_path);
     cmd.env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
     for (k, v) in envs {
@@ -138,5 +138,28 @@ fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
     assert!(msgs.contains(&"READY=1"), "{msgs:?}");
     assert!(!msgs.contains(&"WATCHDOG=1"), "{msgs:?}");
     drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A short watchdog (1 s, pings every 0.5 s) is fed at every check of a healthy
+/// agent: the heartbeat beats faster than the pings, so none is withheld and no
+/// false "stalled" error is logged.
+#[test]
+fn a_short_watchdog_is_fed_at_every_check_without_false_stall_errors() {
+    let dir = common::tempdir();
+    let (sock, agent, _target) = start(&dir, &[("WATCHDOG_USEC", "1000000".to_string())]);
+    let got = receive(&sock, Duration::from_secs(15), |g| {
+        pings_after_ready(g).len() >= 8
+    });
+    let pings = pings_after_ready(&got);
+    let msgs: Vec<&str> = got.iter().map(|(_, m)| m.as_str()).collect();
+    assert!(pings.len() >= 8, "expected READY=1 then 8 WATCHDOG=1, got {msgs:?}");
+    for w in pings.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap < Duration::from_millis(900), "ping gap {gap:?} (a withheld ping): {msgs:?}");
+    }
+    drop(agent);
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(!log.contains("stalled") && !log.contains("wedged"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -225,7 +225,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     }
 
     let watchdog = watchdog_interval();
-    sched.spawn_heartbeat(Duration::from_secs(1), shutdown.clone());
+    // The heartbeat must move between two watchdog checks (every half period),
+    // or a healthy agent would withhold pings under a short `WatchdogSec`.
+    let beat = watchdog.map_or(Duration::from_secs(1), |w| (w / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    sched.spawn_heartbeat(beat, shutdown.clone());
     if let Some(every) = watchdog {
         spawn_watchdog(sched.heartbeat(), every / 2, shutdown.clone());
     }
