@@ -686,7 +686,8 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
     let export = ExportSettings::resolve(&agent)?;
     let telemetry = Telemetry::init(&agent, export.as_ref(), &journeys)?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let callbacks = match agent.callback.listen {
+    // A port only for journeys with a callback step (`Needs`), as in `run`.
+    let callbacks = match agent.callback.listen.filter(|_| crate::steps::Needs::of(&journeys).callback_listener) {
         Some(addr) => Some(crate::steps::callback::CallbackHub::start(addr, stop.clone(), None).await?),
         None => None,
     };

@@ -18,6 +18,7 @@ use crate::config::{self, AgentConfig, Diagnostic, Journey};
 use crate::runner::context::RunEnv;
 use crate::scheduler::{self, RunObserver, Scheduler};
 use crate::steps::callback::CallbackHub;
+use crate::steps::Needs;
 use crate::telemetry::{ExportSettings, Telemetry};
 
 /// Builds what every run shares.
@@ -28,6 +29,55 @@ pub fn build_env(
     env_overrides: HashMap<String, String>,
 ) -> anyhow::Result<RunEnv> {
     Ok(RunEnv::build(agent, tracer, callbacks, env_overrides))
+}
+
+/// Starts the callback listener (`callback.listen`) the first time the
+/// loaded journeys need it ([`Needs::callback_listener`]), at startup or on a
+/// reload; with no callback step, no port is opened.
+///
+/// Once started it stays until the agent stops, even when a reload removes
+/// the last callback journey: a cancelled run's `finally` may still wait for
+/// its webhook, and a port given up could be taken by another process before
+/// a later reload needs it again (restart the agent to close it).
+pub struct CallbackListener {
+    env: Arc<RunEnv>,
+    listen: Option<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+    telemetry: Arc<Telemetry>,
+    /// Called once the listener is up (the demo points its webhook at it).
+    on_ready: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>,
+}
+
+impl CallbackListener {
+    pub fn new(env: Arc<RunEnv>, listen: Option<std::net::SocketAddr>, shutdown: CancellationToken, telemetry: Arc<Telemetry>, on_ready: Option<Box<dyn FnOnce(std::net::SocketAddr) + Send>>) -> CallbackListener {
+        CallbackListener { env, listen, shutdown, telemetry, on_ready }
+    }
+
+    /// Starts the listener into `env` if `needs` asks for it and none runs yet.
+    /// Without `callback.listen` nothing starts: the callback steps then fail
+    /// with a message naming the setting. `Err` when the address cannot be bound.
+    pub fn ensure(&mut self, needs: Needs) -> Result<(), String> {
+        let env = &self.env;
+        let Some(addr) = self.listen.filter(|_| needs.callback_listener && env.callbacks().is_none()) else {
+            return Ok(());
+        };
+        let t = self.telemetry.clone();
+        let count: crate::steps::callback::OnRequest = Arc::new(move |result| t.record_callback(result));
+        let shutdown = self.shutdown.clone();
+        let hub = env.callbacks_or_start(|| {
+            // `start` binds synchronously (and spawns the server): it never waits.
+            let started = CallbackHub::start(addr, shutdown, Some(count));
+            match futures_util::FutureExt::now_or_never(started) {
+                Some(r) => r.map_err(|e| format!("cannot listen for callbacks on {addr}: {e}")),
+                None => Err(format!("cannot listen for callbacks on {addr}: the listener did not start at once")),
+            }
+        })?;
+        tracing::info!(addr = %hub.addr, "callback listener started (a journey has a callback step)");
+        if let Some(f) = self.on_ready.take() {
+            f(hub.addr);
+        }
+        Ok(())
+    }
 }
 
 /// A reload request from the admin endpoint, answered with the outcome.
@@ -167,25 +217,19 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
     }
     let shutdown = opts.stop.clone().unwrap_or_default();
 
-    let callbacks = match agent.callback.listen {
-        Some(addr) => {
-            let t = telemetry.clone();
-            let count: crate::steps::callback::OnRequest = Arc::new(move |result| t.record_callback(result));
-            Some(CallbackHub::start(addr, shutdown.clone(), Some(count)).await.with_context(|| format!("cannot listen for callbacks on {addr}"))?)
-        }
-        None => None,
-    };
-    if let (Some(h), Some(f)) = (&callbacks, opts.on_callback_ready.take()) {
-        f(h.addr);
-    }
-    let env = Arc::new(build_env(&agent, telemetry.tracer.clone(), callbacks, std::mem::take(&mut opts.env_overrides))?);
-    // Only what the journeys declare (`Needs`): no browser manager without a browser step.
-    env.prepare(crate::steps::Needs::of(&journeys)).map_err(anyhow::Error::msg)?;
+    let env = Arc::new(build_env(&agent, telemetry.tracer.clone(), None, std::mem::take(&mut opts.env_overrides))?);
+    // Only what the journeys declare (`Needs`): no callback port, no browser manager without their steps.
+    let needs = Needs::of(&journeys);
+    let mut callbacks = CallbackListener::new(env.clone(), agent.callback.listen, shutdown.clone(), telemetry.clone(), opts.on_callback_ready.take());
+    callbacks.ensure(needs).map_err(anyhow::Error::msg)?;
+    env.prepare(needs).map_err(anyhow::Error::msg)?;
     let resources = env.clone();
     if let Some(m) = crate::browser::missing_for(&agent.browser, &journeys) {
         tracing::warn!("{m}");
     }
-    let page = crate::statuspage::StatusPage::new(agent.status_page.clone(), agent.agent_id(), agent.location.clone(), resources.browser_if_made());
+    // Asked at each screenshot request: a reload's first browser journey makes the manager later.
+    let browser_env = env.clone();
+    let page = crate::statuspage::StatusPage::new(agent.status_page.clone(), agent.agent_id(), agent.location.clone(), Arc::new(move || browser_env.browser_if_made()));
     // Every finished run also goes to the admin `/events` stream.
     let events = admin::EventHub::new(admin::EVENT_BUFFER, admin::MAX_SUBSCRIBERS, shutdown.clone());
     let observer = events_observer(events.clone(), env.agent_id.clone(), env.location.clone(), opts.observer.take());
@@ -242,10 +286,10 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = shutdown.cancelled() => break,
-            _ = hup.recv() => { let _ = reload(&opts, &mut agent, &mut sched, &telemetry, &page, &bundles); }
-            Some(reply) = reload_rx.recv() => { let _ = reply.send(reload(&opts, &mut agent, &mut sched, &telemetry, &page, &bundles)); }
+            _ = hup.recv() => { let _ = reload(&opts, &mut agent, &mut sched, &telemetry, &page, &mut callbacks, &bundles); }
+            Some(reply) = reload_rx.recv() => { let _ = reply.send(reload(&opts, &mut agent, &mut sched, &telemetry, &page, &mut callbacks, &bundles)); }
             Some((url, fetched)) = fetched_rx.recv() => {
-                apply_fetched(&opts, &mut agent, &mut sched, &telemetry, &page, &mut bundles, fetcher.as_deref(), &mut fetch_failures, url, fetched);
+                apply_fetched(&opts, &mut agent, &mut sched, &telemetry, &page, &mut callbacks, &mut bundles, fetcher.as_deref(), &mut fetch_failures, url, fetched);
             }
         }
     }
@@ -352,6 +396,7 @@ fn apply_fetched(
     sched: &mut Scheduler,
     telemetry: &Telemetry,
     page: &crate::statuspage::StatusPage,
+    callbacks: &mut CallbackListener,
     bundles: &mut Bundles,
     fetcher: Option<&bundle::Fetcher>,
     failures: &mut HashMap<String, String>,
@@ -379,7 +424,7 @@ fn apply_fetched(
     }
     let mut candidate = bundles.clone();
     candidate.insert(url.clone(), b.clone());
-    match reload(opts, agent, sched, telemetry, page, &candidate) {
+    match reload(opts, agent, sched, telemetry, page, callbacks, &candidate) {
         Ok(msg) => {
             telemetry.record_fetch(bundle::FetchResult::Updated);
             tracing::info!(url = %url, "probe bundle applied: {msg}");
@@ -458,7 +503,8 @@ pub fn agent_changes(running: &AgentConfig, new: &AgentConfig) -> AgentChanges {
 
 /// Re-reads the config and probe files; a broken config changes nothing.
 /// Agent-config fields that apply live are applied; the others are named.
-fn reload(opts: &RunOptions, running: &mut AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry, page: &crate::statuspage::StatusPage, bundles: &Bundles) -> Result<String, Vec<String>> {
+#[allow(clippy::too_many_arguments)]
+fn reload(opts: &RunOptions, running: &mut AgentConfig, sched: &mut Scheduler, telemetry: &Telemetry, page: &crate::statuspage::StatusPage, callbacks: &mut CallbackListener, bundles: &Bundles) -> Result<String, Vec<String>> {
     if opts.config.is_none() && opts.extra_probes.is_empty() {
         return Err(vec!["nothing to reload: the journeys are built in".into()]);
     }
@@ -473,14 +519,22 @@ fn reload(opts: &RunOptions, running: &mut AgentConfig, sched: &mut Scheduler, t
         }
         Ok(l) => {
             let changes = agent_changes(running, &l.agent);
+            let mut next = running.clone();
             if opts.config.is_some() {
-                running.probes = l.agent.probes.clone();
-                running.shard = l.agent.shard.clone();
-                running.shutdown_grace = l.agent.shutdown_grace;
-                running.cleanup_budget = l.agent.cleanup_budget;
-                running.spans = l.agent.spans.clone();
+                next.probes = l.agent.probes.clone();
+                next.shard = l.agent.shard.clone();
+                next.shutdown_grace = l.agent.shutdown_grace;
+                next.cleanup_budget = l.agent.cleanup_budget;
+                next.spans = l.agent.spans.clone();
             }
-            let journeys = scheduler::select(l.journeys, running);
+            let journeys = scheduler::select(l.journeys, &next);
+            // A first callback journey starts the listener; if its port cannot be had, nothing changes.
+            if let Err(e) = callbacks.ensure(Needs::of(&journeys)) {
+                telemetry.record_reload(false);
+                tracing::error!("reload rejected, old config kept: {e}");
+                return Err(vec![e]);
+            }
+            *running = next;
             page.set_journeys(&journeys);
             let (added, changed, removed) = sched.apply(journeys);
             telemetry.record_reload(true);
@@ -529,4 +583,133 @@ fn spawn_watchdog(heartbeat: Arc<std::sync::atomic::AtomicU64>, every: Duration,
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    }
+
+    fn listening(addr: std::net::SocketAddr) -> bool {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    }
+
+    const TCP: &str = "  - name: plain\n    interval: 60s\n    steps:\n      - {name: s, tcp: {address: \"127.0.0.1:1\"}}\n";
+    const HOOK: &str = "  - name: hook\n    interval: 2s\n    steps:\n      - {name: wait, callback: {within: 1500ms, token: tok-reload}}\n";
+
+    struct Parts {
+        env: Arc<RunEnv>,
+        telemetry: Arc<Telemetry>,
+        stop: CancellationToken,
+    }
+
+    fn parts() -> Parts {
+        let telemetry = Arc::new(Telemetry::init(&AgentConfig::default(), None, &[]).expect("telemetry"));
+        Parts { env: Arc::new(RunEnv::new_test()), telemetry, stop: CancellationToken::new() }
+    }
+
+    #[tokio::test]
+    async fn the_callback_listener_starts_only_for_journeys_that_need_it() {
+        let p = parts();
+        let addr = free_port();
+        let told = Arc::new(std::sync::Mutex::new(None));
+        let t = told.clone();
+        let on_ready: Box<dyn FnOnce(std::net::SocketAddr) + Send> = Box::new(move |a| *t.lock().unwrap() = Some(a));
+        let mut cb = CallbackListener::new(p.env.clone(), Some(addr), p.stop.clone(), p.telemetry.clone(), Some(on_ready));
+        let plain = crate::runner::tests::journey(&format!("journeys:\n{TCP}"));
+        let hook = crate::runner::tests::journey(&format!("journeys:\n{HOOK}"));
+
+        cb.ensure(Needs::of([&plain])).unwrap();
+        assert!(p.env.callbacks().is_none() && !listening(addr), "a port opened for a journey without a callback step");
+        assert_eq!(*told.lock().unwrap(), None);
+
+        cb.ensure(Needs::of([&plain, &hook])).unwrap();
+        let hub = p.env.callbacks().expect("started for the callback journey").clone();
+        assert_eq!(hub.addr, addr);
+        assert!(listening(addr));
+        assert_eq!(*told.lock().unwrap(), Some(addr), "on_ready told the address");
+
+        // Kept when no journey needs it anymore, and never started twice.
+        cb.ensure(Needs::of([&plain])).unwrap();
+        cb.ensure(Needs::of([&hook])).unwrap();
+        assert!(Arc::ptr_eq(p.env.callbacks().unwrap(), &hub) && listening(addr));
+
+        // Without `callback.listen` nothing starts (the step's own error names the setting).
+        let q = parts();
+        CallbackListener::new(q.env.clone(), None, q.stop.clone(), q.telemetry.clone(), None).ensure(Needs::of([&hook])).unwrap();
+        assert!(q.env.callbacks().is_none());
+
+        // A taken port is an error naming the address.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap();
+        let r = parts();
+        let e = CallbackListener::new(r.env.clone(), Some(taken), r.stop.clone(), r.telemetry.clone(), None).ensure(Needs::of([&hook])).unwrap_err();
+        assert!(e.starts_with(&format!("cannot listen for callbacks on {taken}: ")), "{e}");
+        assert!(r.env.callbacks().is_none());
+        p.stop.cancel();
+    }
+
+    /// Posts `token`'s webhook until the listener accepts it (the run registers it first).
+    async fn webhook_accepted(addr: std::net::SocketAddr, token: &str) -> bool {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            let sent = client.post(format!("http://{addr}/hook?token={token}")).body("{}").timeout(Duration::from_secs(2)).send().await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_brings_the_first_callback_journey_starts_the_listener() {
+        let dir = std::env::temp_dir().join(format!("vantage-daemon-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let probes = dir.join("probes.yaml");
+        std::fs::write(&probes, format!("journeys:\n{TCP}")).unwrap();
+        let opts = RunOptions { extra_probes: vec![probes.clone()], ..Default::default() };
+        let p = parts();
+        let addr = free_port();
+        let mut cb = CallbackListener::new(p.env.clone(), Some(addr), p.stop.clone(), p.telemetry.clone(), None);
+        let mut sched = Scheduler::new(p.env.clone(), p.telemetry.clone(), 4, None);
+        let page = crate::statuspage::StatusPage::new(Default::default(), "a".into(), "l".into(), Arc::new(|| None));
+        let mut agent = AgentConfig::default();
+        let no_bundles = Bundles::new();
+
+        let msg = reload(&opts, &mut agent, &mut sched, &p.telemetry, &page, &mut cb, &no_bundles).unwrap();
+        assert!(msg.starts_with("reloaded: 1 added"), "{msg}");
+        assert!(p.env.callbacks().is_none() && !listening(addr));
+
+        std::fs::write(&probes, format!("journeys:\n{TCP}{HOOK}")).unwrap();
+        let msg = reload(&opts, &mut agent, &mut sched, &p.telemetry, &page, &mut cb, &no_bundles).unwrap();
+        assert!(msg.starts_with("reloaded: 1 added"), "{msg}");
+        assert!(p.env.callbacks().is_some());
+        assert!(webhook_accepted(addr, "tok-reload").await, "the new journey's run never waited on the new listener");
+
+        // The last callback journey removed: the listener stays (see `CallbackListener`).
+        std::fs::write(&probes, format!("journeys:\n{TCP}")).unwrap();
+        let msg = reload(&opts, &mut agent, &mut sched, &p.telemetry, &page, &mut cb, &no_bundles).unwrap();
+        assert!(msg.starts_with("reloaded: 0 added, 0 changed, 1 removed"), "{msg}");
+        assert!(listening(addr));
+        sched.shutdown(Duration::from_secs(1), Duration::from_secs(1)).await;
+
+        // When the port cannot be had, the reload is rejected and the running set is kept.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let q = parts();
+        let mut cb = CallbackListener::new(q.env.clone(), Some(held.local_addr().unwrap()), q.stop.clone(), q.telemetry.clone(), None);
+        let mut sched = Scheduler::new(q.env.clone(), q.telemetry.clone(), 4, None);
+        reload(&opts, &mut agent, &mut sched, &q.telemetry, &page, &mut cb, &no_bundles).unwrap();
+        std::fs::write(&probes, format!("journeys:\n{HOOK}")).unwrap();
+        let e = reload(&opts, &mut agent, &mut sched, &q.telemetry, &page, &mut cb, &no_bundles).unwrap_err();
+        assert!(e[0].contains("cannot listen for callbacks"), "{e:?}");
+        assert_eq!(sched.journey_names(), ["plain"]);
+        sched.shutdown(Duration::from_secs(1), Duration::from_secs(1)).await;
+        p.stop.cancel();
+        q.stop.cancel();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -159,7 +159,7 @@ async fn run_attempt(
     let trace_id = root_cx.span().span_context().trace_id().to_string();
 
     // Register the run's token before any step, so an early webhook is kept.
-    let callback_hub = env.callbacks.clone().filter(|_| journey.needs().callback_listener);
+    let callback_hub = env.callbacks().cloned().filter(|_| journey.needs().callback_listener);
     if let Some(h) = &callback_hub {
         h.register(&ctx.callback_token);
     }
@@ -636,7 +636,7 @@ pub(crate) mod tests {
         .expect("callback listener");
         let addr = hub.addr;
         let mut env = RunEnv::new_test();
-        env.callbacks = Some(hub);
+        env.callbacks = hub.into();
         let env = Arc::new(env);
         let ws = echo_server().await;
         let j = journey(&format!(

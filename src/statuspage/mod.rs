@@ -54,11 +54,15 @@ struct Tracked {
     history: History,
 }
 
+/// The browser manager, if a journey has needed one so far; asked at each
+/// screenshot request, so a browser journey added by a reload has its screenshots served.
+pub type BrowserSource = Arc<dyn Fn() -> Option<Arc<BrowserManager>> + Send + Sync>;
+
 pub struct StatusPage {
     cfg: StatusPageConfig,
     agent_id: String,
     location: String,
-    browser: Option<Arc<BrowserManager>>,
+    browser: BrowserSource,
     journeys: Mutex<BTreeMap<String, Tracked>>,
     events: broadcast::Sender<Arc<str>>,
     streams: Arc<Semaphore>,
@@ -69,7 +73,7 @@ impl StatusPage {
         cfg: StatusPageConfig,
         agent_id: String,
         location: String,
-        browser: Option<Arc<BrowserManager>>,
+        browser: BrowserSource,
     ) -> Arc<StatusPage> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Arc::new(StatusPage {
@@ -127,15 +131,16 @@ impl StatusPage {
         }
     }
 
-    fn artifacts(&self) -> Option<&crate::browser::artifacts::Artifacts> {
-        self.browser.as_deref().map(|b| &b.artifacts)
+    fn browser(&self) -> Option<Arc<BrowserManager>> {
+        (self.browser)()
     }
 
     /// The failure screenshot of a kept run, if the artifact directory still has it.
     fn screenshot(&self, journey: &str, entry: &history::Entry) -> Option<std::path::PathBuf> {
         let detail = entry.detail.as_ref()?;
         let run = entry.run_id_hex();
-        let artifacts = self.artifacts()?;
+        let browser = self.browser()?;
+        let artifacts = &browser.artifacts;
         detail
             .steps
             .iter()
@@ -372,5 +377,25 @@ async fn api_journey(State(c): State<Ctx>, Query(q): Query<HashMap<String, Strin
     match snapshot_view(&c.page, |v| render::api_journey(v, name)) {
         Some(v) => Json(v).into_response(),
         None => not_found("no such journey on this agent"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    /// The page asks for the browser manager at each screenshot request: one
+    /// made after the page (a reload's first browser journey) is served too.
+    #[test]
+    fn the_browser_manager_is_looked_up_when_asked_not_when_the_page_is_made() {
+        let made: Arc<OnceLock<Arc<BrowserManager>>> = Arc::new(OnceLock::new());
+        let source = made.clone();
+        let page = StatusPage::new(StatusPageConfig::default(), "a".into(), "l".into(), Arc::new(move || source.get().cloned()));
+        assert!(page.browser().is_none());
+        let dir = std::env::temp_dir().join(format!("vantage-page-{}", std::process::id()));
+        let m = BrowserManager::new(&Default::default(), Some(dir));
+        made.set(m.clone()).ok().unwrap();
+        assert!(page.browser().is_some_and(|b| Arc::ptr_eq(&b, &m)));
     }
 }

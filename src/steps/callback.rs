@@ -328,8 +328,8 @@ impl CallbackStep {
     async fn run(&self, ctx: &mut RunContext) -> Result<Observation, StepError> {
         let hub = ctx
             .env
-            .callbacks
-            .clone()
+            .callbacks()
+            .cloned()
             .ok_or_else(|| StepError::new(ErrorType::Config, "this journey has a `callback` step but the agent has no callback listener (set `callback.listen` in the agent config)"))?;
         let token = match &self.token {
             Some(t) => ctx.render(t)?,
@@ -421,7 +421,7 @@ mod tests {
         hub.register("tok-1");
         let resp = client().post(format!("http://{}/hook", hub.addr)).header("X-Callback-Token", "tok-1").body("lead created").send().await.unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
-        let env = RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() };
+        let env = RunEnv { callbacks: hub.clone().into(), ..RunEnv::new_test() };
         let mut ctx = RunContext::new(Arc::new(env), "test");
         let step = test_step("name: hook\ncallback: {within: 2s, token: tok-1}\nassert: {body_contains: lead}\n");
         let (obs, _) = attempt(&mut ctx, &step).await.expect("callback arrived");
@@ -432,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn the_run_token_is_not_the_run_id_and_is_released_when_the_run_ends() {
         let (hub, stop) = hub().await;
-        let env = Arc::new(RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() });
+        let env = Arc::new(RunEnv { callbacks: hub.clone().into(), ..RunEnv::new_test() });
         let ctx = RunContext::new(env, "test");
         assert_ne!(ctx.callback_token, ctx.run_id);
         hub.register(&ctx.callback_token);
@@ -457,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn a_custom_token_is_released_when_its_step_ends_so_forgeries_between_runs_fail() {
         let (hub, stop) = hub().await;
-        let env = Arc::new(RunEnv { callbacks: Some(hub.clone()), ..RunEnv::new_test() });
+        let env = Arc::new(RunEnv { callbacks: hub.clone().into(), ..RunEnv::new_test() });
         let step = test_step("name: hook\ncallback: {within: 300ms, token: fixed-token}\n");
         let e = attempt(&mut RunContext::new(env.clone(), "test"), &step).await.expect_err("nothing sent");
         assert_eq!(e.error_type, ErrorType::Callback);
@@ -484,7 +484,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vantage-hmac-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hook-key"), "k3y-material\n").unwrap();
-        let env = Arc::new(RunEnv { callbacks: Some(hub.clone()), credentials_dir: Some(dir.clone()), ..RunEnv::new_test() });
+        let env = Arc::new(RunEnv { callbacks: hub.clone().into(), credentials_dir: Some(dir.clone()), ..RunEnv::new_test() });
         let step = test_step("name: hook\ncallback: {within: 2s, token: signed-1, hmac: {secret: hook-key}}\nassert: {body_contains: genuine}\n");
         let mut ctx = RunContext::new(env, "test");
         let url = format!("http://{}/hook", hub.addr);

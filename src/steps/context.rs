@@ -19,7 +19,9 @@ use crate::vocab::{ErrorType, StepError};
 /// The shared resources kinds declare in [`Needs`](crate::steps::Needs)
 /// (resolver, TLS client configs, browser) are built by [`RunEnv::prepare`]
 /// for what the loaded journeys declare, else on first use (a reload may
-/// bring a kind the first load had not), and each at most once.
+/// bring a kind the first load had not), and each at most once. The callback
+/// listener is started by the daemon (it owns the address and the shutdown),
+/// through [`RunEnv::callbacks_or_start`].
 pub struct RunEnv {
     pub agent_id: String,
     pub location: String,
@@ -31,7 +33,9 @@ pub struct RunEnv {
     pub tracer: opentelemetry_sdk::trace::Tracer,
     pub user_agent: String,
     pub default_step_timeout: Duration,
-    pub callbacks: Option<Arc<crate::steps::callback::CallbackHub>>,
+    /// The inbound callback listener, once a loaded journey needed one (the
+    /// daemon starts it from `Needs`; it binds a port, so never on speculation).
+    pub(crate) callbacks: OnceLock<Arc<crate::steps::callback::CallbackHub>>,
     /// Values for `${env.NAME}` that take precedence over the process environment (the demo sets its URLs here).
     pub env_overrides: HashMap<String, String>,
     /// Runs chromedriver for browser steps; the manager is made for the first
@@ -70,7 +74,7 @@ impl RunEnv {
             tracer,
             user_agent: crate::user_agent(),
             default_step_timeout: agent.step_timeout.0,
-            callbacks,
+            callbacks: callbacks.map(OnceLock::from).unwrap_or_default(),
             env_overrides,
             browser: OnceLock::new(),
             browser_config: (agent.browser.clone(), agent.artifacts_dir.clone()),
@@ -115,6 +119,19 @@ impl RunEnv {
     /// The TLS client configurations (system roots loaded once).
     pub fn tls(&self) -> Result<&crate::steps::tls::TlsConfigs, StepError> {
         self.try_tls().map_err(|e| StepError::new(ErrorType::Config, e))
+    }
+
+    /// The callback listener, if one was started.
+    pub fn callbacks(&self) -> Option<&Arc<crate::steps::callback::CallbackHub>> {
+        self.callbacks.get()
+    }
+
+    /// The callback listener, started by `start` if there is none yet (at most one is kept).
+    pub fn callbacks_or_start(
+        &self,
+        start: impl FnOnce() -> Result<Arc<crate::steps::callback::CallbackHub>, String>,
+    ) -> Result<&Arc<crate::steps::callback::CallbackHub>, String> {
+        once(&self.callbacks, start)
     }
 
     /// The browser manager, made on first use (it starts no process by itself).
