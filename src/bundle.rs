@@ -66,19 +66,8 @@ fn fail(result: FetchResult, message: String) -> FetchError {
     }
 }
 
-/// A trusted key: the base64 line of a minisign `.pub` file (`RW…`), or the whole file.
-pub fn parse_public_key(s: &str) -> Result<minisign_verify::PublicKey, String> {
-    let line = s
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-        .unwrap_or("");
-    minisign_verify::PublicKey::from_base64(line).map_err(|e| {
-        format!(
-            "expected a minisign public key (the `RW…` line of a .pub file), got `{line}` ({e})"
-        )
-    })
-}
+// Also checked by agent-config validation, which sits below the bundle fetcher.
+pub use crate::config::checks::parse_public_key;
 
 /// Verifies `data` against a minisign signature file's text and any of `keys`.
 pub fn verify(

@@ -4,6 +4,7 @@
 //! the steps, which it compiles through their registry.
 
 pub mod agent;
+pub mod checks;
 pub mod slo;
 pub mod model;
 pub mod schema;
@@ -126,7 +127,7 @@ fn check_agent(a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
         }
     }
     if let Some(e) = otlp.endpoint.as_deref().filter(|e| !e.is_empty()) {
-        if let Err(m) = crate::telemetry::check_endpoint(e) {
+        if let Err(m) = checks::check_endpoint(e) {
             err("telemetry.otlp.endpoint", format!("`telemetry.otlp.endpoint`: {m}"));
         }
     }
@@ -136,15 +137,15 @@ fn check_agent(a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
         }
     }
     for (k, v) in &otlp.headers {
-        if let Err(m) = crate::telemetry::check_header(k, Some(v)) {
+        if let Err(m) = checks::check_header(k, Some(v)) {
             err("telemetry.otlp.headers", format!("`telemetry.otlp.headers`: {m}"));
         }
     }
     for (k, file) in &otlp.header_credentials {
-        if let Err(m) = crate::telemetry::check_header(k, None) {
+        if let Err(m) = checks::check_header(k, None) {
             err("telemetry.otlp.header_credentials", format!("`telemetry.otlp.header_credentials`: {m}"));
         }
-        if !crate::telemetry::is_plain_file_name(file) {
+        if !checks::is_plain_file_name(file) {
             err("telemetry.otlp.header_credentials", format!("`telemetry.otlp.header_credentials`: `{k}`: expected a file name in the credentials directory, got `{file}`"));
         }
     }
@@ -155,7 +156,7 @@ fn check_agent(a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
         err("telemetry.otlp", "`telemetry.otlp`: mutual TLS needs both `client_cert` and `client_key` (file names in the credentials directory)".into());
     }
     for (key, v) in [("client_cert", &otlp.client_cert), ("client_key", &otlp.client_key)] {
-        if let Some(f) = v.as_deref().filter(|f| !crate::telemetry::is_plain_file_name(f)) {
+        if let Some(f) = v.as_deref().filter(|f| !checks::is_plain_file_name(f)) {
             err(&format!("telemetry.otlp.{key}"), format!("`telemetry.otlp.{key}`: expected a file name in the credentials directory, got `{f}`"));
         }
     }
@@ -167,7 +168,7 @@ fn check_agent(a: &AgentConfig, diags: &mut Vec<Diagnostic>) {
         }
     }
     for k in &a.bundles.trusted_keys {
-        if let Err(m) = crate::bundle::parse_public_key(k) {
+        if let Err(m) = checks::parse_public_key(k) {
             err("bundles.trusted_keys", format!("`bundles.trusted_keys`: {m}"));
         }
     }

@@ -302,6 +302,28 @@ impl Telemetry {
     }
 }
 
+/// The scheduler's reports, into the same metrics (the scheduler names only the trait).
+impl crate::scheduler::RunSink for Telemetry {
+    fn register(&self, j: &Journey) {
+        Telemetry::register(self, j)
+    }
+    fn unregister(&self, name: &str) {
+        Telemetry::unregister(self, name)
+    }
+    fn record(&self, j: &Journey, r: &RunResult) {
+        Telemetry::record(self, j, r)
+    }
+    fn record_skip(&self, j: &Journey) {
+        Telemetry::record_skip(self, j)
+    }
+    fn record_cancelled(&self, j: &Journey) {
+        Telemetry::record_cancelled(self, j)
+    }
+    fn record_lateness(&self, late: Duration) {
+        Telemetry::record_lateness(self, late)
+    }
+}
+
 async fn export_metrics(metrics: &Metrics, exporter: &tokio::sync::Mutex<Transport>) -> Result<(), String> {
     let mut transport = exporter.lock().await;
     if let Some(req) = metrics.request_for(None) {
@@ -313,4 +335,47 @@ async fn export_metrics(metrics: &Metrics, exporter: &tokio::sync::Mutex<Transpo
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::runner::context::RunEnv;
+    use crate::runner::tests::{journey, PanicStep};
+    use crate::scheduler::Scheduler;
+
+    /// A panicking run is counted as an `internal` failure and the journey
+    /// keeps its schedule (before, it stayed "running" and every later tick was skipped).
+    #[tokio::test]
+    async fn a_panicking_journey_is_counted_and_keeps_its_schedule() {
+        let mut j = journey("journeys:\n  - name: boom\n    interval: 1s\n    steps:\n      - {name: s, tcp: {address: \"127.0.0.1:1\"}}\n");
+        j.steps[0].kind = Box::new(PanicStep);
+        let telemetry =
+            Arc::new(Telemetry::init(&AgentConfig::default(), None, &[]).expect("telemetry"));
+        let mut sched = Scheduler::new(Arc::new(RunEnv::new_test()), telemetry.clone(), 4, None);
+        sched.apply(vec![j]);
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        let st = sched.status().lock().unwrap()["boom"].clone();
+        assert!(st.runs >= 3, "{st:?}");
+        assert_eq!((st.failures, st.skipped), (st.runs, 0), "{st:?}");
+        assert_eq!(st.last_error_type.as_deref(), Some("internal"));
+        assert!(
+            st.last_message
+                .as_deref()
+                .unwrap_or("")
+                .contains("panicked in this step: page reported an absurd number"),
+            "{st:?}"
+        );
+        let prom = telemetry.render_prometheus();
+        let counted = prom.lines().find(|l| l.starts_with("synthetics_journey_runs_total{") && l.contains("error_type=\"internal\"") && l.contains("outcome=\"failure\""));
+        assert_eq!(counted.and_then(|l| l.rsplit(' ').next()), Some(st.runs.to_string().as_str()), "{prom}");
+        assert!(sched
+            .progress()
+            .wedged(tokio::time::Instant::now())
+            .is_none());
+        sched.shutdown(Duration::from_secs(1), Duration::from_secs(1)).await;
+    }
 }
