@@ -175,7 +175,7 @@ async fn slow_login_is_degraded_not_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_and_malformed_callbacks_are_rejected_and_counted() {
     let s = setup().await;
-    let hub = s.env.callbacks.clone().unwrap();
+    let hub = s.env.callbacks().cloned().unwrap();
     let base = format!("http://127.0.0.1:{}", s.demo.callback_port);
     let r = s.http.post(format!("{base}/hooks/crm")).header("x-synthetic-run", "nobody-waits-for-this").body("{}").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
