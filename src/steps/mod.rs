@@ -217,3 +217,97 @@ pub async fn attempt(ctx: &mut RunContext, step: &Step) -> Result<(Observation, 
     }
     Ok((obs, verdict))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::compile::test_step;
+
+    #[test]
+    fn the_registry_lists_each_kind_once_with_its_declarations_in_order() {
+        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        assert_eq!(names, KIND_NAMES);
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        // The schema's "exactly one kind" is generated from the same list.
+        let schema = serde_json::to_value(schemars::schema_for!(StepSpec)).unwrap();
+        let one_of: Vec<&str> = schema["oneOf"].as_array().expect("oneOf").iter().map(|r| r["required"][0].as_str().unwrap()).collect();
+        assert_eq!(one_of, KIND_NAMES);
+        for k in KIND_NAMES {
+            assert!(schema["properties"].get(*k).is_some(), "`{k}` is a StepSpec field");
+        }
+    }
+
+    #[test]
+    fn each_field_dispatches_to_its_own_kind() {
+        let steps = [
+            ("http", "http: {url: \"http://127.0.0.1:1/\"}"),
+            ("dns", "dns: {name: example.test}"),
+            ("tcp", "tcp: {address: \"127.0.0.1:1\"}"),
+            ("tls", "tls: {address: \"127.0.0.1:1\"}"),
+            ("websocket", "websocket: {connect: \"ws://127.0.0.1:1/\"}"),
+            ("eventually", "eventually: {within: 2s, step: {name: inner, tcp: {address: \"127.0.0.1:1\"}}}"),
+            ("callback", "callback: {within: 1s}"),
+            ("browser", "browser: {navigate: \"http://127.0.0.1:1/\"}"),
+            ("grpc", "grpc: {address: \"127.0.0.1:1\"}"),
+        ];
+        let covered: Vec<&str> = steps.iter().map(|(k, _)| *k).collect();
+        assert_eq!(covered, KIND_NAMES, "a kind without a dispatch case here");
+        for (kind, yaml) in steps {
+            let s = test_step(&format!("name: s\n{yaml}\n"));
+            assert_eq!(s.kind.kind(), kind);
+            // The same declarations the registry lists (INFO is a const: compared by value).
+            let listed = KINDS[KIND_NAMES.iter().position(|k| *k == kind).unwrap()];
+            assert_eq!(format!("{:?}", s.kind.info()), format!("{listed:?}"));
+        }
+    }
+
+    #[test]
+    fn needs_are_summed_over_journeys_with_nested_steps_in_eventually_and_finally() {
+        let yaml = r#"journeys:
+  - name: plain
+    interval: 30s
+    steps:
+      - {name: t, tcp: {address: "127.0.0.1:1"}}
+  - name: nested
+    interval: 30s
+    timeout: 20s
+    steps:
+      - name: wait
+        eventually: {within: 5s, step: {name: hook, callback: {within: 2s}}}
+    finally:
+      - name: look
+        eventually: {within: 5s, step: {name: page, browser: {navigate: "http://127.0.0.1:1/"}}}
+"#;
+        let js = crate::config::validate::compile_files(&[("t.yaml".into(), yaml.into())]).map_err(|d| format!("{d:?}")).unwrap();
+        let (plain, nested) = (&js[0], &js[1]);
+        let p = Needs::of([plain]);
+        assert!(!p.callback_listener && !p.browser, "{p:?}");
+        let n = Needs::of([nested]);
+        assert!(n.callback_listener && n.browser, "nested in `eventually` and in `finally`: {n:?}");
+        // The outer steps need neither themselves: only the walk finds them.
+        assert!(!nested.steps[0].kind.info().needs.callback_listener && !nested.finally[0].kind.info().needs.browser);
+        assert_eq!(Needs::of(&js), p.or(n));
+        assert_eq!(Needs::of(&js[..0]), Needs::NONE);
+        assert_eq!(Needs::RESOLVER.or(Needs::NETWORK), Needs::NETWORK);
+    }
+
+    #[test]
+    fn delivery_roles_and_phase_metrics_come_from_the_kinds() {
+        assert_eq!(delivery("eventually"), Some(Delivery::Arrived));
+        assert_eq!(delivery("callback"), Some(Delivery::Webhook));
+        assert_eq!(delivery("http"), None);
+        let own: Vec<&str> = KINDS
+            .iter()
+            .flat_map(|k| match k.phases {
+                PhaseRecording::Own(ms) => ms.iter().map(|m| m.name).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let listed: Vec<&str> = phase_metrics().map(|m| m.name).collect();
+        assert_eq!(listed, own);
+        assert!(!listed.is_empty(), "the browser kind records its own phase metrics");
+    }
+}

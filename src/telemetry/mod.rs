@@ -378,4 +378,42 @@ mod tests {
             .is_none());
         sched.shutdown(Duration::from_secs(1), Duration::from_secs(1)).await;
     }
+
+    fn series<'a>(prom: &'a str, journey: &str) -> Vec<&'a str> {
+        let label = format!("journey_name=\"{journey}\"");
+        prom.lines().filter(|l| !l.starts_with('#') && l.contains(&label)).collect()
+    }
+
+    /// Every outcome series of a registered journey exists at 0; a run
+    /// counts once under its outcome and error type; removal takes the
+    /// journey's series away and leaves the others.
+    #[tokio::test]
+    async fn register_record_and_unregister_through_the_prometheus_view() {
+        let t = Telemetry::init(&AgentConfig::default(), None, &[]).expect("telemetry");
+        let a = journey("journeys:\n  - name: a\n    interval: 30s\n    steps:\n      - {name: s, tcp: {address: \"127.0.0.1:1\"}}\n");
+        let b = journey("journeys:\n  - name: b\n    interval: 30s\n    steps:\n      - {name: s, tcp: {address: \"127.0.0.1:1\"}}\n");
+        t.register(&a);
+        t.register(&b);
+        let prom = t.render_prometheus();
+        let runs: Vec<&str> = series(&prom, "a").into_iter().filter(|l| l.starts_with("synthetics_journey_runs_total{")).collect();
+        assert!(runs.iter().any(|l| l.contains("outcome=\"success\"") && l.ends_with(" 0")), "{prom}");
+        for e in ["timeout", "assertion", "config", "internal", "connect", "dns"] {
+            assert!(runs.iter().any(|l| l.contains(&format!("error_type=\"{e}\"")) && l.ends_with(" 0")), "no `{e}` series at 0:\n{prom}");
+        }
+
+        let r = crate::runner::run_journey(&a, Arc::new(RunEnv::new_test()), &CancellationToken::new()).await.expect("a result");
+        assert_eq!(r.outcome, crate::vocab::Outcome::Failure, "{:?}", r.message);
+        crate::scheduler::RunSink::record(&t, &a, &r);
+        let prom = t.render_prometheus();
+        let want = format!("error_type=\"{}\"", r.error_type.expect("an error type").as_str());
+        let counted: Vec<&str> = series(&prom, "a").into_iter().filter(|l| l.starts_with("synthetics_journey_runs_total{") && !l.ends_with(" 0")).collect();
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        assert!(counted[0].contains(&want) && counted[0].contains("outcome=\"failure\"") && counted[0].ends_with(" 1"), "{}", counted[0]);
+
+        crate::scheduler::RunSink::unregister(&t, "a");
+        let prom = t.render_prometheus();
+        assert!(series(&prom, "a").is_empty(), "{prom}");
+        assert!(!series(&prom, "b").is_empty(), "{prom}");
+        assert!(prom.contains("synthetics_agent_config_reloads_total"), "agent series stay:\n{prom}");
+    }
 }

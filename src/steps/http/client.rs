@@ -512,3 +512,144 @@ fn origin_form(url: &Url) -> String {
 fn header_value(v: &str) -> Result<HeaderValue, StepError> {
     HeaderValue::from_str(v).map_err(|_| StepError::new(ErrorType::Config, "a header value contains characters not allowed in HTTP headers".to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::agent::{ProxySettings, ProxySpec};
+    use crate::steps::context::{RunEnv, REDACTED};
+
+    fn set(url: &str, no_proxy: &[&str], credentials: Option<&str>) -> ProxyChoice {
+        ProxyChoice::Set(Arc::new(ProxySettings { url: url.into(), credentials: credentials.map(str::to_string), no_proxy: no_proxy.iter().map(|s| s.to_string()).collect() }))
+    }
+
+    fn url(u: &str) -> Url {
+        Url::parse(u).unwrap()
+    }
+
+    #[test]
+    fn request_targets_and_header_values() {
+        assert_eq!(origin_form(&url("http://h.test/a/b?x=1&y")), "/a/b?x=1&y");
+        assert_eq!(origin_form(&url("http://h.test")), "/");
+        let e = header_value("one\ntwo-secret").unwrap_err();
+        assert_eq!(e.error_type, ErrorType::Config);
+        assert!(!e.message.contains("two-secret"), "{}", e.message);
+        let v6 = Route { host: "::1".into(), port: 3128, auth: header_value("Basic dTpw").ok() };
+        assert_eq!(v6.name(), "http://[::1]:3128");
+        assert_eq!(Route { host: "proxy.test".into(), port: 8080, auth: None }.name(), "http://proxy.test:8080");
+    }
+
+    #[test]
+    fn the_steps_proxy_is_chosen_with_its_no_proxy_and_none_turns_it_off() {
+        let mut ctx = RunContext::new_test();
+        let target = url("http://api.example.test/x");
+        assert!(proxy_for(&mut ctx, &set("none", &[], None), &target).unwrap().is_none());
+        let r = proxy_for(&mut ctx, &set("http://127.0.0.1:3128", &[], None), &target).unwrap().expect("a route");
+        assert_eq!((r.host.as_str(), r.port, r.auth.is_none()), ("127.0.0.1", 3128, true));
+        let bypass = set("http://127.0.0.1:3128", &["example.test"], None);
+        assert!(proxy_for(&mut ctx, &bypass, &target).unwrap().is_none(), "a subdomain of a no_proxy entry goes direct");
+        assert!(proxy_for(&mut ctx, &bypass, &url("http://other.test/")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_proxy_password_becomes_a_run_secret_and_never_appears_in_the_route_name() {
+        let mut ctx = RunContext::new_test();
+        let r = proxy_for(&mut ctx, &set("http://user:pa55word-x@[::1]:3128", &[], None), &url("http://a.test/")).unwrap().expect("a route");
+        assert_eq!((r.host.as_str(), r.port), ("::1", 3128));
+        assert!(!r.name().contains("pa55word"), "{}", r.name());
+        let auth = r.auth.expect("Proxy-Authorization from the URL");
+        assert!(auth.to_str().unwrap().starts_with("Basic "));
+        assert_eq!(ctx.redact("sent pa55word-x"), format!("sent {REDACTED}"));
+    }
+
+    #[test]
+    fn proxy_credentials_come_from_the_credentials_directory() {
+        let dir = std::env::temp_dir().join(format!("vantage-client-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("proxy"), "agent:s3cret-proxy-pw\n").unwrap();
+        std::fs::write(dir.join("broken"), "no-colon-s3cret\n").unwrap();
+        let env = Arc::new(RunEnv { credentials_dir: Some(dir.clone()), ..RunEnv::new_test() });
+        let mut ctx = RunContext::new(env.clone(), "t");
+        let r = proxy_for(&mut ctx, &set("http://127.0.0.1:3128", &[], Some("proxy")), &url("http://a.test/")).unwrap().unwrap();
+        use base64::Engine as _;
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("agent:s3cret-proxy-pw"));
+        let auth = r.auth.unwrap();
+        assert!(auth.is_sensitive());
+        assert_eq!(auth.to_str().unwrap(), want);
+        assert_eq!(ctx.redact("s3cret-proxy-pw"), REDACTED);
+        let e = proxy_for(&mut ctx, &set("http://127.0.0.1:3128", &[], Some("broken")), &url("http://a.test/")).err().unwrap();
+        assert!(e.message.contains("expected `user:password` in the credentials file `broken`"), "{}", e.message);
+        assert!(!e.message.contains("s3cret"), "{}", e.message);
+        let e = proxy_for(&mut ctx, &set("http://127.0.0.1:3128", &[], Some("missing")), &url("http://a.test/")).err().unwrap();
+        assert!(e.message.starts_with("proxy credentials: cannot read secret `missing`"), "{}", e.message);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn without_a_step_proxy_the_agents_is_used() {
+        let env = Arc::new(RunEnv { proxy: Some(ProxySpec::Url("http://127.0.0.1:3129".into())), ..RunEnv::new_test() });
+        let mut ctx = RunContext::new(env, "t");
+        let r = proxy_for(&mut ctx, &ProxyChoice::Inherit, &url("http://a.test/")).unwrap().expect("the agent's proxy");
+        assert_eq!(r.port, 3129);
+        assert!(proxy_for(&mut ctx, &set("none", &[], None), &url("http://a.test/")).unwrap().is_none(), "the step's `none` wins");
+    }
+
+    /// A connection over an in-memory pipe: HTTP/1.1 needs no bytes to start.
+    async fn conn(via_proxy: Option<Option<HeaderValue>>) -> (Conn, tokio::io::DuplexStream) {
+        let (a, b) = tokio::io::duplex(4096);
+        (plain(a, HttpVersion::V1_1, via_proxy).await.expect("an HTTP/1.1 connection"), b)
+    }
+
+    #[tokio::test]
+    async fn requests_carry_host_agent_run_id_and_cookies_and_step_headers_win() {
+        let ctx = RunContext::new_test();
+        let (c, _peer) = conn(None).await;
+        let u = url("http://example.test:8080/p?q=1");
+        ctx.cookies.add_cookie_str("session=abc", &u);
+        let headers = vec![("User-Agent".to_string(), "custom".to_string()), ("X-Api-Key".to_string(), "k".to_string())];
+        let body = Bytes::from_static(b"{}");
+        let req = Req { method: &Method::POST, url: &u, headers: &headers, body: &body, content_type: Some("application/json") };
+        let r = build_request(&ctx, &req, &c, "example.test").unwrap();
+        assert_eq!(r.uri(), "/p?q=1");
+        let h = r.headers();
+        assert_eq!(h["host"], "example.test:8080");
+        assert_eq!(h["user-agent"], "custom", "a step header replaces the default");
+        assert_eq!(h.get_all("user-agent").iter().count(), 1);
+        assert_eq!(h["accept-encoding"], ACCEPT_ENCODING);
+        assert_eq!(h["x-synthetic-run"], ctx.run_id.as_str());
+        assert_eq!(h["cookie"], "session=abc");
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["x-api-key"], "k");
+        assert!(h.get("proxy-authorization").is_none() && h.get("traceparent").is_none());
+
+        let plain_url = url("http://example.test/");
+        let req = Req { method: &Method::GET, url: &plain_url, headers: &[], body: &Bytes::new(), content_type: None };
+        let r = build_request(&ctx, &req, &c, "example.test").unwrap();
+        assert_eq!(r.headers()["host"], "example.test", "no port when the URL names none");
+        assert_eq!(r.headers()["user-agent"], crate::user_agent().as_str());
+    }
+
+    #[tokio::test]
+    async fn through_a_plain_http_proxy_the_target_is_absolute_with_its_credentials() {
+        let ctx = RunContext::new_test();
+        let auth = HeaderValue::from_static("Basic dTpw");
+        let (c, _peer) = conn(Some(Some(auth.clone()))).await;
+        let u = url("http://example.test/p?q=1");
+        let req = Req { method: &Method::GET, url: &u, headers: &[], body: &Bytes::new(), content_type: None };
+        let r = build_request(&ctx, &req, &c, "example.test").unwrap();
+        assert_eq!(r.uri(), "http://example.test/p?q=1");
+        assert_eq!(r.headers()["proxy-authorization"], auth);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_step_header_is_a_config_error_naming_it() {
+        let ctx = RunContext::new_test();
+        let (c, _peer) = conn(None).await;
+        let u = url("http://example.test/");
+        let headers = vec![("bad header".to_string(), "v".to_string())];
+        let req = Req { method: &Method::GET, url: &u, headers: &headers, body: &Bytes::new(), content_type: None };
+        let e = build_request(&ctx, &req, &c, "example.test").unwrap_err();
+        assert_eq!(e.error_type, ErrorType::Config);
+        assert_eq!(e.message, "invalid header name `bad header`");
+    }
+}
