@@ -266,22 +266,29 @@ mod tests {
 
     #[test]
     fn needs_are_summed_over_journeys_with_nested_steps_in_eventually_and_finally() {
-        let yaml = r#"journeys:
-  - name: plain
-    interval: 30s
-    steps:
-      - {name: t, tcp: {address: "127.0.0.1:1"}}
-  - name: nested
-    interval: 30s
-    timeout: 20s
-    steps:
-      - name: wait
-        eventually: {within: 5s, step: {name: hook, callback: {within: 2s}}}
-    finally:
-      - name: look
-        eventually: {within: 5s, step: {name: page, browser: {navigate: "http://127.0.0.1:1/"}}}
-"#;
-        let js = crate::config::validate::compile_files(&[("t.yaml".into(), yaml.into())]).map_err(|d| format!("{d:?}")).unwrap();
+        // Built here from compiled steps: compiling whole files is the layer above.
+        let journey = |steps: Vec<compile::Step>, finally: Vec<compile::Step>| compile::Journey {
+            name: "j".into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+            labels: BTreeMap::new(),
+            buckets: None,
+            locations: None,
+            vars: Vec::new(),
+            retries: None,
+            steps,
+            finally,
+            slo: None,
+            source: String::new(),
+            fingerprint: 0,
+        };
+        let js = [
+            journey(vec![test_step("name: t\ntcp: {address: \"127.0.0.1:1\"}\n")], Vec::new()),
+            journey(
+                vec![test_step("name: wait\neventually: {within: 5s, step: {name: hook, callback: {within: 2s}}}\n")],
+                vec![test_step("name: look\neventually: {within: 5s, step: {name: page, browser: {navigate: \"http://127.0.0.1:1/\"}}}\n")],
+            ),
+        ];
         let (plain, nested) = (&js[0], &js[1]);
         let p = Needs::of([plain]);
         assert!(!p.callback_listener && !p.browser, "{p:?}");
