@@ -4,7 +4,7 @@
 //! Imports point one way too, each layer only down (README "Layout"):
 //! - [`vocab`]: the shared vocabulary (outcomes, errors, phases, results); a leaf
 //! - [`redact`]: secrets in every encoding they leave in; beside `vocab`
-//! - [`config`]: `agent`/`model`/`template` are the model layer; `validate`
+//! - [`config`]: `agent`/`model`/`template`/`checks` are the model layer; `validate`
 //!   and `load` compile probe files into journeys through the step registry
 //! - [`steps`]: one file per step kind, registered in one list in `steps/mod.rs`;
 //!   also the run context and step compilation

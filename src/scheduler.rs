@@ -1,6 +1,7 @@
 //! The scheduler: runs each journey every `interval`, first runs spread over
 //! the interval by a stable hash of (agent id, journey name), never
 //! overlapping a journey with itself, under a global concurrency cap.
+//! What happens goes to a [`RunSink`] (telemetry implements it, above).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,5 +1,6 @@
 //! The daemon shell: builds the run environment, starts telemetry, the
-//! scheduler, the admin endpoint; handles signals, reload and systemd notify.
+//! scheduler, the admin endpoint, and the callback listener once the loaded
+//! journeys need it; handles signals, reload and systemd notify.
 
 pub mod access;
 pub mod admin;
