@@ -74,6 +74,7 @@ impl EventuallyStep {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            let tried_at = Instant::now();
             let per_try = self.inner.timeout.or_else(|| self.inner.kind.default_timeout()).unwrap_or(ctx.env.default_step_timeout).min(deadline.saturating_duration_since(Instant::now()));
             let last = match tokio::time::timeout(per_try, attempt(ctx, &self.inner)).await {
                 Ok(Ok((mut obs, _))) => {
@@ -84,8 +85,12 @@ impl EventuallyStep {
                 Ok(Err(e)) => e,
                 Err(_) => StepError::new(ErrorType::Timeout, format!("attempt timed out after {}", fmt_dur(per_try))),
             };
-            let now = Instant::now();
-            if now + backoff >= deadline {
+            // The last wait ends just before the deadline, with room for one more
+            // attempt as long as this one took: giving up while time is left
+            // would report "not within" for a lead that arrives in that time.
+            let reserve = tried_at.elapsed().max(Duration::from_millis(50));
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining <= reserve {
                 let mut e = StepError::new(
                     last.error_type,
                     format!("gave up after {} and {attempts} attempt{} of `{}`; last attempt: {}", fmt_dur(started.elapsed()), if attempts == 1 { "" } else { "s" }, self.inner.name, last.message),
@@ -96,7 +101,7 @@ impl EventuallyStep {
                 return Err(e);
             }
             ctx.waiting_for = "the next attempt";
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.min(remaining - reserve)).await;
             backoff = backoff.saturating_mul(2).min(self.max_backoff);
         }
     }
@@ -139,5 +144,30 @@ mod tests {
         assert_eq!(e.error_type, ErrorType::Connect, "{}", e.message);
         let attempts = e.observation.as_ref().and_then(|o| o.attempts).unwrap_or(0);
         assert!(attempts >= 2, "attempts {attempts}: {}", e.message);
+    }
+
+    /// With `within: 1s` and a backoff that would jump past it (0.4 s, then
+    /// 0.8 s), the last attempt is made just before the deadline instead of
+    /// giving up at 0.4 s: a target that comes up at 0.7 s passes.
+    #[tokio::test]
+    async fn the_last_attempt_is_made_before_the_deadline_not_skipped() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let up = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            drop(l);
+        });
+        let step = test_step(&format!("name: wait\neventually:\n  within: 1s\n  backoff: 400ms\n  max_backoff: 2s\n  step:\n    name: inner\n    tcp: {{address: \"127.0.0.1:{port}\"}}\n"));
+        let started = std::time::Instant::now();
+        let obs = attempt(&mut RunContext::new_test(), &step).await.map(|(o, _)| o);
+        let took = started.elapsed();
+        let obs = obs.unwrap_or_else(|e| panic!("gave up after {took:?}: {}", e.message));
+        assert_eq!(obs.attempts, Some(3), "attempts at 0 s, 0.4 s and just before 1 s");
+        assert!(took < std::time::Duration::from_millis(1000), "{took:?}");
+        up.join().unwrap();
     }
 }
