@@ -94,6 +94,51 @@ pub fn parse(text: &str) -> Result<Spanned<Node>, serde_saphyr::Error> {
     serde_saphyr::from_str(text)
 }
 
+/// Where `path` (`http.url`, `labels.team`, `assert.json[0].path`,
+/// `buckets[2]`) is written inside the mapping that starts at `item`
+/// (line, column): the value's location, or with `key` the key's. `None`
+/// when it is not written there (a default, or a value built from several).
+pub fn locate(root: &Spanned<Node>, item: (u64, u64), path: &str, key: bool) -> Option<Location> {
+    let mut n = find_at(root, item)?;
+    let mut rest = path;
+    let mut k_loc = None;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let (i, r) = r.split_once(']')?;
+            let Node::Seq(items) = &n.value else { return None };
+            n = items.get(i.parse::<usize>().ok()?)?;
+            k_loc = None;
+            rest = r.strip_prefix('.').unwrap_or(r);
+            continue;
+        }
+        let Node::Map(entries) = &n.value else { return None };
+        // The longest key that `rest` starts with: label names and header names may hold `.`.
+        let (k, v) = entries
+            .iter()
+            .filter_map(|(k, v)| key_name(k).map(|name| (name, k, v)))
+            .filter(|(name, _, _)| rest == *name || rest.strip_prefix(*name).is_some_and(|r| r.starts_with(['.', '['])))
+            .max_by_key(|(name, _, _)| name.len())
+            .map(|(_, k, v)| (k, v))?;
+        rest = &rest[key_name(k)?.len()..];
+        rest = rest.strip_prefix('.').unwrap_or(rest);
+        k_loc = Some(k.referenced);
+        n = v;
+    }
+    Some(if key { k_loc? } else { n.referenced })
+}
+
+/// The outermost mapping that starts at (line, column).
+fn find_at(n: &Spanned<Node>, (line, column): (u64, u64)) -> Option<&Spanned<Node>> {
+    if matches!(n.value, Node::Map(_)) && n.referenced.line() == line && n.referenced.column() == column {
+        return Some(n);
+    }
+    match &n.value {
+        Node::Seq(items) => items.iter().find_map(|i| find_at(i, (line, column))),
+        Node::Map(entries) => entries.iter().find_map(|(_, v)| find_at(v, (line, column))),
+        _ => None,
+    }
+}
+
 /// A YAML syntax error that comes from indentation, in words: the parser's
 /// own ("did not find expected key") says what it wanted, not what is wrong.
 /// `line` and `column` are where the parser stopped; `None` when the error is
