@@ -13,9 +13,14 @@ fn mark(o: Outcome) -> &'static str {
     }
 }
 
+/// A run as text, 80 columns wide: see [`text_width`].
+pub fn text(r: &RunResult) -> String {
+    text_width(r, 80)
+}
+
 /// A run as text: one line for the run, one per step with its phases, each
 /// folded to fit `width` columns (continuation lines indented under it).
-pub fn text(r: &RunResult, width: usize) -> String {
+pub fn text_width(r: &RunResult, width: usize) -> String {
     let mut out = String::new();
     let mut line = |s: &str, indent: usize, hang: usize| out.push_str(&fold_with(s, width, indent, hang, false));
     let retried = if r.retried() {
@@ -264,7 +269,7 @@ mod tests {
             attempts: 1,
             failed_attempts: Vec::new(),
         };
-        let t = text(&run, 80);
+        let t = text(&run);
         for l in t.lines() {
             assert!(l.chars().count() <= 80, "{} columns: {l}\n{t}", l.chars().count());
         }
