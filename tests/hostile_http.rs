@@ -691,7 +691,7 @@ fn bad_proxy_settings_are_check_errors_with_their_location() {
     std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", credentials: c}}\n").unwrap();
     let diags: Vec<String> = vantage::config::load(None, std::slice::from_ref(&probes)).unwrap_err().iter().map(|d| d.to_string()).collect();
     assert_eq!(diags.len(), 2, "{diags:?}");
-    assert!(diags[0].starts_with(&format!("{}:5:9: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
+    assert!(diags[0].starts_with(&format!("{}:6:52: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
     assert!(diags[1].contains("`http.proxy.credentials`: give the proxy's credentials either in the URL or in `credentials`, not both"), "{diags:?}");
     assert!(diags.iter().all(|d| !d.contains("hunter2hunter")), "{diags:?}");
     let _ = std::fs::remove_dir_all(dir);
