@@ -96,35 +96,37 @@ pub fn parse(text: &str) -> Result<Spanned<Node>, serde_saphyr::Error> {
 
 /// Where `path` (`http.url`, `labels.team`, `assert.json[0].path`,
 /// `buckets[2]`) is written inside the mapping that starts at `item`
-/// (line, column): the value's location, or with `key` the key's. `None`
-/// when it is not written there (a default, or a value built from several).
+/// (line, column): the value's location, or with `key` the key's. When only
+/// part of the path is written (a default below it, or a shorthand such as
+/// `proxy: URL`), the deepest part that is; `None` when not even the item is.
 pub fn locate(root: &Spanned<Node>, item: (u64, u64), path: &str, key: bool) -> Option<Location> {
     let mut n = find_at(root, item)?;
     let mut rest = path;
     let mut k_loc = None;
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix('[') {
-            let (i, r) = r.split_once(']')?;
-            let Node::Seq(items) = &n.value else { return None };
-            n = items.get(i.parse::<usize>().ok()?)?;
+            let Some((i, r)) = r.split_once(']') else { break };
+            let Node::Seq(items) = &n.value else { break };
+            let Some(item) = i.parse::<usize>().ok().and_then(|i| items.get(i)) else { break };
+            n = item;
             k_loc = None;
             rest = r.strip_prefix('.').unwrap_or(r);
             continue;
         }
-        let Node::Map(entries) = &n.value else { return None };
+        let Node::Map(entries) = &n.value else { break };
         // The longest key that `rest` starts with: label names and header names may hold `.`.
-        let (k, v) = entries
+        let found = entries
             .iter()
             .filter_map(|(k, v)| key_name(k).map(|name| (name, k, v)))
             .filter(|(name, _, _)| rest == *name || rest.strip_prefix(*name).is_some_and(|r| r.starts_with(['.', '['])))
-            .max_by_key(|(name, _, _)| name.len())
-            .map(|(_, k, v)| (k, v))?;
-        rest = &rest[key_name(k)?.len()..];
+            .max_by_key(|(name, _, _)| name.len());
+        let Some((name, k, v)) = found else { break };
+        rest = &rest[name.len()..];
         rest = rest.strip_prefix('.').unwrap_or(rest);
         k_loc = Some(k.referenced);
         n = v;
     }
-    Some(if key { k_loc? } else { n.referenced })
+    Some(if key { k_loc.unwrap_or(n.referenced) } else { n.referenced })
 }
 
 /// The outermost mapping that starts at (line, column).
@@ -763,6 +765,17 @@ mod tests {
             ]
         );
         assert!(doc.is_some(), "the document itself is sound once the bad items are left out");
+    }
+
+    #[test]
+    fn a_path_is_located_at_its_value_or_the_deepest_part_written() {
+        let root = parse("top: 1\nitem:\n  a: {b.c: [x, y]}\n  d: plain\n").unwrap();
+        let at = |path: &str, key: bool| locate(&root, (3, 3), path, key).map(|l| (l.line(), l.column()));
+        assert_eq!(at("a.b.c[1]", false), Some((3, 16)), "keys holding dots, then an index");
+        assert_eq!(at("a.b.c", true), Some((3, 7)));
+        assert_eq!(at("d.url", false), Some((4, 6)), "a shorthand value stands for what is below it");
+        assert_eq!(at("nothing", false), Some((3, 3)), "not written: the item itself");
+        assert_eq!(locate(&root, (9, 9), "a", false), None);
     }
 
     #[test]
