@@ -705,7 +705,7 @@ async fn once(paths: Vec<PathBuf>, config: Option<PathBuf>, only: Vec<String>, f
         telemetry.record(j, &r);
         failed |= r.outcome == crate::vocab::Outcome::Failure;
         match format {
-            OutputFormat::Text => print!("{}", crate::output::text(&r)),
+            OutputFormat::Text => print!("{}", crate::output::text_width(&r, crate::output::terminal_width())),
             OutputFormat::Json => println!("{}", crate::output::json(&r)),
             OutputFormat::Junit => results.push(r),
         }

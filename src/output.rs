@@ -13,25 +13,24 @@ fn mark(o: Outcome) -> &'static str {
     }
 }
 
-/// A run as text: one line for the run, one per step with its phases.
+/// A run as text, 80 columns wide: see [`text_width`].
 pub fn text(r: &RunResult) -> String {
+    text_width(r, 80)
+}
+
+/// A run as text: one line for the run, one per step with its phases, each
+/// folded to fit `width` columns (continuation lines indented under it).
+pub fn text_width(r: &RunResult, width: usize) -> String {
     let mut out = String::new();
+    let mut line = |s: &str, indent: usize, hang: usize| out.push_str(&fold_with(s, width, indent, hang, false));
     let retried = if r.retried() {
         format!(", attempt {} of the run: retried", r.attempts)
     } else {
         String::new()
     };
-    let _ = writeln!(
-        out,
-        "{} {} in {} (run {}, trace {}{retried})",
-        mark(r.outcome),
-        r.journey,
-        fmt_dur(r.duration),
-        r.run_id,
-        r.trace_id
-    );
+    line(&format!("{} {} in {} (run {}, trace {}{retried})", mark(r.outcome), r.journey, fmt_dur(r.duration), r.run_id, r.trace_id), 0, 5);
     for f in &r.failed_attempts {
-        let _ = writeln!(out, "  earlier {f}");
+        line(&format!("earlier {f}"), 2, 4);
     }
     for s in &r.steps {
         let phases: Vec<String> = s.phases.iter().map(|p| format!("{} {}", p.name, fmt_dur(p.duration))).collect();
@@ -42,16 +41,16 @@ pub fn text(r: &RunResult) -> String {
             (true, false) => " (finally)",
             _ => "",
         };
-        let _ = writeln!(out, "  {} {}{cleanup} {} {}{attempts}{extra}", mark(s.outcome), s.name, s.kind, fmt_dur(s.duration));
+        line(&format!("{} {}{cleanup} {} {}{attempts}{extra}", mark(s.outcome), s.name, s.kind, fmt_dur(s.duration)), 2, 5);
         if let Some(e) = &s.error {
-            let _ = writeln!(out, "       {}: {e}", s.error_type.map(|t| t.as_str()).unwrap_or("error"));
+            line(&format!("{}: {e}", s.error_type.map(|t| t.as_str()).unwrap_or("error")), 7, 2);
         }
     }
     if let Some(m) = &r.message {
-        let _ = writeln!(out, "  error.type={}: {m}", r.error_type.map(|t| t.as_str()).unwrap_or(""));
+        line(&format!("error.type={}: {m}", r.error_type.map(|t| t.as_str()).unwrap_or("")), 2, 2);
     }
     if let Some(c) = &r.cleanup_error {
-        let _ = writeln!(out, "  cleanup failed: {c}");
+        line(&format!("cleanup failed: {c}"), 2, 2);
     }
     out
 }
@@ -75,24 +74,55 @@ pub fn fit(s: &str, width: usize) -> String {
 /// indented by `indent`; a word longer than a line is cut with an ellipsis.
 /// Empty for an empty `s`; every line ends with a newline.
 pub fn fold(s: &str, width: usize, indent: usize) -> String {
-    let room = width.saturating_sub(indent).max(1);
-    let pad = " ".repeat(indent);
+    fold_with(s, width, indent, 0, true)
+}
+
+/// [`fold`], with continuation lines indented `hang` more than the first,
+/// and (unless `cut`) words longer than a line broken, not cut: a message's
+/// URL must stay whole.
+fn fold_with(s: &str, width: usize, indent: usize, hang: usize, cut: bool) -> String {
     let mut out = String::new();
     let mut line = String::new();
+    let room = |first: bool| width.saturating_sub(indent + if first { 0 } else { hang }).max(1);
+    let emit = |line: &mut String, out: &mut String| {
+        let pad = if out.is_empty() { indent } else { indent + hang };
+        out.push_str(&format!("{}{line}\n", " ".repeat(pad)));
+        line.clear();
+    };
     for word in s.split_whitespace() {
-        let word = fit(word, room);
-        let len = line.chars().count();
-        if len > 0 && len + 1 + word.chars().count() > room {
-            out.push_str(&format!("{pad}{line}\n"));
-            line.clear();
+        let mut word = word.to_string();
+        loop {
+            let room = room(out.is_empty());
+            let len = line.chars().count();
+            let wlen = word.chars().count();
+            let sep = usize::from(len > 0);
+            if wlen > room && !cut && len + sep < room {
+                // Broken where the line ends, the rest carried on.
+                let take = room - len - sep;
+                if sep == 1 {
+                    line.push(' ');
+                }
+                line.extend(word.chars().take(take));
+                word = word.chars().skip(take).collect();
+                emit(&mut line, &mut out);
+                continue;
+            }
+            if len > 0 && len + 1 + wlen > room {
+                emit(&mut line, &mut out);
+                continue;
+            }
+            if wlen > room {
+                word = fit(&word, room);
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&word);
+            break;
         }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(&word);
     }
     if !line.is_empty() {
-        out.push_str(&format!("{pad}{line}\n"));
+        emit(&mut line, &mut out);
     }
     out
 }
@@ -190,7 +220,7 @@ fn xml(s: &str) -> String {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::{fit, fold, junit};
+    use super::{fit, fold, junit, text};
     use crate::vocab::{ErrorType, Outcome, PhaseRecording, RunResult, StepResult};
 
     fn step(name: &str, outcome: Outcome, error: Option<&str>) -> StepResult {
@@ -219,6 +249,34 @@ mod tests {
         assert_eq!(folded, "    form 12ms · login\n    30ms · session 4ms ·\n    logout 3ms\n");
         assert!(fold("", 80, 4).is_empty());
         assert_eq!(fold(&"x".repeat(30), 20, 4), format!("    {}…\n", "x".repeat(15)));
+    }
+
+    #[test]
+    fn a_run_as_text_fits_80_columns_with_long_step_names_and_messages() {
+        let long_name = "submit-the-lead-form-with-every-optional-field-filled-and-wait-for-the-confirmation";
+        let message = "expected status 200, got 500 from POST https://shop.example.test/api/v2/checkout/sessions/0190f0e2-8d4b-7c3a-9e1f-5a6b7c8d9e0f/confirm?with=details after 3 redirects";
+        let run = RunResult {
+            journey: "checkout".into(),
+            run_id: "0190f0e2-8d4b-7c3a-9e1f-5a6b7c8d9e0f".into(),
+            outcome: Outcome::Failure,
+            duration: Duration::from_secs(2),
+            error_type: Some(ErrorType::HttpStatus),
+            message: Some(format!("step `{long_name}`: {message}")),
+            steps: vec![step("page", Outcome::Success, None), step(long_name, Outcome::Failure, Some(message))],
+            cleanup_error: None,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            started: SystemTime::now(),
+            attempts: 1,
+            failed_attempts: Vec::new(),
+        };
+        let t = text(&run);
+        for l in t.lines() {
+            assert!(l.chars().count() <= 80, "{} columns: {l}\n{t}", l.chars().count());
+        }
+        assert!(t.starts_with("FAIL checkout in 2.00s (run 0190f0e2-8d4b-7c3a-9e1f-5a6b7c8d9e0f, trace\n     4bf92f3577b34da6a3ce929d0e0e4736)\n"), "{t}");
+        assert!(t.contains(&format!("\n  FAIL {}\n       {} http 1.50s\n", &long_name[..73], &long_name[73..])), "a name longer than a line is broken, not cut:\n{t}");
+        // Nothing is lost: a URL broken over lines is whole again once they are joined.
+        assert!(t.lines().map(str::trim).collect::<String>().contains("https://shop.example.test/api/v2/checkout/sessions/0190f0e2-8d4b-7c3a-9e1f-5a6b7c8d9e0f/confirm?with=details"), "{t}");
     }
 
     #[test]

@@ -293,15 +293,16 @@ fn validation_reports_every_problem_with_its_location() {
 "#;
     let diags = compile_files(&[(PathBuf::from("p.yaml"), yaml.into())]).unwrap_err();
     let got: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    // Each at the value (or label name) at fault, not at its step or journey.
     let want = [
-        "p.yaml:5:9: journey `a`, step `one`: `http.url`: unknown variable `${tokn}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)",
-        "p.yaml:11:9: journey `a`, step `two`: `name`: duplicate step name in this journey: step names label metrics, so they must be unique",
+        "p.yaml:6:21: journey `a`, step `one`: `http.url`: unknown variable `${tokn}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)",
+        "p.yaml:11:15: journey `a`, step `two`: `name`: duplicate step name in this journey: step names label metrics, so they must be unique",
         "p.yaml:11:9: journey `a`, step `two`: expected exactly one step kind (http, dns, tcp, tls, websocket, eventually, callback, browser, grpc), got http, dns",
-        "p.yaml:14:5: journey `b`: `interval`: expected at least 1s, got 500ms",
-        "p.yaml:14:5: journey `b`: `timeout`: must not exceed `interval`: a journey never overlaps itself, so a longer timeout only skips runs",
-        "p.yaml:14:5: journey `b`: `labels.bad-key`: expected a label name of letters, digits, `_` and `.`, starting with a letter or `_`",
-        "p.yaml:14:5: journey `b`: `labels.outcome`: this name is set by the agent itself; choose another label name",
-        "p.yaml:14:5: journey `b`: `steps`: expected at least one step",
+        "p.yaml:15:15: journey `b`: `interval`: expected at least 1s, got 500ms",
+        "p.yaml:16:14: journey `b`: `timeout`: must not exceed `interval`: a journey never overlaps itself, so a longer timeout only skips runs",
+        "p.yaml:17:14: journey `b`: `labels.bad-key`: expected a label name of letters, digits, `_` and `.`, starting with a letter or `_`",
+        "p.yaml:17:28: journey `b`: `labels.outcome`: this name is set by the agent itself; choose another label name",
+        "p.yaml:18:12: journey `b`: `steps`: expected at least one step",
     ];
     assert_eq!(got, want);
 }
@@ -373,7 +374,7 @@ fn cli_check_reports_all_problems_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let a = format!("error: {}/a.yaml:6:9: unknown field `htp`, expected one of", dir.display());
-    let b = format!("error: {}/b.yaml:5:9: journey `b`, step `s`: `http.url`: unknown variable `${{nope}}`", dir.display());
+    let b = format!("error: {}/b.yaml:6:21: journey `b`, step `s`: `http.url`: unknown variable `${{nope}}`", dir.display());
     assert!(err.contains(&a) && err.contains(&b) && err.contains("2 problems found"), "{err}");
     std::fs::write(dir.join("a.yaml"), "journeys: []\n").unwrap();
     std::fs::remove_file(dir.join("b.yaml")).unwrap();

@@ -25,6 +25,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("config::slo", 2),
     // Checks of single agent-config values, shared with the OTLP exporter and the bundle verifier.
     ("config::checks", 2),
+    // The located YAML tree (every structural problem, value locations): imports nothing of the crate.
+    ("config::tree", 2),
     ("steps", 3),
     ("browser", 3),
     // Loading and compiling probe files through the step registry; the schema of `StepSpec`.

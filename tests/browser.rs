@@ -372,7 +372,7 @@ journeys:
     let r = run(by_name(&js, "failing api"), &s.env).await;
     assert_eq!(r.outcome, Outcome::Failure);
     let msg = r.message.clone().unwrap();
-    let named = format!("expected `#timeline li` to appear within 2.00s; it did not (no element matched); the request for http://{addr}/api/timeline answered 500 (page http://{addr}/failing/timeline");
+    let named = format!("expected `#timeline li` to appear within 2.00s; it did not (no element matched); GET http://{addr}/api/timeline returned 500 (page http://{addr}/failing/timeline");
     assert!(msg.contains(&named), "{msg}");
     assert!(!msg.contains("Failed to load resource"), "{msg}");
     let r = run(by_name(&js, "refused"), &s.env).await;

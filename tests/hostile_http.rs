@@ -609,7 +609,7 @@ async fn websockets_go_through_the_proxy_with_its_credentials() {
 }
 
 /// `crl_file` with verification off would never find a certificate
-/// revoked: `vantage check` says so at the step's file:line:column.
+/// revoked: `vantage check` says so at the `crl_file` value's file:line:column.
 #[test]
 fn a_crl_file_with_verification_off_is_a_check_error() {
     let dir = common::tempdir();
@@ -623,7 +623,7 @@ fn a_crl_file_with_verification_off_is_a_check_error() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{text}");
     let file = probes.display();
-    for (at, key) in [("5:9", "http.crl_file"), ("7:9", "tls.crl_file")] {
+    for (at, key) in [("6:69", "http.crl_file"), ("8:63", "tls.crl_file")] {
         let want = format!("{file}:{at}: journey `j`, step `{}`: `{key}`: a CRL cannot be checked when certificate verification is off (`tls_verify: false`/`verify: false`): no certificate would ever be found revoked; remove `crl_file` or turn verification on", if key.starts_with("http") { "page" } else { "cert" });
         assert!(text.contains(&want), "expected `{want}` in:\n{text}");
     }
@@ -691,7 +691,7 @@ fn bad_proxy_settings_are_check_errors_with_their_location() {
     std::fs::write(&probes, "journeys:\n  - name: j\n    interval: 60s\n    steps:\n      - name: s\n        http: {url: \"http://a.test/\", proxy: {url: \"http://u:hunter2hunter@p.test:3128/path\", credentials: c}}\n").unwrap();
     let diags: Vec<String> = vantage::config::load(None, std::slice::from_ref(&probes)).unwrap_err().iter().map(|d| d.to_string()).collect();
     assert_eq!(diags.len(), 2, "{diags:?}");
-    assert!(diags[0].starts_with(&format!("{}:5:9: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
+    assert!(diags[0].starts_with(&format!("{}:6:52: journey `j`, step `s`: `http.proxy.url`: expected a proxy URL without a path", probes.display())), "{diags:?}");
     assert!(diags[1].contains("`http.proxy.credentials`: give the proxy's credentials either in the URL or in `credentials`, not both"), "{diags:?}");
     assert!(diags.iter().all(|d| !d.contains("hunter2hunter")), "{diags:?}");
     let _ = std::fs::remove_dir_all(dir);

@@ -194,3 +194,22 @@ fn demo_port_says_plainly_when_the_port_is_taken() {
     assert!(err.contains(&want), "{err}");
     drop(held);
 }
+
+#[test]
+fn text_output_fits_80_columns_with_a_long_step_name_and_message() {
+    let dir = Scratch::new();
+    let p = dir.join("long.yaml");
+    let name = "open-the-account-settings-page-and-check-that-every-section-of-it-is-there";
+    let path = "a-very-long-path/that-makes-the-message-longer-than-one-line/of-eighty-columns";
+    std::fs::write(&p, format!("journeys:\n  - name: long\n    interval: 30s\n    steps:\n      - name: {name}\n        http: {{url: \"http://127.0.0.1:1/{path}\"}}\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vantage")).args(["once", &p.display().to_string()]).env_remove("COLUMNS").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for l in text.lines() {
+        assert!(l.chars().count() <= 80, "{} columns: {l}\n{text}", l.chars().count());
+    }
+    // Folded, not cut: joined again, the lines hold the whole name and message.
+    let joined: String = text.lines().map(str::trim).collect();
+    assert!(joined.contains(name) && joined.contains("could not connect to 127.0.0.1:1"), "{text}");
+    assert!(text.lines().count() >= 5, "{text}");
+}

@@ -229,13 +229,27 @@ fn check_reports_every_structural_problem_with_its_location() {
     let want = [
         format!("error: {f}:4:5: unknown field `colour`, expected one of name, interval, timeout, labels, buckets, locations, vars, retries, steps, finally, slo"),
         format!("error: {f}:8:9: unknown field `asert`, expected one of name, timeout, http, dns, tcp, tls, websocket, eventually, callback, browser, grpc, assert, extract"),
-        format!("error: {f}:12:9: journey `two`, step `s`: `http.url`: unknown variable `${{tokn}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)"),
+        format!("error: {f}:13:21: journey `two`, step `s`: `http.url`: unknown variable `${{tokn}}`: expected one defined by `vars` or an earlier step's `extract` (defined here: none; built-ins: run.id, run.callback_token, uuid, now, now.unix, env.NAME, secret.NAME)"),
         format!("error: {f}:19:18: expected a duration like `500ms`, `10s` or `1m`, got `30 parsecs` (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"),
         format!("error: {f}:29:15: missing field `url`"),
         "5 problems found".to_string(),
     ];
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().collect::<Vec<_>>(), want, "\n{err}");
+
+    // A key that slid out of its block is reported where it slid, not as `missing field` at the block.
+    let slid = dir.path().join("slid.yaml");
+    std::fs::write(&slid, "journeys:\n  - name: a\n    interval: 30s\n    steps:\n      - name: s\n        http:\n          method: POST\n        url: http://127.0.0.1:1/\n        assert:\n          status: 200\n         max_duration: 1s\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&slid).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let f = slid.display().to_string();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // A syntax error ends the reading: only the second mistake can be named, then the first once it is fixed.
+    assert_eq!(err.lines().collect::<Vec<_>>(), [format!("error: {f}:11:10: `max_duration` is indented 9 spaces, which lines up with no block above it: indent it by 10 to put it beside `status` (line 10), or by 8 to put it beside `assert` (line 9)"), "1 problem found".to_string()], "\n{err}");
+    std::fs::write(&slid, std::fs::read_to_string(&slid).unwrap().replace("         max_duration", "          max_duration")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vantage")).arg("check").arg(&slid).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().collect::<Vec<_>>(), [format!("error: {f}:8:9: `url` is indented 2 spaces less than `method` on line 7, so it ended the `http` block early: as written it is a key of the `steps` item on line 5, which has no `url`; indent it to column 11, like `method`"), "1 problem found".to_string()], "\n{err}");
 
     // The agent config too: every problem, not the first.
     let agent = dir.path().join("agent.yaml");

@@ -39,7 +39,8 @@ pub fn parse_agent(path: &Path) -> Result<AgentConfig, Vec<Diagnostic>> {
         // Report every structural problem, not only the parser's first.
         let problems = tree::parse(&text).map(|root| tree::deserialize_all::<AgentConfig>(&root, &text).1).unwrap_or_default();
         if problems.is_empty() {
-            return vec![validate::parse_error(path, &e)];
+            let syntax = tree::parse(&text).err();
+            return vec![validate::syntax_error(path, &text, syntax.as_ref().unwrap_or(&e))];
         }
         problems.into_iter().map(|p| Diagnostic { file: path.into(), line: p.line, column: p.column, message: p.message }).collect()
     })?;

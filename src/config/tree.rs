@@ -13,7 +13,7 @@
 //! so they read the same as when the file is parsed directly.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::value::{MapDeserializer, StrDeserializer};
@@ -94,6 +94,134 @@ pub fn parse(text: &str) -> Result<Spanned<Node>, serde_saphyr::Error> {
     serde_saphyr::from_str(text)
 }
 
+/// Where `path` (`http.url`, `labels.team`, `assert.json[0].path`,
+/// `buckets[2]`) is written inside the mapping that starts at `item`
+/// (line, column): the value's location, or with `key` the key's. When only
+/// part of the path is written (a default below it, or a shorthand such as
+/// `proxy: URL`), the deepest part that is; `None` when not even the item is.
+pub fn locate(root: &Spanned<Node>, item: (u64, u64), path: &str, key: bool) -> Option<Location> {
+    let mut n = find_at(root, item)?;
+    let mut rest = path;
+    let mut k_loc = None;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let Some((i, r)) = r.split_once(']') else { break };
+            let Node::Seq(items) = &n.value else { break };
+            let Some(item) = i.parse::<usize>().ok().and_then(|i| items.get(i)) else { break };
+            n = item;
+            k_loc = None;
+            rest = r.strip_prefix('.').unwrap_or(r);
+            continue;
+        }
+        let Node::Map(entries) = &n.value else { break };
+        // The longest key that `rest` starts with: label names and header names may hold `.`.
+        let found = entries
+            .iter()
+            .filter_map(|(k, v)| key_name(k).map(|name| (name, k, v)))
+            .filter(|(name, _, _)| rest == *name || rest.strip_prefix(*name).is_some_and(|r| r.starts_with(['.', '['])))
+            .max_by_key(|(name, _, _)| name.len());
+        let Some((name, k, v)) = found else { break };
+        rest = &rest[name.len()..];
+        rest = rest.strip_prefix('.').unwrap_or(rest);
+        k_loc = Some(k.referenced);
+        n = v;
+    }
+    Some(if key { k_loc.unwrap_or(n.referenced) } else { n.referenced })
+}
+
+/// The outermost mapping that starts at (line, column).
+fn find_at(n: &Spanned<Node>, (line, column): (u64, u64)) -> Option<&Spanned<Node>> {
+    if matches!(n.value, Node::Map(_)) && n.referenced.line() == line && n.referenced.column() == column {
+        return Some(n);
+    }
+    match &n.value {
+        Node::Seq(items) => items.iter().find_map(|i| find_at(i, (line, column))),
+        Node::Map(entries) => entries.iter().find_map(|(_, v)| find_at(v, (line, column))),
+        _ => None,
+    }
+}
+
+/// A YAML syntax error that comes from indentation, in words: the parser's
+/// own ("did not find expected key") says what it wanted, not what is wrong.
+/// `line` and `column` are where the parser stopped; `None` when the error is
+/// not one of the indentation mistakes recognised here.
+pub fn explain_syntax(src: &str, line: u64, column: u64, parser: &str) -> Option<Problem> {
+    let lines: Vec<&str> = src.lines().collect();
+    let at = usize::try_from(line).ok()?.checked_sub(1)?;
+    let text = lines.get(at)?;
+    let indent = text.len() - text.trim_start_matches(' ').len();
+    let key = text.trim_start().split(':').next()?.trim();
+    if key.is_empty() || key.starts_with(['#', '-']) {
+        return None;
+    }
+    let here = Problem { line, column: indent as u64 + 1, message: String::new() };
+    // The blocks open above the line, nearest first: (line, column of their keys, first key, is a list dash).
+    let mut levels: Vec<(usize, usize, &str, bool)> = Vec::new();
+    let mut min = usize::MAX;
+    for (n, l) in lines[..at].iter().enumerate().rev() {
+        let body = l.trim_start_matches(' ');
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let j = l.len() - body.len();
+        if let Some(item) = body.strip_prefix("- ") {
+            let inner = j + 2 + (item.len() - item.trim_start().len());
+            if inner < min && item.contains(':') {
+                levels.push((n + 1, inner, item.trim_start().split(':').next().unwrap_or_default().trim(), false));
+            }
+            if j < min {
+                levels.push((n + 1, j, "-", true));
+            }
+        } else if j < min {
+            levels.push((n + 1, j, body.split(':').next().unwrap_or_default().trim(), false));
+        }
+        min = min.min(j);
+        if min == 0 {
+            break;
+        }
+    }
+    let keys = || levels.iter().filter(|l| !l.3);
+    let spaces = |n: usize| if n == 1 { "1 space".to_string() } else { format!("{n} spaces") };
+    if parser.contains("did not find expected key") || parser.contains("did not find expected '-' indicator") {
+        if keys().any(|l| l.1 == indent) {
+            return None;
+        }
+        let deeper = keys().find(|l| l.1 > indent)?;
+        let shallower = keys().find(|l| l.1 < indent);
+        let like = match levels.iter().find(|l| l.3 && l.1 == indent) {
+            Some(dash) => format!("like the `-` of the list item on line {}, so it is neither a new item nor a key of one", dash.0),
+            None => "which lines up with no block above it".to_string(),
+        };
+        let mut m = format!("`{key}` is indented {}, {like}: indent it by {} to put it beside `{}` (line {})", spaces(indent), deeper.1, deeper.2, deeper.0);
+        if let Some(s) = shallower {
+            m.push_str(&format!(", or by {} to put it beside `{}` (line {})", s.1, s.2, s.0));
+        }
+        return Some(Problem { message: m, ..here });
+    }
+    if parser.contains("mapping values are not allowed") {
+        // The first `:` of a line indented under a key that already has a value.
+        if column != (indent + key.len() + 1) as u64 {
+            return None;
+        }
+        let (n, prev) = lines[..at].iter().enumerate().rev().find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+        let body = prev.trim_start_matches(' ').strip_prefix("- ").unwrap_or(prev.trim_start_matches(' '));
+        let j = prev.len() - body.len();
+        let (pkey, value) = body.split_once(':')?;
+        if j >= indent || value.trim().is_empty() || value.trim().starts_with('#') {
+            return None;
+        }
+        let m = format!(
+            "`{key}` is indented {} more than `{}` on line {}, which already has a value and so cannot hold keys: indent it by {j} to put it beside `{}`",
+            spaces(indent - j),
+            pkey.trim(),
+            n + 1,
+            pkey.trim()
+        );
+        return Some(Problem { message: m, ..here });
+    }
+    None
+}
+
 /// A structural problem: where, and serde's words for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -109,11 +237,37 @@ const MAX_PROBLEMS: usize = 50;
 /// Deserializes `T` from `node`, recording every structural problem on the
 /// way. `Some` when a value could be built; it is complete only when no
 /// problem was recorded (left-out nodes are missing from it).
-pub fn deserialize_all<T: DeserializeOwned>(node: &Spanned<Node>, src: &str) -> (Option<T>, Vec<Problem>) {
-    let cx = Cx { src, left_out: RefCell::new(HashSet::new()) };
+///
+/// An unknown key that some block above or around it accepts is explained as
+/// what it is, an indentation mistake: the key is moved, in a trial, to that
+/// block; when that fixes it without any new problem, the problems of the
+/// trial stand, plus one at the key saying how its indentation is wrong.
+pub fn deserialize_all<'t, T: DeserializeOwned>(node: &'t Spanned<Node>, src: &'t str) -> (Option<T>, Vec<Problem>) {
+    let mut cx = Cx { src, left_out: RefCell::new(HashSet::new()), moved: HashSet::new(), grafts: HashMap::new() };
+    let (mut value, mut raw) = passes::<T>(node, &cx);
+    let mut notes = Vec::new();
+    while notes.len() < MAX_PROBLEMS {
+        let Some((next, v, r, note)) = raw.iter().filter(|r| r.unknown).find_map(|r| regraft::<T>(node, &cx, r, &raw)) else { break };
+        (cx, value, raw) = (next, v, r);
+        notes.push(note);
+    }
+    let mut problems: Vec<Problem> = notes.into_iter().chain(raw.into_iter().map(|r| r.problem)).collect();
+    problems.sort_by_key(|p| (p.line, p.column));
+    (value, problems)
+}
+
+/// A recorded problem and what the passes know of it.
+struct Raw {
+    problem: Problem,
+    node: usize,
+    unknown: bool,
+}
+
+/// The passes: deserialize, leave out the failing node, again.
+fn passes<T: DeserializeOwned>(node: &Spanned<Node>, cx: &Cx) -> (Option<T>, Vec<Raw>) {
     let mut problems = Vec::new();
     loop {
-        let err = match T::deserialize(NodeDe { node, cx: &cx }) {
+        let err = match T::deserialize(NodeDe { node, cx }) {
             Ok(v) => return (Some(v), problems),
             Err(e) => e,
         };
@@ -121,11 +275,124 @@ pub fn deserialize_all<T: DeserializeOwned>(node: &Spanned<Node>, src: &str) -> 
         let consequence = err.missing && cx.lost_an_entry(node, target);
         if !consequence {
             let loc = err.loc.unwrap_or(node.referenced);
-            problems.push(Problem { line: loc.line().max(1), column: loc.column().max(1), message: err.text() });
+            let problem = Problem { line: loc.line().max(1), column: loc.column().max(1), message: err.text() };
+            problems.push(Raw { problem, node: target, unknown: err.unknown });
         }
         if target == id(node) || problems.len() >= MAX_PROBLEMS || !cx.left_out.borrow_mut().insert(target) {
             return (None, problems);
         }
+    }
+}
+
+type Entry = (Spanned<Node>, Spanned<Node>);
+
+/// Tries the unknown key of `r` in the blocks its indentation may have
+/// meant; the first that takes it with no new problem wins.
+fn regraft<'t, T: DeserializeOwned>(root: &'t Spanned<Node>, cx: &Cx<'t>, r: &Raw, before: &[Raw]) -> Option<(Cx<'t>, Option<T>, Vec<Raw>, Problem)> {
+    let path = path_to(root, r.node)?;
+    let (&owner, ancestors) = path.split_last()?;
+    let Node::Map(entries) = &owner.value else { return None };
+    let at = entries.iter().position(|(k, _)| id(k) == r.node)?;
+    let entry = &entries[at];
+    let (key, column, line) = (key_name(&entry.0)?, entry.0.referenced.column(), entry.0.referenced.line());
+    if !cx.first_on_line(&entry.0) {
+        return None;
+    }
+    // Blocks it may belong to: the block it ended early (the entry before it,
+    // when that holds keys further right), then the blocks around its own,
+    // nearest first (when their keys sit further left).
+    let mut candidates = Vec::new();
+    if let Some((pk, pv)) = entries[..at].iter().rev().find(|(k, _)| !cx.moved.contains(&id(k))) {
+        if let Some((first, _)) = block_entries(pv).and_then(|e| e.first()) {
+            if first.referenced.column() > column && first.referenced.line() > pk.referenced.line() {
+                candidates.push((pv, first, format!("so it ended the `{}` block early", key_name(pk)?)));
+            }
+        }
+    }
+    for a in ancestors.iter().rev() {
+        let Some(e) = block_entries(a) else { continue };
+        if let Some((beside, _)) = e.iter().rev().find(|(k, _)| k.referenced.line() < line && k.referenced.column() < column) {
+            candidates.push((*a, beside, String::new()));
+        }
+    }
+    for (target, beside, how) in candidates {
+        let mut next = Cx { src: cx.src, left_out: RefCell::new(HashSet::new()), moved: cx.moved.clone(), grafts: cx.grafts.clone() };
+        next.moved.insert(id(&entry.0));
+        next.grafts.entry(id(target)).or_default().push(entry);
+        let (value, raw) = passes::<T>(root, &next);
+        let inside = |n: usize| find(&entry.1, n).is_some() || n == id(&entry.0);
+        let new_problem = raw.iter().any(|t| {
+            (t.unknown && t.node == id(&entry.0)) || (!inside(t.node) && !before.iter().any(|b| b.problem == t.problem))
+        });
+        if new_problem {
+            continue;
+        }
+        let to = beside.referenced.column();
+        let (more, by) = if to < column { ("more", column - to) } else { ("less", to - column) };
+        let spaces = if by == 1 { "space" } else { "spaces" };
+        let name = key_name(beside).unwrap_or_default();
+        let was = describe(root, owner);
+        let how = if how.is_empty() { String::new() } else { format!(", {how}") };
+        let message = format!(
+            "`{key}` is indented {by} {spaces} {more} than `{name}` on line {}{how}: as written it is a key of {was}, which has no `{key}`; indent it to column {to}, like `{name}`",
+            beside.referenced.line()
+        );
+        return Some((next, value, raw, Problem { line, column, message }));
+    }
+    None
+}
+
+/// The entries of a block (not flow) mapping.
+fn block_entries(n: &Spanned<Node>) -> Option<&[Entry]> {
+    match &n.value {
+        Node::Map(e) if !e.is_empty() => Some(e),
+        _ => None,
+    }
+}
+
+fn key_name(k: &Spanned<Node>) -> Option<&str> {
+    match &k.value {
+        Node::Str(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The nodes from `root` down to the parent of node `target`.
+fn path_to(root: &Spanned<Node>, target: usize) -> Option<Vec<&Spanned<Node>>> {
+    let children: Vec<&Spanned<Node>> = match &root.value {
+        Node::Seq(items) => items.iter().collect(),
+        Node::Map(entries) => entries.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    for c in children {
+        if id(c) == target {
+            return Some(vec![root]);
+        }
+        if let Some(mut p) = path_to(c, target) {
+            p.insert(0, root);
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A mapping in words: the key it is the value of, or the list it is an item of.
+fn describe(root: &Spanned<Node>, map: &Spanned<Node>) -> String {
+    let path = path_to(root, id(map)).unwrap_or_default();
+    let key_of = |parent: &Spanned<Node>, child: &Spanned<Node>| match &parent.value {
+        Node::Map(e) => e.iter().find(|(_, v)| id(v) == id(child)).and_then(|(k, _)| key_name(k)).map(str::to_string),
+        _ => None,
+    };
+    match path.as_slice() {
+        [.., grand, parent] if matches!(parent.value, Node::Seq(_)) => match key_of(grand, parent) {
+            Some(k) => format!("the `{k}` item on line {}", map.referenced.line()),
+            None => format!("the list item on line {}", map.referenced.line()),
+        },
+        [.., parent] => match key_of(parent, map) {
+            Some(k) => format!("`{k}`"),
+            None => format!("the mapping on line {}", map.referenced.line()),
+        },
+        [] => "the top level".to_string(),
     }
 }
 
@@ -136,6 +403,10 @@ fn id(n: &Spanned<Node>) -> usize {
 struct Cx<'t> {
     src: &'t str,
     left_out: RefCell<HashSet<usize>>,
+    /// Keys (by id) a trial took out of their mapping...
+    moved: HashSet<usize>,
+    /// ...and the mappings (by id) it put them in.
+    grafts: HashMap<usize, Vec<&'t Entry>>,
 }
 
 impl Cx<'_> {
@@ -143,10 +414,17 @@ impl Cx<'_> {
         self.left_out.borrow().contains(&id(n))
     }
 
+    /// Whether nothing but indentation comes before `n` on its line.
+    fn first_on_line(&self, n: &Spanned<Node>) -> bool {
+        let Some(start) = n.referenced.span().byte_offset().and_then(|o| usize::try_from(o).ok()) else { return false };
+        let Some(before) = self.src.get(..start) else { return false };
+        before.rsplit('\n').next().is_some_and(|l| l.chars().all(|c| c == ' '))
+    }
+
     /// Whether the mapping `target` (somewhere under `root`) had an entry left out.
     fn lost_an_entry(&self, root: &Spanned<Node>, target: usize) -> bool {
         match find(root, target).map(|n| &n.value) {
-            Some(Node::Map(entries)) => entries.iter().any(|(k, v)| self.is_left_out(k) || self.is_left_out(v)),
+            Some(Node::Map(entries)) => entries.iter().any(|(k, v)| self.is_left_out(k) || self.is_left_out(v) || self.moved.contains(&id(k))),
             _ => false,
         }
     }
@@ -178,13 +456,14 @@ pub struct TreeError {
     // Boxed: the library's error is large, and every deserializer call returns this.
     inner: Box<serde_saphyr::Error>,
     missing: bool,
+    unknown: bool,
     node: Option<usize>,
     loc: Option<Location>,
 }
 
 impl TreeError {
     fn new(inner: serde_saphyr::Error) -> Self {
-        TreeError { inner: Box::new(inner), missing: false, node: None, loc: None }
+        TreeError { inner: Box::new(inner), missing: false, unknown: false, node: None, loc: None }
     }
 
     fn at(mut self, n: &Spanned<Node>) -> Self {
@@ -230,7 +509,7 @@ impl de::Error for TreeError {
         TreeError::new(<serde_saphyr::Error as de::Error>::unknown_variant(variant, expected))
     }
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        TreeError::new(<serde_saphyr::Error as de::Error>::unknown_field(field, expected))
+        TreeError { unknown: true, ..TreeError::new(<serde_saphyr::Error as de::Error>::unknown_field(field, expected)) }
     }
     fn missing_field(field: &'static str) -> Self {
         TreeError { missing: true, ..TreeError::new(<serde_saphyr::Error as de::Error>::missing_field(field)) }
@@ -256,7 +535,10 @@ impl<'a, 't> NodeDe<'a, 't> {
             Node::F64(n) => v.visit_f64(*n),
             Node::Str(s) => v.visit_str(s),
             Node::Seq(items) => v.visit_seq(SeqDe { items: items.iter(), cx: self.cx }),
-            Node::Map(entries) => v.visit_map(MapDe { entries: entries.iter(), value: None, cx: self.cx }),
+            Node::Map(entries) => {
+                let grafted = self.cx.grafts.get(&id(self.node)).map_or(&[][..], Vec::as_slice);
+                v.visit_map(MapDe { entries: entries.iter(), grafted: grafted.iter(), value: None, cx: self.cx })
+            }
         }
     }
 
@@ -356,7 +638,9 @@ impl<'de> de::SeqAccess<'de> for SeqDe<'_, '_> {
 }
 
 struct MapDe<'a, 't> {
-    entries: std::slice::Iter<'a, (Spanned<Node>, Spanned<Node>)>,
+    entries: std::slice::Iter<'a, Entry>,
+    /// Entries a trial moved here (see [`regraft`]).
+    grafted: std::slice::Iter<'a, &'t Entry>,
     value: Option<&'a Spanned<Node>>,
     cx: &'a Cx<'t>,
 }
@@ -366,7 +650,8 @@ impl<'de> de::MapAccess<'de> for MapDe<'_, '_> {
 
     fn next_key_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<Option<S::Value>, TreeError> {
         let cx = self.cx;
-        match self.entries.find(|(k, v)| !cx.is_left_out(k) && !cx.is_left_out(v)) {
+        let own = self.entries.find(|(k, v)| !cx.is_left_out(k) && !cx.is_left_out(v) && !cx.moved.contains(&id(k)));
+        match own.or_else(|| self.grafted.find(|(k, v)| !cx.is_left_out(k) && !cx.is_left_out(v)).copied()) {
             Some((k, v)) => {
                 self.value = Some(v);
                 seed.deserialize(NodeDe { node: k, cx }).map(Some).map_err(|e| e.at(k))
@@ -480,6 +765,17 @@ mod tests {
             ]
         );
         assert!(doc.is_some(), "the document itself is sound once the bad items are left out");
+    }
+
+    #[test]
+    fn a_path_is_located_at_its_value_or_the_deepest_part_written() {
+        let root = parse("top: 1\nitem:\n  a: {b.c: [x, y]}\n  d: plain\n").unwrap();
+        let at = |path: &str, key: bool| locate(&root, (3, 3), path, key).map(|l| (l.line(), l.column()));
+        assert_eq!(at("a.b.c[1]", false), Some((3, 16)), "keys holding dots, then an index");
+        assert_eq!(at("a.b.c", true), Some((3, 7)));
+        assert_eq!(at("d.url", false), Some((4, 6)), "a shorthand value stands for what is below it");
+        assert_eq!(at("nothing", false), Some((3, 3)), "not written: the item itself");
+        assert_eq!(locate(&root, (9, 9), "a", false), None);
     }
 
     #[test]

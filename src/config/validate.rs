@@ -126,14 +126,17 @@ pub fn compile_files(files: &[(PathBuf, String)]) -> Result<Vec<Journey>, Vec<Di
                 let (sound, problems) = structural_problems(path, text);
                 if problems.is_empty() {
                     // Nothing more found than the parser's own error (e.g. a syntax error).
-                    diags.push(parse_error(path, &e));
+                    // The parse of the whole text finds syntax errors that the typed parse,
+                    // which stops at the first value it rejects, did not reach.
+                    let syntax = tree::parse(text).err();
+                    diags.push(syntax_error(path, text, syntax.as_ref().unwrap_or(&e)));
                 }
                 diags.extend(problems);
                 sound
             }
         };
         for spec in &sound {
-            let mut c = Checker::new(path, &mut diags);
+            let mut c = Checker::new(path, &mut diags).with_source(text);
             let j = compile_journey(&mut c, spec);
             if let Some(first) = seen.get(&j.name) {
                 c.here = spec.referenced;
@@ -191,6 +194,15 @@ fn journey_nodes(root: &Spanned<tree::Node>) -> &[Spanned<tree::Node>] {
         .unwrap_or(&[])
 }
 
+/// A YAML error of `text` as a diagnostic; one caused by indentation says so.
+pub fn syntax_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let d = parse_error(path, e);
+    match tree::explain_syntax(text, d.line, d.column, &d.message) {
+        Some(p) => Diagnostic { line: p.line, column: p.column, message: p.message, ..d },
+        None => d,
+    }
+}
+
 /// A serde/YAML error as a diagnostic, location split out of the message.
 pub fn parse_error(path: &Path, e: &serde_saphyr::Error) -> Diagnostic {
     let loc = e.location().unwrap_or(Location::UNKNOWN);
@@ -237,29 +249,32 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
     for k in spec.labels.keys() {
         let prom = prometheus_label(k);
         if !label_key.is_match(k) {
-            c.error(&format!("labels.{k}"), "expected a label name of letters, digits, `_` and `.`, starting with a letter or `_`");
+            c.key_error(&format!("labels.{k}"), "expected a label name of letters, digits, `_` and `.`, starting with a letter or `_`");
         } else if let Some(r) = reserved.get(&prom) {
             let same = if *r == k.as_str() {
                 String::new()
             } else {
                 format!(" (as `{prom}` in Prometheus it collides with `{r}`)")
             };
-            c.error(
+            c.key_error(
                 &format!("labels.{k}"),
                 &format!("this name is set by the agent itself{same}; choose another label name"),
             );
         } else if prom.starts_with("__") {
-            c.error(
+            c.key_error(
                 &format!("labels.{k}"),
                 "names starting with `__` are reserved by Prometheus; choose another label name",
             );
         } else if let Some(other) = as_prometheus.insert(prom.clone(), k) {
-            c.error(&format!("labels.{k}"), &format!("`{other}` and `{k}` both become `{prom}` in Prometheus, so the exported series would clash; rename one"));
+            c.key_error(&format!("labels.{k}"), &format!("`{other}` and `{k}` both become `{prom}` in Prometheus, so the exported series would clash; rename one"));
         }
     }
     if let Some(b) = &spec.buckets {
-        if b.is_empty() || b.iter().any(|x| !x.is_finite() || *x <= 0.0) || b.windows(2).any(|w| w[0] >= w[1]) {
-            c.error("buckets", "expected a non-empty, strictly increasing list of positive seconds, e.g. [0.1, 0.5, 1, 2.5]");
+        // At the first bound at fault, when one is.
+        let bad = b.iter().enumerate().position(|(i, x)| !x.is_finite() || *x <= 0.0 || (i > 0 && b[i - 1] >= *x));
+        if b.is_empty() || bad.is_some() {
+            let field = bad.map_or("buckets".to_string(), |i| format!("buckets[{i}]"));
+            c.error(&field, "expected a non-empty, strictly increasing list of positive seconds, e.g. [0.1, 0.5, 1, 2.5]");
         }
     }
     let retries = spec.retries.as_ref().map(|r| {
@@ -417,6 +432,63 @@ mod tests {
             e[0]
         );
         assert!(errors("    interval: 30s\n    labels: {team: payments, tier: gold}\n").is_empty());
+    }
+
+    fn all(yaml: &str) -> Vec<String> {
+        compile_files(&[("p.yaml".into(), yaml.into())]).err().unwrap_or_default().iter().map(|d| d.to_string()).collect()
+    }
+
+    const HEAD: &str = "journeys:\n  - name: j\n    interval: 30s\n    steps:\n      - name: a\n";
+
+    #[test]
+    fn a_key_that_slid_out_of_its_block_is_reported_where_it_slid_not_as_missing_field() {
+        // `url` two spaces short of `method`: not "missing field `url`" at `http`.
+        let e = all(&format!("{HEAD}        http:\n          method: POST\n        url: http://127.0.0.1:1/\n"));
+        assert_eq!(e, ["p.yaml:8:9: `url` is indented 2 spaces less than `method` on line 7, so it ended the `http` block early: as written it is a key of the `steps` item on line 5, which has no `url`; indent it to column 11, like `method`"]);
+        // An optional key of `assert` (nothing missing anywhere, only an unknown key before).
+        let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n        assert:\n          max_duration: 2s\n        degraded_after: 1s\n"));
+        assert_eq!(e, ["p.yaml:9:9: `degraded_after` is indented 2 spaces less than `max_duration` on line 8, so it ended the `assert` block early: as written it is a key of the `steps` item on line 5, which has no `degraded_after`; indent it to column 11, like `max_duration`"]);
+    }
+
+    #[test]
+    fn a_journey_key_that_slid_under_a_step_is_reported_at_that_key() {
+        let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n        finally:\n          - name: b\n            tcp: {{address: \"127.0.0.1:1\"}}\n"));
+        assert_eq!(e, ["p.yaml:7:9: `finally` is indented 4 spaces more than `steps` on line 4: as written it is a key of the `steps` item on line 5, which has no `finally`; indent it to column 5, like `steps`"]);
+    }
+
+    #[test]
+    fn a_key_between_two_indentation_levels_is_explained_not_left_to_the_parser() {
+        let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n        assert:\n          max_duration: 2s\n         degraded_after: 1s\n"));
+        assert_eq!(e, ["p.yaml:9:10: `degraded_after` is indented 9 spaces, which lines up with no block above it: indent it by 10 to put it beside `max_duration` (line 8), or by 8 to put it beside `assert` (line 7)"]);
+        let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n      finally:\n        - name: b\n          tcp: {{address: \"127.0.0.1:1\"}}\n"));
+        assert_eq!(e, ["p.yaml:7:7: `finally` is indented 6 spaces, like the `-` of the list item on line 5, so it is neither a new item nor a key of one: indent it by 8 to put it beside `tcp` (line 6), or by 4 to put it beside `steps` (line 4)"]);
+        let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n        assert:\n          max_duration: 2s\n           degraded_after: 1s\n"));
+        assert_eq!(e, ["p.yaml:9:12: `degraded_after` is indented 1 space more than `max_duration` on line 8, which already has a value and so cannot hold keys: indent it by 10 to put it beside `max_duration`"]);
+    }
+
+    #[test]
+    fn problems_with_a_value_point_at_the_value_not_at_its_step() {
+        let e = all(&format!("{HEAD}        http:\n          method: GET\n          url: \"http://127.0.0.1/${{tokn}}\"\n      - name: b\n        http: {{url: ftp://127.0.0.1/}}\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("p.yaml:8:16: journey `j`, step `a`: `http.url`: unknown variable `${tokn}`"), "{e:?}");
+        assert_eq!(e[1], "p.yaml:10:21: journey `j`, step `b`: `http.url`: expected an absolute http:// or https:// URL, got `ftp://127.0.0.1/`");
+        let e = all("journeys:\n  - name: j\n    interval: 30s\n    labels:\n      team: web\n      le: x\n    buckets: [0.1, 0.5, 0.2]\n    steps:\n      - name: a\n        tcp: {address: \"127.0.0.1:1\"}\n        assert:\n          json:\n            - {path: \"$.a\", matches: \"(\"}\n        extract:\n          t: {regex: \"(a)(b)\"}\n");
+        assert_eq!(
+            e,
+            [
+                "p.yaml:6:7: journey `j`: `labels.le`: this name is set by the agent itself; choose another label name",
+                "p.yaml:7:25: journey `j`: `buckets[2]`: expected a non-empty, strictly increasing list of positive seconds, e.g. [0.1, 0.5, 1, 2.5]",
+                "p.yaml:13:38: journey `j`, step `a`: `assert.json[0].matches`: invalid regex: regex parse error:\n    (\n    ^\nerror: unclosed group",
+                "p.yaml:15:22: journey `j`, step `a`: `extract.t.regex`: expected at most one capture group (the value to keep)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_real_typo_stays_an_unknown_field() {
+        let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n        asert:\n          status: 200\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("p.yaml:7:9: unknown field `asert`, expected one of"), "{e:?}");
     }
 
     #[test]

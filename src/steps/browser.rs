@@ -332,6 +332,11 @@ impl BrowserStep {
                     return Err(e.with_observation(&obs));
                 }
             };
+            // Failure notes name a failed request's method; only the page sees it.
+            let hook = ChromeCmd { path: "goog/cdp/execute", body: json!({ "cmd": "Page.addScriptToEvaluateOnNewDocument", "params": { "source": REQUESTS_JS } }) };
+            if let Err(e) = wd("", deadline, session.client().issue_cmd(hook)).await {
+                tracing::debug!("failed requests will be named without their method: {}", e.message);
+            }
             ctx.state.get_mut::<RunBrowser>().session = Some(session);
         }
         ctx.waiting_for = "the browser";
@@ -630,13 +635,17 @@ async fn failure_artifacts(ctx: &RunContext, s: &BrowserSession, step: &str, mas
     let console = s.console_errors(deadline).await;
     let png = masked_screenshot(s, &masks(ctx, mask), deadline).await;
     // The request that failed explains the failure better than whatever the page logged about it.
-    let failed = failed_requests(&console);
+    let methods = match wd("", deadline, c.execute("return window.__vantageFailed || []", vec![])).await {
+        Ok(Value::Array(v)) => v.iter().filter_map(|r| Some((r.get("url")?.as_str()?.to_string(), r.get("method")?.as_str()?.to_string()))).collect(),
+        _ => Vec::new(),
+    };
+    let failed = failed_requests(&console, &methods);
     let mut context = failed.first().map(|f| format!("; {}", ctx.excerpt(f, 240))).unwrap_or_default();
     context.push_str(&format!(" (page {}, title `{}`", ctx.excerpt(&url, 200), ctx.excerpt(&title, 80)));
     if failed.len() > 1 {
         context.push_str(&format!("; {} failed requests", failed.len()));
     }
-    let others: Vec<&String> = console.iter().filter(|m| failed_request(m).is_none()).collect();
+    let others: Vec<&String> = console.iter().filter(|m| failed_request(m, &[]).is_none()).collect();
     if let Some(first) = others.first() {
         context.push_str(&format!("; {} console error{}, first: {}", others.len(), if others.len() == 1 { "" } else { "s" }, ctx.excerpt(first, 160)));
     }
@@ -688,31 +697,56 @@ impl StepKind for BrowserStep {
 /// Navigation timing, FCP and LCP so far, in one call (milliseconds since navigation start).
 /// Leaves a buffered LCP observer on the page for later `wait_for` steps.
 /// Chromium's console lines about requests that failed, in plain words,
-/// documents and XHR/fetch first, a missing favicon (noise) last.
-fn failed_requests(console: &[String]) -> Vec<String> {
-    let mut found: Vec<(bool, String)> = console.iter().filter_map(|m| failed_request(m)).collect();
+/// documents and XHR/fetch first, a missing favicon (noise) last. `methods`
+/// holds (URL, method) of the page's failed fetch/XHR calls ([`REQUESTS_JS`]).
+fn failed_requests(console: &[String], methods: &[(String, String)]) -> Vec<String> {
+    let mut found: Vec<(bool, String)> = console.iter().filter_map(|m| failed_request(m, methods)).collect();
     found.sort_by_key(|(noise, _)| *noise);
     found.into_iter().map(|(_, words)| words).collect()
 }
 
 /// `URL - Failed to load resource: the server responded with a status of 500 (…)`
 /// or `URL - Failed to load resource: net::ERR_CONNECTION_REFUSED`, as
-/// "the request for URL answered 500" / "…failed: connection refused";
+/// "GET URL returned 500" / "GET URL failed: connection refused" (the method
+/// when the page's hook saw the call, else "the request for URL ...");
 /// the flag marks noise (the favicon).
-fn failed_request(line: &str) -> Option<(bool, String)> {
+fn failed_request(line: &str, methods: &[(String, String)]) -> Option<(bool, String)> {
     let (url, what) = line.split_once(" - Failed to load resource: ")?;
     let url = url.trim();
     let noise = url.split(['?', '#']).next().is_some_and(|u| u.ends_with("/favicon.ico"));
+    let request = match methods.iter().rev().find(|(u, _)| u == url) {
+        Some((_, m)) => format!("{m} {url}"),
+        None => format!("the request for {url}"),
+    };
     let words = if let Some(rest) = what.strip_prefix("the server responded with a status of ") {
         let status: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        format!("the request for {url} answered {status}")
+        format!("{request} returned {status}")
     } else if let Some(code) = what.trim().strip_prefix("net::ERR_") {
-        format!("the request for {url} failed: {}", net_error_words(code))
+        format!("{request} failed: {}", net_error_words(code))
     } else {
-        format!("the request for {url} failed: {}", what.trim())
+        format!("{request} failed: {}", what.trim())
     };
     Some((noise, words))
 }
+
+/// Run in every page before its own scripts: keeps the method and URL of
+/// fetch/XHR calls that failed or answered >= 400 (at most 50), which the
+/// console's "Failed to load resource" lines leave out.
+const REQUESTS_JS: &str = r#"(() => {
+  const keep = (m, u, status) => { try { const l = (window.__vantageFailed = window.__vantageFailed || []); if (l.length < 50) l.push({ method: String(m || 'GET').toUpperCase(), url: new URL(String(u), location.href).href, status }); } catch (_) {} };
+  const f = window.fetch;
+  if (f) window.fetch = function (input, init) {
+    const m = (init && init.method) || (input && input.method) || 'GET';
+    const u = (input && input.url) || input;
+    return f.apply(this, arguments).then(r => { if (r.status >= 400) keep(m, u, r.status); return r; }, e => { keep(m, u, 0); throw e; });
+  };
+  const X = window.XMLHttpRequest && window.XMLHttpRequest.prototype;
+  if (X) {
+    const open = X.open, send = X.send;
+    X.open = function (m, u) { this.__vantage = [m, u]; return open.apply(this, arguments); };
+    X.send = function () { this.addEventListener('loadend', () => { if (this.__vantage && (this.status >= 400 || this.status === 0)) keep(this.__vantage[0], this.__vantage[1], this.status); }); return send.apply(this, arguments); };
+  }
+})();"#;
 
 /// `CONNECTION_REFUSED` → `connection refused`.
 fn net_error_words(code: &str) -> String {
@@ -800,12 +834,13 @@ mod tests {
             "http://127.0.0.1:8080/api/timeline - Failed to load resource: the server responded with a status of 500 (Internal Server Error)".to_string(),
             "http://127.0.0.1:1/api/live - Failed to load resource: net::ERR_CONNECTION_REFUSED".to_string(),
         ];
+        let methods = [("http://127.0.0.1:8080/api/timeline".to_string(), "POST".to_string())];
         assert_eq!(
-            super::failed_requests(&console),
+            super::failed_requests(&console, &methods),
             [
-                "the request for http://127.0.0.1:8080/api/timeline answered 500",
+                "POST http://127.0.0.1:8080/api/timeline returned 500",
                 "the request for http://127.0.0.1:1/api/live failed: connection refused",
-                "the request for http://127.0.0.1:8080/favicon.ico answered 404",
+                "the request for http://127.0.0.1:8080/favicon.ico returned 404",
             ]
         );
     }

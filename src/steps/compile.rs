@@ -102,21 +102,47 @@ pub struct Checker<'a> {
     defined: HashSet<String>,
     /// The journey's run timeout, for steps that wait (None in `finally`).
     pub run_timeout: Option<Duration>,
+    /// The file's text, parsed on the first problem, to point at the value at fault.
+    src: Option<&'a str>,
+    tree: std::cell::OnceCell<Option<Spanned<crate::config::tree::Node>>>,
 }
 
 impl<'a> Checker<'a> {
     pub fn new(file: &'a Path, diags: &'a mut Vec<Diagnostic>) -> Self {
-        Checker { file, diags, here: Location::UNKNOWN, context: String::new(), defined: HashSet::new(), run_timeout: None }
+        Checker { file, diags, here: Location::UNKNOWN, context: String::new(), defined: HashSet::new(), run_timeout: None, src: None, tree: Default::default() }
+    }
+
+    /// With the file's text, problems point at the value at fault, not at its step.
+    pub fn with_source(mut self, src: &'a str) -> Self {
+        self.src = Some(src);
+        self
+    }
+
+    /// Where `field` of the item being checked is written (its key's place with `key`).
+    fn field_location(&self, field: &str, key: bool) -> Location {
+        let tree = self.tree.get_or_init(|| self.src.and_then(|s| crate::config::tree::parse(s).ok()));
+        let at = (self.here.line(), self.here.column());
+        tree.as_ref().filter(|_| !field.is_empty()).and_then(|t| crate::config::tree::locate(t, at, field, key)).unwrap_or(self.here)
     }
 
     fn push(&mut self, at: Location, message: String) {
         self.diags.push(Diagnostic { file: self.file.to_path_buf(), line: at.line().max(1), column: at.column().max(1), message });
     }
 
-    /// Records a problem with `field` of the item being checked.
+    /// Records a problem with `field` of the item being checked, at its value.
     pub fn error(&mut self, field: &str, message: &str) {
+        self.error_at(field, message, false);
+    }
+
+    /// Records a problem with the name of `field` (a label or header name), at that name.
+    pub fn key_error(&mut self, field: &str, message: &str) {
+        self.error_at(field, message, true);
+    }
+
+    fn error_at(&mut self, field: &str, message: &str, key: bool) {
         let msg = if field.is_empty() { format!("{}: {message}", self.context) } else { format!("{}: `{field}`: {message}", self.context) };
-        self.push(self.here, msg);
+        let at = self.field_location(field, key);
+        self.push(at, msg);
     }
 
     /// Parses a template and checks every variable it uses is defined by then.

@@ -91,10 +91,15 @@ impl EventuallyStep {
             let reserve = tried_at.elapsed().max(Duration::from_millis(50));
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining <= reserve {
-                let mut e = StepError::new(
-                    last.error_type,
-                    format!("gave up after {} and {attempts} attempt{} of `{}`; last attempt: {}", fmt_dur(started.elapsed()), if attempts == 1 { "" } else { "s" }, self.inner.name, last.message),
-                );
+                let tries = format!("{attempts} attempt{} of `{}`", if attempts == 1 { "" } else { "s" }, self.inner.name);
+                // The configured wait is what the reader set and compares with; say the elapsed
+                // time only when the run's own time ran out first.
+                let how = if deadline < until {
+                    format!("gave up after {}, before its `within` of {} was over, because the run's time ran out", fmt_dur(started.elapsed()), fmt_dur(self.within))
+                } else {
+                    format!("did not succeed within {} (its `within`)", fmt_dur(self.within))
+                };
+                let mut e = StepError::new(last.error_type, format!("{how}: {tries}; last attempt: {}", last.message));
                 let mut partial = last.observation.map(|b| *b).unwrap_or_default();
                 partial.attempts = Some(attempts);
                 e.observation = Some(Box::new(partial));
@@ -144,6 +149,9 @@ mod tests {
         assert_eq!(e.error_type, ErrorType::Connect, "{}", e.message);
         let attempts = e.observation.as_ref().and_then(|o| o.attempts).unwrap_or(0);
         assert!(attempts >= 2, "attempts {attempts}: {}", e.message);
+        // The configured wait, not the time it took to give up.
+        let said = format!("did not succeed within 400ms (its `within`): {attempts} attempts of `inner`; last attempt: could not connect to 127.0.0.1:{port}");
+        assert!(e.message.starts_with(&said), "{}", e.message);
     }
 
     /// With `within: 1s` and a backoff that would jump past it (0.4 s, then
