@@ -485,6 +485,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_header_name_points_at_the_name_on_http_and_websocket_steps() {
+        let e = all(&format!("{HEAD}        http:\n          url: http://127.0.0.1/\n          headers:\n            \"bad header\": x\n      - name: b\n        websocket:\n          connect: ws://127.0.0.1/\n          headers: {{\"x(y)\": z}}\n"));
+        assert_eq!(
+            e,
+            [
+                "p.yaml:9:13: journey `j`, step `a`: `http.headers.bad header`: `bad header` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                "p.yaml:13:21: journey `j`, step `b`: `websocket.headers.x(y)`: `x(y)` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+            ]
+        );
+    }
+
+    #[test]
     fn a_real_typo_stays_an_unknown_field() {
         let e = all(&format!("{HEAD}        tcp: {{address: \"127.0.0.1:1\"}}\n        asert:\n          status: 200\n"));
         assert_eq!(e.len(), 1, "{e:?}");

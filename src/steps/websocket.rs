@@ -184,7 +184,12 @@ impl WebSocketStep {
         Some(WebSocketStep {
             connection: spec.connection.clone(),
             connect: spec.connect.as_deref().map(|u| c.template("websocket.connect", u)),
-            headers: spec.headers.iter().map(|(k, v)| (k.clone(), c.template(&format!("websocket.headers.{k}"), v))).collect(),
+            headers: spec.headers.iter().map(|(k, v)| {
+                if tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    c.key_error(&format!("websocket.headers.{k}"), &format!("`{k}` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"));
+                }
+                (k.clone(), c.template(&format!("websocket.headers.{k}"), v))
+            }).collect(),
             subprotocol: spec.subprotocol.clone(),
             use_cookies: spec.use_cookies,
             send: spec.send.as_deref().map(|s| c.template("websocket.send", s)),

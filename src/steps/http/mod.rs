@@ -203,7 +203,7 @@ impl HttpStep {
         let mut headers = Vec::new();
         for (k, v) in &spec.headers {
             if HeaderName::from_bytes(k.as_bytes()).is_err() {
-                c.error(&format!("http.headers.{k}"), "invalid header name");
+                c.key_error(&format!("http.headers.{k}"), &format!("`{k}` is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"));
             }
             headers.push((k.clone(), c.template(&format!("http.headers.{k}"), v)));
         }
