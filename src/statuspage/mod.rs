@@ -46,6 +46,8 @@ struct Meta {
     interval: Duration,
     /// Delivery roles of its steps, in order (for the marketing view).
     roles: Vec<Delivery>,
+    /// The configured wait of its first step of each role, for "did not … within".
+    waits: render::Waits,
     marketing: bool,
 }
 
@@ -98,12 +100,23 @@ impl StatusPage {
                 .iter()
                 .filter_map(|s| delivery(s.kind.kind()))
                 .collect();
+            let wait = |role: Delivery| {
+                j.steps
+                    .iter()
+                    .find(|s| delivery(s.kind.kind()) == Some(role))
+                    .and_then(|s| s.kind.configured_wait())
+            };
+            let waits = render::Waits {
+                arrived: wait(Delivery::Arrived),
+                webhook: wait(Delivery::Webhook),
+            };
             let marketing = !roles.is_empty()
                 || (!key.is_empty() && j.labels.get(key).is_some_and(|v| v == value));
             let meta = Meta {
                 labels: j.labels.clone(),
                 interval: j.interval,
                 roles,
+                waits,
                 marketing,
             };
             map.entry(j.name.clone())
@@ -384,6 +397,24 @@ async fn api_journey(State(c): State<Ctx>, Query(q): Query<HashMap<String, Strin
 mod tests {
     use super::*;
     use std::sync::OnceLock;
+
+    /// The marketing words name the wait the journey's author configured: the
+    /// `within` of its first `eventually` and `callback` steps.
+    #[test]
+    fn a_journeys_configured_waits_are_kept_for_the_marketing_words() {
+        let yaml = "journeys:\n  - name: lead\n    interval: 30s\n    steps:\n      - name: in crm\n        eventually:\n          within: 20s\n          step: {name: find, tcp: {address: \"127.0.0.1:1\"}}\n      - name: hook\n        callback: {within: 7s}\n";
+        let journeys = crate::config::validate::compile_files(&[("p.yaml".into(), yaml.into())]).expect("valid");
+        let page = StatusPage::new(StatusPageConfig::default(), "a".into(), "l".into(), Arc::new(|| None));
+        page.set_journeys(&journeys);
+        let map = page.journeys.lock().unwrap();
+        let meta = &map["lead"].meta;
+        assert_eq!(meta.roles, vec![Delivery::Arrived, Delivery::Webhook]);
+        assert_eq!(
+            meta.waits,
+            render::Waits { arrived: Some(Duration::from_secs(20)), webhook: Some(Duration::from_secs(7)) }
+        );
+        assert!(meta.marketing);
+    }
 
     /// The page asks for the browser manager at each screenshot request: one
     /// made after the page (a reload's first browser journey) is served too.

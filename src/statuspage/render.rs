@@ -540,7 +540,16 @@ pub fn journey(v: &View, name: &str, shots: &HashSet<u128>) -> Option<String> {
 }
 
 /// One run of a lead-capture journey in plain words, and whether it went well.
-pub fn lead_words(e: &Entry, roles: &[Delivery]) -> (bool, String) {
+/// The configured waits of a journey's delivery steps (`None`: not known).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Waits {
+    pub arrived: Option<Duration>,
+    pub webhook: Option<Duration>,
+}
+
+pub fn lead_words(e: &Entry, roles: &[Delivery], waits: &Waits) -> (bool, String) {
+    // "Within" names the wait the journey's author set; the time spent only when it is unknown.
+    let within = |w: Option<Duration>, ms: f32| secs(w.map_or(ms, |w| w.as_secs_f32() * 1000.0));
     let arrived = e.delivery(Delivery::Arrived);
     let webhook = e.delivery(Delivery::Webhook);
     let mut parts = Vec::new();
@@ -554,7 +563,7 @@ pub fn lead_words(e: &Entry, roles: &[Delivery]) -> (bool, String) {
             Some(s) if s.outcome != Outcome::Failure => {
                 format!("the lead reached the CRM after {}", secs(s.ms))
             }
-            Some(s) => format!("the lead did not reach the CRM within {}", secs(s.ms)),
+            Some(s) => format!("the lead did not reach the CRM within {}", within(waits.arrived, s.ms)),
             None => format!("the lead was not checked in the CRM{}", stopped()),
         });
     }
@@ -563,7 +572,7 @@ pub fn lead_words(e: &Entry, roles: &[Delivery]) -> (bool, String) {
             Some(s) if s.outcome != Outcome::Failure => {
                 format!("the webhook arrived after {}", secs(s.ms))
             }
-            Some(s) => format!("the webhook did not arrive within {}", secs(s.ms)),
+            Some(s) => format!("the webhook did not arrive within {}", within(waits.webhook, s.ms)),
             None if arrived.is_some_and(|a| a.outcome == Outcome::Failure) => {
                 "the webhook was not awaited".to_string()
             }
@@ -665,7 +674,7 @@ pub fn marketing(v: &View) -> String {
             },
         );
         for e in runs.iter().rev().take(MARKETING_RUNS) {
-            let (ok, words) = lead_words(e, &t.meta.roles);
+            let (ok, words) = lead_words(e, &t.meta.roles, &t.meta.waits);
             let _ = write!(
                 s,
                 r##"<tr><td><a href="{}#run-{}">{}</a></td><td><span class="dot {}"></span>{}</td><td class="words">{}</td></tr>"##,
@@ -727,7 +736,7 @@ pub fn api_journey(v: &View, name: &str) -> Option<Value> {
                 r["failed_step"] = json!(e.failed_step());
             }
             if t.meta.marketing {
-                r["lead"] = json!(lead_words(e, &t.meta.roles).1);
+                r["lead"] = json!(lead_words(e, &t.meta.roles, &t.meta.waits).1);
             }
             r
         })
@@ -774,7 +783,7 @@ mod tests {
         });
         h.push(&r);
         let roles = [Delivery::Arrived, Delivery::Webhook];
-        let (ok, text) = lead_words(h.last().unwrap(), &roles);
+        let (ok, text) = lead_words(h.last().unwrap(), &roles, &Waits::default());
         assert!(ok);
         assert_eq!(
             text,
@@ -784,11 +793,18 @@ mod tests {
         r.steps[0].outcome = Outcome::Failure;
         r.steps.truncate(1);
         h.push(&r);
-        let (ok, text) = lead_words(h.last().unwrap(), &roles);
+        let (ok, text) = lead_words(h.last().unwrap(), &roles, &Waits::default());
         assert!(!ok);
         assert_eq!(
             text,
             "The lead did not reach the CRM within 0.5 s, and the webhook was not awaited."
+        );
+        // With the journey's configured wait known, the words name it, not the time spent.
+        let waits = Waits { arrived: Some(Duration::from_secs(20)), webhook: Some(Duration::from_secs(10)) };
+        let (_, text) = lead_words(h.last().unwrap(), &roles, &waits);
+        assert_eq!(
+            text,
+            "The lead did not reach the CRM within 20 s, and the webhook was not awaited."
         );
     }
 

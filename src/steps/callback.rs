@@ -387,6 +387,9 @@ impl StepKind for CallbackStep {
     fn default_timeout(&self) -> Option<Duration> {
         Some(self.within.saturating_add(Duration::from_secs(1)))
     }
+    fn configured_wait(&self) -> Option<Duration> {
+        Some(self.within)
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,9 @@ impl StepKind for EventuallyStep {
     fn nested(&self) -> Vec<&Step> {
         vec![&self.inner]
     }
+    fn configured_wait(&self) -> Option<Duration> {
+        Some(self.within)
+    }
     fn execute<'a>(&'a self, ctx: &'a mut RunContext) -> BoxFuture<'a, Result<Observation, StepError>> {
         self.run(ctx).boxed()
     }

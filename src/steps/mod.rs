@@ -189,6 +189,11 @@ pub trait StepKind: Send + Sync + fmt::Debug {
     fn default_timeout(&self) -> Option<Duration> {
         None
     }
+    /// How long the step waits on purpose for something to happen (an
+    /// `eventually`'s or a `callback`'s `within`), for messages that name it.
+    fn configured_wait(&self) -> Option<Duration> {
+        None
+    }
     /// Steps nested in this one (`eventually`'s inner step), so whatever walks
     /// a journey (needs, validation) sees them too.
     fn nested(&self) -> Vec<&Step> {
