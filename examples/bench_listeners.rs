@@ -1,7 +1,8 @@
 //! Listener exhaustion benchmark (loopback only, bounded, stops by itself).
 //!
 //! Starts `vantage run` (VANTAGE_BIN, default target/release/vantage) with 20
-//! HTTP journeys at a 1 s interval, an admin and a callback listener. Then one
+//! HTTP journeys at a 1 s interval and one that posts its own webhook to the
+//! callback listener and waits for it, an admin and a callback listener. Then one
 //! attacker process per listener (this program again, `attack` mode) opens N
 //! connections to it (default 10,000: half idle, a quarter sending a request
 //! head one byte a second, a quarter a body one byte a second) and floods it
@@ -183,8 +184,12 @@ fn main() {
     for i in 0..20 {
         probes.push_str(&format!("  - name: j{i}\n    interval: 1s\n    steps:\n      - name: get\n        timeout: 2s\n        http: {{url: \"http://{t}/\"}}\n"));
     }
-    std::fs::write(dir.join("probes/p.yaml"), probes).unwrap();
     let (admin, callback) = (free_port(), free_port());
+    // A journey that waits for a webhook: it makes the agent open its callback
+    // listener (opened only when a journey needs it), and its own webhook, posted
+    // to that listener under attack, must still arrive.
+    probes.push_str(&format!("  - name: webhook\n    interval: 1s\n    timeout: 1s\n    steps:\n      - name: send\n        http:\n          method: POST\n          url: \"http://127.0.0.1:{callback}/hook\"\n          headers: {{X-Callback-Token: \"${{run.callback_token}}\"}}\n          body: done\n        assert: {{status: 202}}\n      - name: arrived\n        callback: {{within: 900ms, since_step: send}}\n"));
+    std::fs::write(dir.join("probes/p.yaml"), probes).unwrap();
     let agent_cfg = dir.join("agent.yaml");
     std::fs::write(&agent_cfg, format!("id: bench\nprobes: [probes]\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\ncallback: {{listen: \"127.0.0.1:{callback}\"}}\n")).unwrap();
     let agent = Kill(Command::new(&bin).args(["run", "--config"]).arg(&agent_cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}")));

@@ -58,9 +58,9 @@ impl Limits {
     };
 
     /// These limits with the connection cap kept to at most a sixteenth of the
-    /// process's descriptor limit: a listener holds at most three times its cap
-    /// (served, shed and closing, in their grace), so both together stay under
-    /// 3/8 and journeys always have descriptors left.
+    /// process's descriptor limit: a listener holds at most four times its cap
+    /// (served, shed and closing, in their grace, waiting for room), so both
+    /// together stay under half and journeys always have descriptors left.
     pub fn within_descriptors(mut self) -> Limits {
         if let Some((soft, _)) = nofile_limit() {
             self.max_connections = self.max_connections.min((soft / 16).max(4) as usize);
@@ -102,11 +102,12 @@ pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: Cance
 /// has arrived is never shed, so a client with a complete request (a health
 /// check) is answered however many idle or slow connections arrive.
 /// Descriptors stay bounded: served plus shed-but-not-yet-closed connections
-/// never exceed twice the cap, plus at most the cap in their grace.
+/// never exceed twice the cap, plus at most the cap in their grace and the cap
+/// waiting for shed ones to close.
 pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>) {
     let limits = limits.within_descriptors();
     let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject)), read_body));
-    let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: Default::default(), next_id: AtomicU64::new(0) });
+    let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: Default::default(), next_id: AtomicU64::new(0), room_waiters: Arc::new(Semaphore::new(limits.max_connections)) });
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -124,10 +125,24 @@ pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: 
             if acceptor.table.open() < limits.max_connections {
                 acceptor.serve(stream);
             } else if has_data(&stream) {
-                if acceptor.shed_and_serve(stream).await {
-                    // Let the new connection's task read its head before the next accept
-                    // can shed it: a burst must not shed requests it has not looked at.
-                    tokio::task::yield_now().await;
+                if acceptor.table.open() < 2 * limits.max_connections {
+                    if acceptor.shed_and_serve(stream).await {
+                        // Let the new connection's task read its head before the next accept
+                        // can shed it: a burst must not shed requests it has not looked at.
+                        tokio::task::yield_now().await;
+                    }
+                } else if let Ok(permit) = acceptor.room_waiters.clone().try_acquire_owned() {
+                    // Shed connections have not closed yet: wait for room off the accept
+                    // loop, which must keep draining the kernel's queue meanwhile (a full
+                    // queue drops the SYN of the next request, costing it a second).
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        acceptor.shed_and_serve(stream).await;
+                        drop(permit);
+                    });
+                } else {
+                    use std::os::fd::AsRawFd;
+                    abort_on_close(stream.as_raw_fd());
                 }
             } else {
                 // At the cap and nothing sent yet (a request may be a moment behind its
@@ -220,6 +235,8 @@ struct Acceptor {
     /// Connections accepted at the cap that have not sent a byte yet, oldest first.
     waiting: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken, std::net::IpAddr)>>,
     next_id: AtomicU64,
+    /// Connections with a request that wait for shed ones to close, off the accept loop.
+    room_waiters: Arc<Semaphore>,
 }
 
 impl Acceptor {
