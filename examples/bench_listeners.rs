@@ -70,7 +70,16 @@ fn target() -> SocketAddr {
 
 /// One blocking GET on a fresh connection: (status line ok, body).
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
-    let mut s = StdStream::connect_timeout(&addr, timeout).ok()?;
+    get_timed(addr, path, timeout, &mut Duration::ZERO)
+}
+
+/// [`get`], noting how long the TCP connect took (the kernel's accept queue)
+/// apart from the answer (the agent).
+fn get_timed(addr: SocketAddr, path: &str, timeout: Duration, connect: &mut Duration) -> Option<String> {
+    let t0 = Instant::now();
+    let s = StdStream::connect_timeout(&addr, timeout);
+    *connect = t0.elapsed();
+    let mut s = s.ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", addr.port()).as_bytes()).ok()?;
@@ -224,13 +233,14 @@ fn main() {
             let began = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                match get(admin_addr, "/healthz", Duration::from_secs(2)) {
+                let mut connect = Duration::ZERO;
+                match get_timed(admin_addr, "/healthz", Duration::from_secs(2), &mut connect) {
                     Some(_) => ok.push(t0.elapsed().as_secs_f64() * 1000.0),
                     None => failed += 1,
                 }
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 if ms > HEALTH_BOUND_MS {
-                    slow.push(format!("{:.1} s: {ms:.0} ms", (t0 - began).as_secs_f64()));
+                    slow.push(format!("{:.1} s: {ms:.0} ms (connect {:.0} ms)", (t0 - began).as_secs_f64(), connect.as_secs_f64() * 1000.0));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
