@@ -963,4 +963,40 @@ mod tests {
         assert!(matches!(failed.error_type, ErrorType::Browser));
         assert_eq!(wd("ok", Instant::now() + Duration::from_secs(5), async { Ok::<_, CmdError>(7) }).await.unwrap(), 7);
     }
+
+    fn journeys(yaml: &str) -> Vec<crate::steps::compile::Journey> {
+        crate::config::validate::compile_files(&[("p.yaml".into(), yaml.into())]).expect("valid journeys")
+    }
+
+    #[test]
+    fn missing_for_names_only_the_journeys_with_browser_steps() {
+        let cfg = BrowserConfig { chromedriver: "/nonexistent/chromedriver".into(), chromium: "/nonexistent/chromium".into(), ..BrowserConfig::default() };
+        let js = journeys(concat!(
+            "journeys:\n",
+            "  - {name: web, interval: 30s, steps: [{name: shot, browser: {screenshot: end}}]}\n",
+            "  - {name: tcp, interval: 30s, steps: [{name: a, tcp: {address: \"127.0.0.1:1\"}}]}\n",
+            "  - {name: web2, interval: 30s, steps: [{name: shot, browser: {screenshot: end}}]}\n",
+        ));
+        let m = missing_for(&cfg, &js).unwrap();
+        assert!(m.starts_with("journeys `web`, `web2`: browser steps need Chromium and chromedriver, but chromedriver (/nonexistent/chromedriver) and Chromium (/nonexistent/chromium) are not found"), "{m}");
+        assert_eq!(missing_for(&cfg, &js[1..2]), None, "no browser step, nothing to install");
+    }
+
+    #[tokio::test]
+    async fn open_refuses_without_the_binaries_and_after_shutdown_starting_nothing() {
+        let cfg = BrowserConfig { chromedriver: "/nonexistent/chromedriver".into(), chromium: "/nonexistent/chromium".into(), ..BrowserConfig::default() };
+        let m = BrowserManager::new(&cfg, Some("/nonexistent/artifacts".into()));
+        let mut phases = Vec::new();
+        let e = m.open(&mut phases).await.err().expect("no browser");
+        assert_eq!(Some(e.message), missing_binaries(&cfg.chromedriver, &cfg.chromium));
+        assert!(phases.is_empty());
+        assert_eq!((m.counts(), m.driver_pid()), ((0, 0), None));
+        let sh = BrowserConfig { chromedriver: "/bin/sh".into(), chromium: "/bin/sh".into(), ..BrowserConfig::default() };
+        let m = BrowserManager::new(&sh, None);
+        m.shutdown().await;
+        let e = m.open(&mut phases).await.err().expect("shut down");
+        assert_eq!(e.message, "the agent is shutting down: no new browser sessions");
+        assert!(phases.is_empty());
+        assert_eq!(m.counts(), (0, 0));
+    }
 }
