@@ -964,19 +964,30 @@ mod tests {
         assert_eq!(wd("ok", Instant::now() + Duration::from_secs(5), async { Ok::<_, CmdError>(7) }).await.unwrap(), 7);
     }
 
-    fn journeys(yaml: &str) -> Vec<crate::steps::compile::Journey> {
-        crate::config::validate::compile_files(&[("p.yaml".into(), yaml.into())]).expect("valid journeys")
+    /// A journey around one compiled step (compiling whole files is the config layer, above this one).
+    fn journey(name: &str, step: &str) -> crate::steps::compile::Journey {
+        crate::steps::compile::Journey {
+            name: name.into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+            labels: Default::default(),
+            buckets: None,
+            locations: None,
+            vars: Vec::new(),
+            retries: None,
+            steps: vec![crate::steps::compile::test_step(step)],
+            finally: Vec::new(),
+            slo: None,
+            source: String::new(),
+            fingerprint: 0,
+        }
     }
 
     #[test]
     fn missing_for_names_only_the_journeys_with_browser_steps() {
         let cfg = BrowserConfig { chromedriver: "/nonexistent/chromedriver".into(), chromium: "/nonexistent/chromium".into(), ..BrowserConfig::default() };
-        let js = journeys(concat!(
-            "journeys:\n",
-            "  - {name: web, interval: 30s, steps: [{name: shot, browser: {screenshot: end}}]}\n",
-            "  - {name: tcp, interval: 30s, steps: [{name: a, tcp: {address: \"127.0.0.1:1\"}}]}\n",
-            "  - {name: web2, interval: 30s, steps: [{name: shot, browser: {screenshot: end}}]}\n",
-        ));
+        let shot = "name: shot\nbrowser: {screenshot: end}\n";
+        let js = [journey("web", shot), journey("tcp", "name: a\ntcp: {address: \"127.0.0.1:1\"}\n"), journey("web2", shot)];
         let m = missing_for(&cfg, &js).unwrap();
         assert!(m.starts_with("journeys `web`, `web2`: browser steps need Chromium and chromedriver, but chromedriver (/nonexistent/chromedriver) and Chromium (/nonexistent/chromium) are not found"), "{m}");
         assert_eq!(missing_for(&cfg, &js[1..2]), None, "no browser step, nothing to install");
