@@ -71,14 +71,54 @@ pub fn run_as_init_if_pid1() -> Option<i32> {
                 }
             }
             if let Some(st) = agent_status {
-                return Some(if libc::WIFEXITED(st) {
-                    libc::WEXITSTATUS(st)
-                } else if libc::WIFSIGNALED(st) {
-                    128 + libc::WTERMSIG(st)
-                } else {
-                    1
-                });
+                return Some(exit_code(st));
             }
         }
+    }
+}
+
+/// The init's exit code for the agent's wait status, as a shell reports it:
+/// the agent's own code, or 128 + the signal that killed it.
+fn exit_code(st: libc::c_int) -> i32 {
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// The raw wait status of a real `sh -c script`.
+    fn status_of(script: &str) -> libc::c_int {
+        Command::new("sh").arg("-c").arg(script).status().expect("sh runs").into_raw()
+    }
+
+    #[test]
+    fn exit_code_is_the_agents_code_or_128_plus_its_signal() {
+        assert_eq!(exit_code(status_of("exit 0")), 0);
+        assert_eq!(exit_code(status_of("exit 3")), 3);
+        assert_eq!(exit_code(status_of("kill -TERM $$")), 128 + 15);
+        assert_eq!(exit_code(status_of("kill -KILL $$")), 128 + 9);
+        // A stopped status (not an exit) is a failure, never success.
+        assert_eq!(exit_code(0x137f), 1);
+    }
+
+    #[test]
+    fn forwards_the_stop_and_reload_signals() {
+        assert_eq!(FORWARDED, [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2]);
+        assert!(!FORWARDED.contains(&libc::SIGCHLD), "SIGCHLD is the init's own: it reaps");
+    }
+
+    #[test]
+    fn is_the_agent_when_not_pid_1() {
+        assert_ne!(std::process::id(), 1, "the test itself must not run as PID 1");
+        assert_eq!(run_as_init_if_pid1(), None);
     }
 }

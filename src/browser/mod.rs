@@ -350,33 +350,7 @@ impl BrowserManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(profile.clone());
-        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
-        args.push(format!("--user-data-dir={}", profile.display()));
-        // Browser traffic is marked as synthetic too, so analytics can filter it out.
-        args.push(format!("--user-agent={}", crate::user_agent()));
-        // Start on a blank page: Debian's Chromium otherwise opens its new-tab page, which
-        // loads a search engine's start page, and the first command waits for that navigation.
-        args.push("about:blank".into());
-        let mut caps = serde_json::Map::new();
-        caps.insert("browserName".into(), json!("chrome"));
-        let (w, h) = VIEWPORT;
-        // Fixes the viewport (not the window) at session start; a desktop one: no touch, same user agent.
-        let metrics = json!({ "deviceMetrics": { "width": w, "height": h, "pixelRatio": 1, "mobile": false, "touch": false } });
-        // Downloads off (3 = block all); the directory is the private profile in any case.
-        let prefs = json!({
-            "homepage_is_newtabpage": false, "homepage": "about:blank",
-            "session": { "restore_on_startup": 4, "startup_urls": ["about:blank"] },
-            "download_restrictions": 3,
-            "download": { "prompt_for_download": false, "default_directory": profile.join("downloads") },
-        });
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": self.chromium, "args": args, "mobileEmulation": metrics, "prefs": prefs }));
-        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "SEVERE" }));
-        caps.insert("pageLoadStrategy".into(), json!("normal"));
-        caps.insert("unhandledPromptBehavior".into(), json!("dismiss"));
-        caps.insert(
-            "timeouts".into(),
-            json!({ "implicit": 0, "pageLoad": 120_000, "script": 120_000 }),
-        );
+        let caps = session_capabilities(&self.chromium, &profile);
         let mut builder = fantoccini::ClientBuilder::new(
             hyper_util::client::legacy::connect::HttpConnector::new(),
         );
@@ -505,13 +479,7 @@ impl BrowserManager {
             })?;
             let base = format!("/{secret}");
             let child = Command::new(&self.chromedriver)
-                .arg(format!("--port={port}"))
-                .arg(format!("--url-base={base}"))
-                .args(
-                    std::env::var("VANTAGE_CHROMEDRIVER_LOG")
-                        .map(|p| vec![format!("--log-path={p}"), "--verbose".to_string()])
-                        .unwrap_or_default(),
-                )
+                .args(chromedriver_args(port, &base, std::env::var("VANTAGE_CHROMEDRIVER_LOG").ok().as_deref()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -625,6 +593,47 @@ impl Drop for BrowserManager {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// New-session capabilities: Chromium isolated in its private `profile`, downloads off.
+fn session_capabilities(chromium: &Path, profile: &Path) -> serde_json::Map<String, Value> {
+    let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    // Browser traffic is marked as synthetic too, so analytics can filter it out.
+    args.push(format!("--user-agent={}", crate::user_agent()));
+    // Start on a blank page: Debian's Chromium otherwise opens its new-tab page, which
+    // loads a search engine's start page, and the first command waits for that navigation.
+    args.push("about:blank".into());
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    let (w, h) = VIEWPORT;
+    // Fixes the viewport (not the window) at session start; a desktop one: no touch, same user agent.
+    let metrics = json!({ "deviceMetrics": { "width": w, "height": h, "pixelRatio": 1, "mobile": false, "touch": false } });
+    // Downloads off (3 = block all); the directory is the private profile in any case.
+    let prefs = json!({
+        "homepage_is_newtabpage": false, "homepage": "about:blank",
+        "session": { "restore_on_startup": 4, "startup_urls": ["about:blank"] },
+        "download_restrictions": 3,
+        "download": { "prompt_for_download": false, "default_directory": profile.join("downloads") },
+    });
+    caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args, "mobileEmulation": metrics, "prefs": prefs }));
+    caps.insert("goog:loggingPrefs".into(), json!({ "browser": "SEVERE" }));
+    caps.insert("pageLoadStrategy".into(), json!("normal"));
+    caps.insert("unhandledPromptBehavior".into(), json!("dismiss"));
+    caps.insert(
+        "timeouts".into(),
+        json!({ "implicit": 0, "pageLoad": 120_000, "script": 120_000 }),
+    );
+    caps
+}
+
+/// chromedriver's flags: loopback `port`, answering only under the secret URL `base`.
+fn chromedriver_args(port: u16, base: &str, log: Option<&str>) -> Vec<String> {
+    let mut args = vec![format!("--port={port}"), format!("--url-base={base}")];
+    if let Some(p) = log {
+        args.extend([format!("--log-path={p}"), "--verbose".to_string()]);
+    }
+    args
 }
 
 /// Names the missing binary and how to install it, or `None` when both exist.
@@ -827,5 +836,178 @@ pub fn describe(e: &CmdError) -> String {
             }
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chromium_is_driven_over_a_pipe_with_no_devtools_port() {
+        assert!(CHROMIUM_ARGS.contains(&"--remote-debugging-pipe"));
+        for a in CHROMIUM_ARGS {
+            assert!(!a.starts_with("--remote-debugging-port"), "{a} opens a DevTools port");
+            assert!(!a.starts_with("--remote-debugging-address"), "{a}");
+            assert!(!a.starts_with("--remote-allow-origins"), "{a}");
+        }
+        assert!(CHROMIUM_ARGS.contains(&"--headless=new"));
+        assert!(CHROMIUM_ARGS.contains(&"--disable-extensions"));
+        assert!(CHROMIUM_ARGS.contains(&"--disable-sync"));
+        assert!(CHROMIUM_ARGS.contains(&"--disable-background-networking"));
+        assert!(CHROMIUM_ARGS.contains(&"--no-first-run"));
+        let (w, h) = VIEWPORT;
+        assert!(CHROMIUM_ARGS.contains(&format!("--window-size={w},{h}").as_str()));
+    }
+
+    #[test]
+    fn chromedriver_listens_on_its_port_under_the_secret_url_base_only() {
+        let args = chromedriver_args(40123, "/0123456789abcdef0123456789abcdef", None);
+        assert_eq!(args, ["--port=40123", "--url-base=/0123456789abcdef0123456789abcdef"]);
+        // Nothing widens who may connect (chromedriver binds loopback unless told otherwise).
+        let logged = chromedriver_args(1, "/b", Some("/tmp/cd.log"));
+        assert_eq!(logged, ["--port=1", "--url-base=/b", "--log-path=/tmp/cd.log", "--verbose"]);
+        for a in args.iter().chain(&logged) {
+            assert!(!a.starts_with("--allowed-ips") && !a.starts_with("--whitelisted-ips") && !a.starts_with("--allowed-origins"), "{a}");
+        }
+    }
+
+    #[test]
+    fn session_runs_chromium_in_its_private_profile_with_downloads_off() {
+        let profile = Path::new("/tmp/vantage-chromium-0123");
+        let caps = session_capabilities(Path::new("/opt/chromium"), profile);
+        let opts = &caps["goog:chromeOptions"];
+        assert_eq!(opts["binary"], "/opt/chromium");
+        let args: Vec<&str> = opts["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let mut want: Vec<String> = CHROMIUM_ARGS.iter().map(|s| s.to_string()).collect();
+        want.push("--user-data-dir=/tmp/vantage-chromium-0123".into());
+        want.push(format!("--user-agent={}", crate::user_agent()));
+        want.push("about:blank".into());
+        assert_eq!(args, want);
+        let prefs = &opts["prefs"];
+        assert_eq!(prefs["download_restrictions"], 3, "3 blocks every download");
+        assert_eq!(prefs["download"]["prompt_for_download"], false);
+        assert_eq!(prefs["download"]["default_directory"], "/tmp/vantage-chromium-0123/downloads");
+        assert_eq!(prefs["homepage"], "about:blank");
+        assert_eq!(prefs["session"]["startup_urls"], json!(["about:blank"]));
+        assert_eq!(opts["mobileEmulation"]["deviceMetrics"], json!({ "width": 1366, "height": 768, "pixelRatio": 1, "mobile": false, "touch": false }));
+        assert_eq!(caps["browserName"], "chrome");
+        assert_eq!(caps["unhandledPromptBehavior"], "dismiss");
+        assert_eq!(caps["pageLoadStrategy"], "normal");
+        assert_eq!(caps["goog:loggingPrefs"], json!({ "browser": "SEVERE" }));
+        assert_eq!(caps["timeouts"], json!({ "implicit": 0, "pageLoad": 120_000, "script": 120_000 }));
+    }
+
+    #[test]
+    fn driver_url_carries_the_secret_base() {
+        let d = Driver { pid: 0, port: 40123, base: "/abc".into(), child: Mutex::new(None), sessions: AtomicU32::new(0) };
+        assert_eq!(d.url(), "http://127.0.0.1:40123/abc/");
+        assert_eq!(format!("{d:?}"), "chromedriver(pid 0, port 40123)");
+        assert!(!d.alive());
+    }
+
+    #[test]
+    fn chrome_cmd_posts_to_the_session_path_under_the_base() {
+        let cmd = ChromeCmd { path: "goog/cdp/execute", body: json!({ "cmd": "Browser.setDownloadBehavior" }) };
+        let base = url::Url::parse("http://127.0.0.1:40123/abc/").unwrap();
+        assert_eq!(cmd.endpoint(&base, Some("s1")).unwrap().as_str(), "http://127.0.0.1:40123/abc/session/s1/goog/cdp/execute");
+        let (method, body) = cmd.method_and_body(&base);
+        assert_eq!(method, http::Method::POST);
+        assert_eq!(body.as_deref(), Some(r#"{"cmd":"Browser.setDownloadBehavior"}"#));
+    }
+
+    #[test]
+    fn missing_binaries_names_each_missing_one_and_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("vantage-browser-unit-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).unwrap();
+        let exe = dir.join("exe");
+        let plain = dir.join("plain");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&plain, "").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let gone = dir.join("gone");
+        assert_eq!(missing_binaries(&exe, &exe), None);
+        assert_eq!(
+            missing_binaries(&exe, &plain),
+            Some(format!("browser steps need Chromium and chromedriver, but Chromium ({}) is not found or not executable: {INSTALL_HINT} (or set `browser.chromium` / `browser.chromedriver` in the agent config)", plain.display()))
+        );
+        let both = missing_binaries(&gone, &dir).unwrap();
+        assert!(both.contains(&format!("but chromedriver ({}) and Chromium ({}) are not found", gone.display(), dir.display())), "{both}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn describe_puts_webdriver_errors_in_operator_terms() {
+        use fantoccini::error::{ErrorStatus, WebDriver};
+        let refused = CmdError::Standard(WebDriver::new(ErrorStatus::UnknownError, "unknown error: net::ERR_CONNECTION_REFUSED\n  (Session info: chrome=120)"));
+        assert_eq!(describe(&refused), "the page did not load: connection refused");
+        let gone = CmdError::Standard(WebDriver::new(ErrorStatus::InvalidSessionId, "invalid session id\nmore"));
+        assert_eq!(describe(&gone), "the browser session is gone (invalid session id); Chromium crashed or was killed");
+        let other = CmdError::Standard(WebDriver::new(ErrorStatus::NoSuchElement, "no such element: #x\nstack"));
+        assert_eq!(describe(&other), "no such element: #x");
+    }
+
+    #[tokio::test]
+    async fn wd_names_the_command_on_error_and_on_timeout() {
+        let late = wd("clicking #go", Instant::now(), std::future::pending::<Result<(), CmdError>>()).await.unwrap_err();
+        assert_eq!(late.message, "clicking #go: the browser did not answer in time");
+        assert!(matches!(late.error_type, ErrorType::Browser));
+        let failed = wd("reading", Instant::now() + Duration::from_secs(5), async {
+            Err::<(), _>(CmdError::Standard(fantoccini::error::WebDriver::new(fantoccini::error::ErrorStatus::NoSuchElement, "no such element")))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(failed.message, "reading: no such element");
+        assert!(matches!(failed.error_type, ErrorType::Browser));
+        assert_eq!(wd("ok", Instant::now() + Duration::from_secs(5), async { Ok::<_, CmdError>(7) }).await.unwrap(), 7);
+    }
+
+    /// A journey around one compiled step (compiling whole files is the config layer, above this one).
+    fn journey(name: &str, step: &str) -> crate::steps::compile::Journey {
+        crate::steps::compile::Journey {
+            name: name.into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+            labels: Default::default(),
+            buckets: None,
+            locations: None,
+            vars: Vec::new(),
+            retries: None,
+            steps: vec![crate::steps::compile::test_step(step)],
+            finally: Vec::new(),
+            slo: None,
+            source: String::new(),
+            fingerprint: 0,
+        }
+    }
+
+    #[test]
+    fn missing_for_names_only_the_journeys_with_browser_steps() {
+        let cfg = BrowserConfig { chromedriver: "/nonexistent/chromedriver".into(), chromium: "/nonexistent/chromium".into(), ..BrowserConfig::default() };
+        let shot = "name: shot\nbrowser: {screenshot: end}\n";
+        let js = [journey("web", shot), journey("tcp", "name: a\ntcp: {address: \"127.0.0.1:1\"}\n"), journey("web2", shot)];
+        let m = missing_for(&cfg, &js).unwrap();
+        assert!(m.starts_with("journeys `web`, `web2`: browser steps need Chromium and chromedriver, but chromedriver (/nonexistent/chromedriver) and Chromium (/nonexistent/chromium) are not found"), "{m}");
+        assert_eq!(missing_for(&cfg, &js[1..2]), None, "no browser step, nothing to install");
+    }
+
+    #[tokio::test]
+    async fn open_refuses_without_the_binaries_and_after_shutdown_starting_nothing() {
+        let cfg = BrowserConfig { chromedriver: "/nonexistent/chromedriver".into(), chromium: "/nonexistent/chromium".into(), ..BrowserConfig::default() };
+        let m = BrowserManager::new(&cfg, Some("/nonexistent/artifacts".into()));
+        let mut phases = Vec::new();
+        let e = m.open(&mut phases).await.err().expect("no browser");
+        assert_eq!(Some(e.message), missing_binaries(&cfg.chromedriver, &cfg.chromium));
+        assert!(phases.is_empty());
+        assert_eq!((m.counts(), m.driver_pid()), ((0, 0), None));
+        let sh = BrowserConfig { chromedriver: "/bin/sh".into(), chromium: "/bin/sh".into(), ..BrowserConfig::default() };
+        let m = BrowserManager::new(&sh, None);
+        m.shutdown().await;
+        let e = m.open(&mut phases).await.err().expect("shut down");
+        assert_eq!(e.message, "the agent is shutting down: no new browser sessions");
+        assert!(phases.is_empty());
+        assert_eq!(m.counts(), (0, 0));
     }
 }

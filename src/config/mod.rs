@@ -249,3 +249,172 @@ fn collect_probe_files(path: &Path, out: &mut Vec<(PathBuf, String)>, diags: &mu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const JOURNEY: &str = "journeys:\n  - name: j\n    interval: 30s\n    steps:\n      - name: a\n        tcp: {address: \"127.0.0.1:1\"}\n";
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Dir {
+            let d = std::env::temp_dir().join(format!("vantage-config-unit-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir(&d).unwrap();
+            Dir(d)
+        }
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn shown(d: &[Diagnostic]) -> Vec<String> {
+        d.iter().map(|d| format!("{}:{}:{}: {}", d.file.display(), d.line, d.column, d.message)).collect()
+    }
+
+    #[test]
+    fn bundle_urls_are_http_or_https_only() {
+        assert!(is_bundle_url(Path::new("https://probes.example/b.tar")));
+        assert!(is_bundle_url(Path::new("http://probes.example/b.tar")));
+        assert!(!is_bundle_url(Path::new("probes/https.yaml")));
+        assert!(!is_bundle_url(Path::new("/etc/vantage/https://x")));
+        assert!(!is_bundle_url(Path::new("HTTPS://upper.case")));
+        assert!(!is_bundle_url(Path::new("ftp://x/b.tar")));
+    }
+
+    #[test]
+    fn no_agent_config_means_the_documented_defaults() {
+        let l = load(None, &[]).unwrap();
+        assert!(l.journeys.is_empty());
+        let a = l.agent;
+        assert_eq!(a.id, "");
+        assert_eq!(a.location, PLACEHOLDER_LOCATION);
+        assert_eq!(a.concurrency, 64);
+        assert_eq!(a.admin.listen, "127.0.0.1:9464");
+        assert_eq!(a.step_timeout.0, Duration::from_secs(10));
+        assert_eq!(a.shutdown_grace.0, Duration::from_secs(10));
+        assert_eq!(a.browser.chromedriver, Path::new("/usr/bin/chromedriver"));
+        assert_eq!(a.browser.chromium, Path::new("/usr/bin/chromium"));
+        assert_eq!(a.browser.max_concurrent, 1);
+        assert_eq!(a.browser.restart_after_sessions, 50);
+        assert_eq!(a.status_page.history, 500);
+        assert!(a.probes.is_empty() && a.shard.is_none() && a.proxy.is_none());
+    }
+
+    #[test]
+    fn agent_paths_are_relative_to_the_config_file_and_urls_stay() {
+        let d = Dir::new();
+        let cfg = d.file(
+            "agent.yaml",
+            "location: eu-west-1\nprobes: [probes, /abs/p.yaml, \"https://b.example/p.tar\"]\nstate_dir: state\nbundles:\n  trusted_keys: []\n",
+        );
+        // A bundle URL needs trusted keys: the only problem in this file.
+        let err = parse_agent(&cfg).unwrap_err();
+        assert_eq!(err.len(), 1, "{:?}", shown(&err));
+        assert_eq!(err[0].line, 2);
+        assert!(err[0].message.starts_with("`probes` names a bundle URL, but `bundles.trusted_keys` is empty"), "{}", err[0].message);
+        std::fs::write(&cfg, "location: eu-west-1\nprobes: [probes, /abs/p.yaml]\nstate_dir: state\n").unwrap();
+        let a = parse_agent(&cfg).unwrap();
+        assert_eq!(a.location, "eu-west-1");
+        assert_eq!(a.probes, [d.0.join("probes"), PathBuf::from("/abs/p.yaml")]);
+        assert_eq!(a.state_dir, Some(d.0.join("state")));
+        std::fs::write(&cfg, "state_dir: \"\"\n").unwrap();
+        assert_eq!(parse_agent(&cfg).unwrap().state_dir, None, "empty means no state dir");
+    }
+
+    #[test]
+    fn every_agent_problem_is_reported_at_its_value_line_and_column() {
+        let d = Dir::new();
+        let cfg = d.file("agent.yaml", "location: x\nconcurrency: 0\nshard: 3/2\nadmin:\n  listen: nowhere\n");
+        let err = shown(&parse_agent(&cfg).unwrap_err());
+        let f = cfg.display();
+        assert_eq!(
+            err,
+            [
+                format!("{f}:3:8: `shard`: expected `i/n` with 1 <= i <= n, got `3/2`"),
+                format!("{f}:2:14: `concurrency`: expected at least 1"),
+                format!("{f}:5:11: `admin.listen`: expected `ip:port` (or \"\" to disable), got `nowhere`"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_yaml_point_at_the_place() {
+        let d = Dir::new();
+        let cfg = d.file("agent.yaml", "location: x\nconcurency: 2\n");
+        let err = parse_agent(&cfg).unwrap_err();
+        assert_eq!(err.len(), 1, "{:?}", shown(&err));
+        assert_eq!((err[0].file.as_path(), err[0].line, err[0].column), (cfg.as_path(), 2, 1));
+        let m = &err[0].message;
+        assert!(m.starts_with("unknown field `concurency`, expected one of id, location, "), "{m}");
+        assert!(m.contains(" concurrency, "), "{m}");
+        std::fs::write(&cfg, "location: [x\n").unwrap();
+        let err = parse_agent(&cfg).unwrap_err();
+        assert_eq!(err.len(), 1, "{:?}", shown(&err));
+        assert_eq!(shown(&err), [format!("{}:1:11: unclosed bracket '['", cfg.display())]);
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_the_reason() {
+        let d = Dir::new();
+        let gone = d.0.join("agent.yaml");
+        let err = load(Some(&gone), &[]).unwrap_err();
+        assert_eq!(shown(&err), [format!("{}:0:0: cannot read: No such file or directory (os error 2)", gone.display())]);
+    }
+
+    #[test]
+    fn a_probe_directory_gives_its_yaml_files_in_name_order() {
+        let d = Dir::new();
+        std::fs::create_dir(d.0.join("p")).unwrap();
+        d.file("p/b.yaml", "b");
+        d.file("p/a.yml", "a");
+        d.file("p/c.txt", "c");
+        std::fs::create_dir(d.0.join("p/sub.yaml")).unwrap();
+        let (mut files, mut diags) = (Vec::new(), Vec::new());
+        collect_probe_files(&d.0.join("p"), &mut files, &mut diags);
+        assert!(diags.is_empty());
+        assert_eq!(files, [(d.0.join("p/a.yml"), "a".to_string()), (d.0.join("p/b.yaml"), "b".to_string())]);
+    }
+
+    #[test]
+    fn load_compiles_the_probes_the_agent_config_names() {
+        let d = Dir::new();
+        d.file("j.yaml", JOURNEY);
+        let cfg = d.file("agent.yaml", "location: x\nprobes: [j.yaml]\n");
+        let l = load(Some(&cfg), &[]).unwrap();
+        assert_eq!(l.journeys.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["j"]);
+        // A broken agent config is reported alone: its probe list is not trusted, so not read.
+        std::fs::write(&cfg, "concurrency: 0\nprobes: [gone.yaml]\n").unwrap();
+        let err = shown(&load(Some(&cfg), &[]).unwrap_err());
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert_eq!(err[0], format!("{}:1:14: `concurrency`: expected at least 1", cfg.display()));
+    }
+
+    #[test]
+    fn fleet_warnings_name_the_placeholder_location_and_zero_journeys() {
+        let d = Dir::new();
+        let cfg = d.file("agent.yaml", "id: a1\nadmin:\n  listen: 0.0.0.0:9464\n");
+        let a = parse_agent(&cfg).unwrap();
+        let w = shown(&a.fleet_warnings(0, false));
+        let f = cfg.display();
+        assert_eq!(
+            w,
+            [
+                format!("{f}:1:1: `location` is still the placeholder `local`: name the region or site of this agent (e.g. eu-west-1), since alerts compare locations"),
+                format!("{f}:1:1: zero journeys to run for location `local`: check `probes` and the journeys' `locations`"),
+            ]
+        );
+        assert!(a.fleet_warnings(3, true).len() == 1, "only the placeholder location is left");
+    }
+}
