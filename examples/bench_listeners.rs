@@ -70,7 +70,8 @@ fn target() -> SocketAddr {
 
 /// One blocking GET on a fresh connection: (status line ok, body).
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
-    get_timed(addr, path, timeout, &mut Duration::ZERO)
+    let mut connect = Duration::ZERO;
+    get_timed(addr, path, timeout, &mut connect)
 }
 
 /// [`get`], noting how long the TCP connect took (the kernel's accept queue)

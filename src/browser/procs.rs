@@ -74,7 +74,8 @@ pub fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// Processes whose command line contains `needle` (e.g. a session's `--user-data-dir=`).
+/// Processes with an argument equal to `needle` (e.g. a session's whole
+/// `--user-data-dir=…` flag; a profile whose path extends another's is not a match).
 pub fn with_arg(needle: &str) -> Vec<u32> {
     table()
         .into_iter()
@@ -82,8 +83,7 @@ pub fn with_arg(needle: &str) -> Vec<u32> {
         .filter(|&(pid, _, _)| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| {
-                    c.split(|b| *b == 0)
-                        .any(|a| a.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                    c.split(|b| *b == 0).any(|a| a == needle.as_bytes())
                 })
                 .unwrap_or(false)
         })
@@ -105,6 +105,9 @@ pub fn kill_profile_users(dir: &Path) {
 /// (chromedriver parses its flags once). True when something was overwritten.
 pub fn scrub_arg(pid: u32, needle: &[u8]) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom, Write};
+    if needle.is_empty() {
+        return Ok(false);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = after_name(&stat).ok_or_else(|| std::io::Error::other("odd /proc stat"))?;
     // Fields after the name start at field 3; arg_start and arg_end are fields 48 and 49.
@@ -265,18 +268,15 @@ mod tests {
         let mut user = Group::sh("read x", &[&format!("--user-data-dir={dir}")]);
         let mut other = Group::sh("read x", &[&format!("--user-data-dir={dir}x")]);
         until("both to start", || state(user.pid()) == Some('S') && state(other.pid()) == Some('S'));
-        let mut found = with_arg(&format!("--user-data-dir={dir}"));
-        found.sort();
-        let mut both = vec![user.pid(), other.pid()];
-        both.sort();
-        // A prefix match: the needle is a substring of the other profile's flag too.
-        assert_eq!(found, both);
+        // The whole flag must match: `{dir}x` extends `{dir}` but is another profile.
+        assert_eq!(with_arg(&format!("--user-data-dir={dir}")), [user.pid()]);
         assert_eq!(with_arg(&format!("--user-data-dir={dir}x")), [other.pid()]);
-        kill_profile_users(Path::new(&format!("{dir}x")));
-        assert_eq!(user.0.try_wait().unwrap(), None);
-        assert_eq!(other.0.wait().unwrap().signal(), Some(SIGKILL));
-        kill_pid(user.pid(), SIGTERM);
-        assert_eq!(user.0.wait().unwrap().signal(), Some(SIGTERM));
+        assert_eq!(with_arg("--user-data-dir=/tmp"), Vec::<u32>::new());
+        kill_profile_users(Path::new(&dir));
+        assert_eq!(user.0.wait().unwrap().signal(), Some(SIGKILL));
+        assert_eq!(other.0.try_wait().unwrap(), None);
+        kill_pid(other.pid(), SIGTERM);
+        assert_eq!(other.0.wait().unwrap().signal(), Some(SIGTERM));
     }
 
     #[test]
@@ -291,6 +291,11 @@ mod tests {
         assert_eq!(cmdline(), format!("sh\0-c\0read x\0--url-base=/{x}\0{x}\0").into_bytes());
         assert!(!scrub_arg(g.pid(), secret.as_bytes()).unwrap(), "nothing left to overwrite");
         assert_eq!(with_arg(&secret), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn scrub_arg_with_nothing_to_hide_changes_nothing() {
+        assert!(!scrub_arg(std::process::id(), b"").unwrap());
     }
 
     #[test]
