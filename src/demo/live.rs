@@ -30,10 +30,21 @@ pub struct DemoEnv {
     pub overrides: HashMap<String, String>,
     pub credentials_dir: PathBuf,
     pub callback_port: u16,
+    _dir: RemoveOnDrop,
 }
 
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Removes the directory holding the demo's password and CA when the
+/// environment goes (a field, so the server can still be moved out to stop it).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Starts the demo service on loopback and prepares the journeys' environment.
@@ -76,7 +87,7 @@ pub async fn start_demo_env_on(http_addr: std::net::SocketAddr) -> anyhow::Resul
         ("VANTAGE_DEMO_DNS".to_string(), server.dns_addr().map(|a| a.to_string()).unwrap_or_default()),
         ("VANTAGE_DEMO_CA_FILE".to_string(), ca.display().to_string()),
     ]);
-    Ok(DemoEnv { server, overrides, credentials_dir: dir, callback_port })
+    Ok(DemoEnv { server, overrides, credentials_dir: dir.clone(), callback_port, _dir: RemoveOnDrop(dir) })
 }
 
 /// The shipped journeys, compiled, with intervals capped for a lively demo.

@@ -47,6 +47,14 @@ pub struct TestCert {
     pub pem_path: std::path::PathBuf,
 }
 
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        if let Some(dir) = self.pem_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 pub fn test_cert() -> TestCert {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
