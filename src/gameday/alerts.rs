@@ -94,17 +94,11 @@ pub async fn prometheus_firing(
     client: &reqwest::Client,
     src: &AlertSource,
 ) -> Result<Vec<Alert>, String> {
-    let url = format!("{}/api/v1/alerts", src.url);
-    let body = get(client, &url).await?;
-    parse_prometheus(&body).map_err(|e| format!("{url}: unexpected answer: {e}"))
+    Ok(firing_only(prometheus_states(client, src).await?))
 }
 
-pub fn parse_prometheus(body: &[u8]) -> Result<Vec<Alert>, serde_json::Error> {
-    Ok(parse_prometheus_states(body)?
-        .into_iter()
-        .filter(|(_, firing)| *firing)
-        .map(|(a, _)| a)
-        .collect())
+fn firing_only(alerts: Vec<(Alert, bool)>) -> Vec<Alert> {
+    alerts.into_iter().filter(|(_, firing)| *firing).map(|(a, _)| a).collect()
 }
 
 /// Alerts pending or firing in Prometheus: before a fault, a pending alert
@@ -113,11 +107,17 @@ pub async fn prometheus_active(
     client: &reqwest::Client,
     src: &AlertSource,
 ) -> Result<Vec<Alert>, String> {
+    Ok(prometheus_states(client, src).await?.into_iter().map(|(a, _)| a).collect())
+}
+
+/// Every alert Prometheus holds, with whether it is firing.
+async fn prometheus_states(
+    client: &reqwest::Client,
+    src: &AlertSource,
+) -> Result<Vec<(Alert, bool)>, String> {
     let url = format!("{}/api/v1/alerts", src.url);
     let body = get(client, &url).await?;
-    parse_prometheus_states(&body)
-        .map(|v| v.into_iter().map(|(a, _)| a).collect())
-        .map_err(|e| format!("{url}: unexpected answer: {e}"))
+    parse_prometheus_states(&body).map_err(|e| format!("{url}: unexpected answer: {e}"))
 }
 
 /// Every alert with whether it is firing (the others are pending).
@@ -183,7 +183,7 @@ mod tests {
         let body = br#"{"status":"success","data":{"alerts":[
             {"labels":{"alertname":"JourneyFailing","team":"marketing"},"annotations":{},"state":"firing","activeAt":"2026-01-01T00:00:00Z","value":"1e+00"},
             {"labels":{"alertname":"JourneyFailing","team":"identity"},"annotations":{},"state":"pending","activeAt":"2026-01-01T00:00:00Z","value":"1e+00"}]}}"#;
-        let a = parse_prometheus(body).unwrap();
+        let a = firing_only(parse_prometheus_states(body).unwrap());
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].team("team"), Some("marketing"));
         assert!(a[0].matches(&BTreeMap::from([(
