@@ -75,23 +75,84 @@ const MAX_BUF: usize = 16 * 1024;
 /// Told of every request the listener itself refuses (413, 408, 503, 400), before any handler runs.
 pub type OnReject = Arc<dyn Fn(StatusCode) + Send + Sync>;
 
-/// Binds a listening socket with a deep accept queue (the kernel caps it at
-/// `net.core.somaxconn`): during a connection flood the queue must not
-/// overflow, or the kernel drops the SYN of a real request and its client
-/// waits a whole retransmission second.
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(4096)
+/// Looks at a request's head before its body is read: `Some(response)` answers
+/// it at once (the connection then closes) without reading the body, so a
+/// flood of uploads nobody waits for costs no reads.
+pub type Admit = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
+
+/// The listening sockets of one address: several, joined with `SO_REUSEPORT`,
+/// so a connection storm is spread over as many kernel queues as there are
+/// cores, each drained by its own accept loop.
+pub struct Listeners(Vec<TcpListener>);
+
+impl Listeners {
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0[0].local_addr()
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(l: TcpListener) -> Listeners {
+        Listeners(vec![l])
+    }
+}
+
+/// Sockets per address: one per core, at least 2 (the kernel's queues are
+/// per socket), at most 4.
+fn sockets_per_address() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4)
+}
+
+/// Seconds a connection may stay in the kernel without sending a byte before
+/// the agent sees it (`TCP_DEFER_ACCEPT`): idle connections cost the agent
+/// nothing, and a storm of them cannot queue ahead of a real request. The
+/// listeners' header timeout is 5 s too, so a silent client is not kept longer.
+const DEFER_ACCEPT_SECS: libc::c_int = 5;
+
+/// Binds `addr` for a listener: [`sockets_per_address`] sockets with deep
+/// accept queues (the kernel caps each at `net.core.somaxconn`) and deferred
+/// accept. During a connection flood a queue must not overflow, or the kernel
+/// drops the SYN of a real request and its client waits a whole retransmission
+/// second; a deep queue must not fill either, or a health check waits behind it.
+///
+/// The address is first bound alone, without `SO_REUSEPORT`: if anything else
+/// holds it (another agent with the same port included), this fails with
+/// "address in use" instead of silently sharing the port.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<Listeners> {
+    let new = || if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let first = new()?;
+    first.set_reuseaddr(true)?;
+    first.bind(addr)?;
+    let addr = first.local_addr()?;
+    drop(first);
+    let mut out = Vec::new();
+    for _ in 0..sockets_per_address() {
+        let sock = new()?;
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(addr)?;
+        set_defer_accept(&sock, DEFER_ACCEPT_SECS);
+        out.push(sock.listen(4096)?);
+    }
+    Ok(Listeners(out))
+}
+
+fn set_defer_accept(sock: &tokio::net::TcpSocket, secs: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a value we own. Best effort:
+    // without it, idle connections are accepted and shed as before.
+    unsafe {
+        libc::setsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, (&secs as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+    }
 }
 
 /// Serves `app` on `listener` under `limits` until `shutdown`.
-pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
-    spawn_with(listener, app, limits, shutdown, None)
+pub fn spawn(listener: impl Into<Listeners>, app: Router, limits: Limits, shutdown: CancellationToken) {
+    spawn_with(listener, app, limits, shutdown, None, None)
 }
 
-/// [`spawn`], telling `on_reject` of the requests refused for their body.
+/// [`spawn`], telling `on_reject` of the requests refused for their body, and
+/// answering those `admit` refuses before their body is read.
 ///
 /// The accept loop never waits for a slot: it takes every connection off the
 /// kernel queue at once. At the cap, a new connection that has sent bytes
@@ -104,72 +165,80 @@ pub fn spawn(listener: TcpListener, app: Router, limits: Limits, shutdown: Cance
 /// Descriptors stay bounded: served plus shed-but-not-yet-closed connections
 /// never exceed twice the cap, plus at most the cap in their grace and the cap
 /// waiting for shed ones to close.
-pub fn spawn_with(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>) {
+pub fn spawn_with(listeners: impl Into<Listeners>, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>, admit: Option<Admit>) {
     let limits = limits.within_descriptors();
-    let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject)), read_body));
+    let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject, admit)), read_body));
     let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: Default::default(), next_id: AtomicU64::new(0), room_waiters: Arc::new(Semaphore::new(limits.max_connections)) });
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                r = listener.accept() => r,
-                _ = shutdown.cancelled() => return,
-            };
-            let stream = match stream {
-                Ok((stream, _)) => stream,
-                // Out of descriptors or a connection reset before accept: back off, never spin.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    for listener in listeners.into().0 {
+        tokio::spawn(accept_loop(listener, acceptor.clone()));
+    }
+}
+
+/// Takes connections off one socket's kernel queue for `acceptor`.
+async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
+    let (limits, shutdown) = (acceptor.limits, acceptor.shutdown.clone());
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let stream = match stream {
+            Ok((stream, _)) => stream,
+            // Out of descriptors or a connection reset before accept: back off, never spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if acceptor.table.open() < limits.max_connections {
+            acceptor.serve(stream);
+        } else if has_data(&stream) {
+            if acceptor.table.open() < 2 * limits.max_connections {
+                if acceptor.shed_and_serve(stream).await {
+                    // Let the new connection's task read its head before the next accept
+                    // can shed it: a burst must not shed requests it has not looked at
+                    // (without this yield, a health check was reset in a storm).
+                    tokio::task::yield_now().await;
                 }
-            };
-            if acceptor.table.open() < limits.max_connections {
-                acceptor.serve(stream);
-            } else if has_data(&stream) {
-                if acceptor.table.open() < 2 * limits.max_connections {
-                    if acceptor.shed_and_serve(stream).await {
-                        // Let the new connection's task read its head before the next accept
-                        // can shed it: a burst must not shed requests it has not looked at.
-                        tokio::task::yield_now().await;
-                    }
-                } else if let Ok(permit) = acceptor.room_waiters.clone().try_acquire_owned() {
-                    // Shed connections have not closed yet: wait for room off the accept
-                    // loop, which must keep draining the kernel's queue meanwhile (a full
-                    // queue drops the SYN of the next request, costing it a second).
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        acceptor.shed_and_serve(stream).await;
-                        drop(permit);
-                    });
-                } else {
+            } else if let Ok(permit) = acceptor.room_waiters.clone().try_acquire_owned() {
+                // Shed connections have not closed yet: wait for room off the accept
+                // loop, which must keep draining the kernel's queue meanwhile (a full
+                // queue drops the SYN of the next request, costing it a second).
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    acceptor.shed_and_serve(stream).await;
+                    drop(permit);
+                });
+            } else {
+                use std::os::fd::AsRawFd;
+                abort_on_close(stream.as_raw_fd());
+            }
+        } else {
+            // At the cap and nothing sent yet (a request may be a moment behind its
+            // handshake): it waits for a first byte without holding up the accept
+            // loop, displacing the longest-waiting such connection when too many wait.
+            let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            let (id, gone) = acceptor.wait_for_data(peer);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let sent = first_byte_within(&stream, WAITING_GRACE, &gone).await;
+                acceptor.done_waiting(id);
+                if !sent {
                     use std::os::fd::AsRawFd;
                     abort_on_close(stream.as_raw_fd());
                 }
-            } else {
-                // At the cap and nothing sent yet (a request may be a moment behind its
-                // handshake): it waits for a first byte without holding up the accept
-                // loop, displacing the longest-waiting such connection when too many wait.
-                let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-                let (id, gone) = acceptor.wait_for_data(peer);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let sent = first_byte_within(&stream, WAITING_GRACE, &gone).await;
-                    acceptor.done_waiting(id);
-                    if !sent {
-                        use std::os::fd::AsRawFd;
-                        abort_on_close(stream.as_raw_fd());
+                if sent {
+                    if acceptor.table.open() < acceptor.limits.max_connections {
+                        acceptor.serve(stream);
+                    } else {
+                        acceptor.shed_and_serve(stream).await;
                     }
-                    if sent {
-                        if acceptor.table.open() < acceptor.limits.max_connections {
-                            acceptor.serve(stream);
-                        } else {
-                            acceptor.shed_and_serve(stream).await;
-                        }
-                    }
-                });
-                tokio::task::yield_now().await;
-            }
+                }
+            });
+            // Let the waiting task start (and a displaced one close) before the next accept.
+            tokio::task::yield_now().await;
         }
-    });
+    }
 }
 
 /// Connections accepted at the cap that have sent nothing yet wait at most this
@@ -524,11 +593,12 @@ struct BodyGate {
     limits: Limits,
     readers: Semaphore,
     on_reject: Option<OnReject>,
+    admit: Option<Admit>,
 }
 
 impl BodyGate {
-    fn new(limits: Limits, on_reject: Option<OnReject>) -> BodyGate {
-        BodyGate { limits, readers: Semaphore::new(limits.max_body_readers), on_reject }
+    fn new(limits: Limits, on_reject: Option<OnReject>, admit: Option<Admit>) -> BodyGate {
+        BodyGate { limits, readers: Semaphore::new(limits.max_body_readers), on_reject, admit }
     }
 
     fn refuse(&self, status: StatusCode, msg: &'static str) -> Response {
@@ -541,6 +611,11 @@ impl BodyGate {
 
 /// Reads the whole body, bounded in size, time and concurrency, before any handler sees the request.
 async fn read_body(State(gate): State<Arc<BodyGate>>, req: Request, next: Next) -> Response {
+    if let Some(mut refused) = gate.admit.as_ref().and_then(|admit| admit(&req)) {
+        // Its body, if any, is left unread: the connection cannot carry another request.
+        refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return refused;
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -642,6 +717,30 @@ mod tests {
         max_body_readers: 2,
         idle_timeout: Duration::from_millis(400),
     };
+
+    #[tokio::test]
+    async fn an_address_in_use_is_refused_not_shared() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(first.0.len(), sockets_per_address());
+        let addr = first.local_addr().unwrap();
+        let err = bind(addr).err().expect("a second bind of a held address must fail");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        // Nor may it join a plain listener someone else holds.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(bind(other.local_addr().unwrap()).err().map(|e| e.kind()), Some(std::io::ErrorKind::AddrInUse));
+    }
+
+    #[tokio::test]
+    async fn a_connection_reaches_the_agent_only_once_it_sends() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let accept_any = || futures_util::future::select_all(l.0.iter().map(|s| Box::pin(s.accept())));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), accept_any()).await.is_err(), "an idle connection was handed to the agent");
+        idle.write_all(b"G").await.unwrap();
+        let (r, _, _) = tokio::time::timeout(Duration::from_secs(2), accept_any()).await.expect("accepted once it sent a byte");
+        assert!(r.is_ok());
+    }
 
     async fn closed_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
         let mut got = Vec::new();

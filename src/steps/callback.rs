@@ -124,7 +124,15 @@ impl CallbackHub {
                 hub.count("too_large");
             }
         });
-        crate::listener::spawn_with(listener, app, limits, shutdown, Some(on_reject));
+        // A request whose token no run waits for is answered before its body is read.
+        let gate = Arc::downgrade(&hub);
+        let admit: crate::listener::Admit = Arc::new(move |req| {
+            let hub = gate.upgrade()?;
+            let candidates = token_candidates(req.uri(), req.headers());
+            let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+            hub.refusal(&candidates).map(|code| axum::response::IntoResponse::into_response((code, NO_RUN_WAITING)))
+        });
+        crate::listener::spawn_with(listener, app, limits, shutdown, Some(on_reject), Some(admit));
         Ok(hub)
     }
 
@@ -192,14 +200,25 @@ impl CallbackHub {
         }
     }
 
+    /// Counts and refuses a request none of whose `candidates` a run waits for.
+    fn refusal(&self, candidates: &[&str]) -> Option<StatusCode> {
+        let slots = self.slots.lock().expect("callback lock");
+        if candidates.iter().any(|t| !t.is_empty() && slots.contains_key(*t)) {
+            return None;
+        }
+        drop(slots);
+        let (counter, result) = if candidates.is_empty() { (&self.counters.no_token, "no_token") } else { (&self.counters.unknown_token, "unknown_token") };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.count(result);
+        Some(StatusCode::NOT_FOUND)
+    }
+
     fn deliver(&self, candidates: &[&str], inbound: impl FnOnce() -> Inbound) -> Result<(), StatusCode> {
         let mut slots = self.slots.lock().expect("callback lock");
         let Some(token) = candidates.iter().find(|t| !t.is_empty() && slots.contains_key(**t)) else {
             drop(slots);
-            let (counter, result) = if candidates.is_empty() { (&self.counters.no_token, "no_token") } else { (&self.counters.unknown_token, "unknown_token") };
-            counter.fetch_add(1, Ordering::Relaxed);
-            self.count(result);
-            return Err(StatusCode::NOT_FOUND);
+            // Released since its head was admitted.
+            return Err(self.refusal(candidates).unwrap_or(StatusCode::NOT_FOUND));
         };
         let slot = slots.get_mut(*token).expect("found above");
         if slot.arrived.len() >= MAX_PER_TOKEN {
@@ -218,12 +237,31 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
+const NO_RUN_WAITING: &str = "no run is waiting for this token\n";
+
+/// Where a callback's token may be: the `X-Callback-Token` header, a `token`
+/// query parameter, or the last path segment (never the body).
+fn token_candidates(uri: &Uri, headers: &HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(v) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        out.push(v.to_string());
+    }
+    if let Ok(Query(q)) = Query::<HashMap<String, String>>::try_from_uri(uri) {
+        if let Some(t) = q.get("token") {
+            out.push(t.clone());
+        }
+    }
+    if let Some(last) = uri.path().rsplit('/').next().filter(|s| !s.is_empty()) {
+        out.push(last.to_string());
+    }
+    out
+}
+
 async fn receive(
     State(hub): State<Arc<CallbackHub>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> (StatusCode, &'static str) {
     let at = Instant::now();
@@ -232,16 +270,8 @@ async fn receive(
         hub.count("too_large");
         return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
     };
-    let mut candidates: Vec<&str> = Vec::new();
-    if let Some(v) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        candidates.push(v);
-    }
-    if let Some(t) = query.get("token") {
-        candidates.push(t);
-    }
-    if let Some(last) = uri.path().rsplit('/').next().filter(|s| !s.is_empty()) {
-        candidates.push(last);
-    }
+    let candidates = token_candidates(&uri, &headers);
+    let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
     let make = || Inbound {
         at,
         method: method.to_string(),
@@ -251,7 +281,7 @@ async fn receive(
     };
     match hub.deliver(&candidates, make) {
         Ok(()) => (StatusCode::ACCEPTED, "accepted\n"),
-        Err(code) => (code, "no run is waiting for this token\n"),
+        Err(code) => (code, NO_RUN_WAITING),
     }
 }
 
@@ -410,6 +440,24 @@ mod tests {
 
     fn client() -> reqwest::Client {
         reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upload_no_run_waits_for_is_refused_before_its_body_is_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (hub, stop) = hub().await;
+        let mut s = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+        // The head announces 200 KB that never come: the answer must not wait for them.
+        s.write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\nX-Callback-Token: nobody\r\nContent-Length: 200000\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await.expect("answered and closed before the body").unwrap();
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(text.starts_with("http/1.1 404"), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+        assert!(text.ends_with("no run is waiting for this token\n"), "{text}");
+        assert_eq!(hub.counters.unknown_token.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(hub.counters.accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+        stop.cancel();
     }
 
     fn hmac_hex(key: &[u8], body: &[u8]) -> String {
