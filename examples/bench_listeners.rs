@@ -11,7 +11,12 @@
 //! process tree's summed PSS (/proc/PID/smaps_rollup) is sampled. Prints the
 //! figures; exits 1 if a bound is broken.
 //!
-//! cargo build --release && cargo run --release --example bench_listeners -- [N] [SECONDS]
+//! cargo build --release && cargo run --release --example bench_listeners -- [N] [SECONDS] [OPEN_PER_S]
+//!
+//! OPEN_PER_S > 0 has each attacker open its connections at that rate rather
+//! than all at once (a connection storm is the default). BENCH_ATTACKER_NICE=19
+//! lowers the attackers' CPU priority, standing in for attackers on other hosts
+//! (here they share the agent's cores); BENCH_AGENT_STDERR shows the agent's log.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -41,6 +46,12 @@ fn tree_pss_kb(pid: u32) -> u64 {
         }
     }
     total
+}
+
+/// Loopback TCP sockets in TIME_WAIT (a previous run's 300,000 connections
+/// leave tens of thousands, holding the ephemeral ports the attackers need).
+fn time_wait() -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().map(|f| std::fs::read_to_string(f).unwrap_or_default().lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("06")).count()).sum()
 }
 
 fn free_port() -> u16 {
@@ -77,20 +88,42 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
 /// [`get`], noting how long the TCP connect took (the kernel's accept queue)
 /// apart from the answer (the agent).
 fn get_timed(addr: SocketAddr, path: &str, timeout: Duration, connect: &mut Duration) -> Option<String> {
+    get_why(addr, path, timeout, connect, &mut 0).ok()
+}
+
+/// [`get_timed`], saying why it failed, and counting the TCP segments the client
+/// had to send again (a request the kernel dropped, not one the agent was slow to answer).
+fn get_why(addr: SocketAddr, path: &str, timeout: Duration, connect: &mut Duration, retrans: &mut u32) -> Result<String, String> {
     let t0 = Instant::now();
     let s = StdStream::connect_timeout(&addr, timeout);
     *connect = t0.elapsed();
-    let mut s = s.ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", addr.port()).as_bytes()).ok()?;
+    let mut s = s.map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", addr.port()).as_bytes()).map_err(|e| format!("write: {e}"))?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
+    let read = s.read_to_end(&mut out);
+    *retrans = total_retrans(&s);
+    read.map_err(|e| format!("read after {} bytes: {e}", out.len()))?;
     let text = String::from_utf8_lossy(&out).into_owned();
     if !text.starts_with("HTTP/1.1 200") {
-        return None;
+        return Err(format!("answer: {:?}", text.lines().next().unwrap_or("")));
     }
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).ok_or_else(|| "no body".into())
+}
+
+fn total_retrans(s: &StdStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt into a zeroed tcp_info we own, with its size.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        if libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len) == 0 {
+            info.tcpi_total_retrans
+        } else {
+            0
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -101,7 +134,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Attacker mode: N slow/idle connections and a body flood against one listener for `secs`.
-async fn attack(addr: SocketAddr, n: usize, secs: u64) {
+/// `per_s` > 0 opens the connections at that rate instead of all at once.
+async fn attack(addr: SocketAddr, n: usize, secs: u64, per_s: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
     let opened = Arc::new(AtomicU64::new(0));
     let shed = Arc::new(AtomicU64::new(0));
@@ -109,7 +143,9 @@ async fn attack(addr: SocketAddr, n: usize, secs: u64) {
     let mut tasks = Vec::new();
     for i in 0..n {
         let (opened, shed) = (opened.clone(), shed.clone());
+        let at = if per_s > 0 { Duration::from_micros(i as u64 * 1_000_000 / per_s) } else { Duration::ZERO };
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(at).await;
             let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await else { return };
             opened.fetch_add(1, Ordering::Relaxed);
             let (mut rd, mut wr) = s.into_split();
@@ -174,16 +210,25 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("attack") {
         let addr: SocketAddr = args[2].parse().unwrap();
         assert!(addr.ip().is_loopback(), "loopback only");
-        let (n, secs) = (args[3].parse().unwrap(), args[4].parse::<u64>().unwrap().min(300));
+        let (n, secs, per_s) = (args[3].parse().unwrap(), args[4].parse::<u64>().unwrap().min(300), args[5].parse().unwrap());
         vantage::listener::raise_nofile_limit();
-        tokio::runtime::Runtime::new().unwrap().block_on(attack(addr, n, secs));
+        tokio::runtime::Runtime::new().unwrap().block_on(attack(addr, n, secs, per_s));
         return;
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20).min(300);
+    // Connections each attacker opens per second; 0 (the default) opens them all at once.
+    let per_s: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
     // Each attacker process needs N sockets of its own.
     if let Some((_, hard)) = vantage::listener::nofile_limit() {
         assert!(hard as usize > n + 512, "RLIMIT_NOFILE hard limit {hard} is below {n} connections per attacker");
+    }
+    let waited = Instant::now();
+    while time_wait() > 1000 && waited.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if waited.elapsed() > Duration::from_secs(1) {
+        println!("waited {:.0} s for a previous run's TIME_WAIT sockets to drain ({} left)", waited.elapsed().as_secs_f64(), time_wait());
     }
     let bin = std::env::var("VANTAGE_BIN").unwrap_or_else(|_| "target/release/vantage".into());
     assert!(std::path::Path::new(&bin).exists(), "{bin} not found: run `cargo build --release` first (or set VANTAGE_BIN)");
@@ -202,7 +247,7 @@ fn main() {
     std::fs::write(dir.join("probes/p.yaml"), probes).unwrap();
     let agent_cfg = dir.join("agent.yaml");
     std::fs::write(&agent_cfg, format!("id: bench\nprobes: [probes]\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\ncallback: {{listen: \"127.0.0.1:{callback}\"}}\n")).unwrap();
-    let agent = Kill(Command::new(&bin).args(["run", "--config"]).arg(&agent_cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}")));
+    let agent = Kill(Command::new(&bin).args(["run", "--config"]).arg(&agent_cfg).stdout(Stdio::null()).stderr(if std::env::var_os("BENCH_AGENT_STDERR").is_some() { Stdio::inherit() } else { Stdio::null() }).spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}")));
     let pid = agent.0.id();
     let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let callback_addr: SocketAddr = format!("127.0.0.1:{callback}").parse().unwrap();
@@ -222,7 +267,13 @@ fn main() {
 
     let me = std::env::current_exe().unwrap();
     let attackers: Vec<Child> =
-        [admin_addr, callback_addr].iter().map(|a| Command::new(&me).args(["attack", &a.to_string(), &n.to_string(), &secs.to_string()]).stdout(Stdio::piped()).spawn().unwrap()).collect();
+        [admin_addr, callback_addr].iter().map(|a| Command::new(&me).args(["attack", &a.to_string(), &n.to_string(), &secs.to_string(), &per_s.to_string()]).stdout(Stdio::piped()).spawn().unwrap()).collect();
+    if let Ok(n) = std::env::var("BENCH_ATTACKER_NICE") {
+        println!("attackers at nice {n}");
+        for a in &attackers {
+            let _ = Command::new("renice").args(["-n", &n, "-p", &a.id().to_string()]).stdout(Stdio::null()).status();
+        }
+    }
     let attackers: Vec<Kill> = attackers.into_iter().map(Kill).collect();
 
     // /healthz every 100 ms on a fresh connection, from a thread of its own.
@@ -234,14 +285,17 @@ fn main() {
             let began = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let mut connect = Duration::ZERO;
-                match get_timed(admin_addr, "/healthz", Duration::from_secs(2), &mut connect) {
-                    Some(_) => ok.push(t0.elapsed().as_secs_f64() * 1000.0),
-                    None => failed += 1,
+                let (mut connect, mut retrans) = (Duration::ZERO, 0);
+                match get_why(admin_addr, "/healthz", Duration::from_secs(2), &mut connect, &mut retrans) {
+                    Ok(_) => ok.push(t0.elapsed().as_secs_f64() * 1000.0),
+                    Err(why) => {
+                        failed += 1;
+                        slow.push(format!("{:.1} s: failed: {why}", (t0 - began).as_secs_f64()));
+                    }
                 }
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 if ms > HEALTH_BOUND_MS {
-                    slow.push(format!("{:.1} s: {ms:.0} ms (connect {:.0} ms)", (t0 - began).as_secs_f64(), connect.as_secs_f64() * 1000.0));
+                    slow.push(format!("{:.1} s: {ms:.0} ms (connect {:.0} ms, {retrans} segments resent)", (t0 - began).as_secs_f64(), connect.as_secs_f64() * 1000.0));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -276,7 +330,8 @@ fn main() {
     let (p50, p99, max) = (percentile(&ok, 0.5), percentile(&ok, 0.99), ok.last().copied().unwrap_or(f64::NAN));
     let over = ok.iter().filter(|m| **m > HEALTH_BOUND_MS).count();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("N = {n} connections per listener, {secs} s under attack; loadavg {}", load.trim());
+    let opening = if per_s > 0 { format!("opened at {per_s}/s") } else { "opened all at once".into() };
+    println!("N = {n} connections per listener ({opening}), {secs} s under attack; loadavg {}", load.trim());
     println!("attacker on admin:    {}", reports[0]);
     println!("attacker on callback: {}", reports[1]);
     println!("/healthz: {} answered, {failed} failed; median {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms, {over} over {HEALTH_BOUND_MS} ms", ok.len());
