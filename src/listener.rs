@@ -611,11 +611,6 @@ impl BodyGate {
 
 /// Reads the whole body, bounded in size, time and concurrency, before any handler sees the request.
 async fn read_body(State(gate): State<Arc<BodyGate>>, req: Request, next: Next) -> Response {
-    if let Some(mut refused) = gate.admit.as_ref().and_then(|admit| admit(&req)) {
-        // Its body, if any, is left unread: the connection cannot carry another request.
-        refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-        return refused;
-    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -624,6 +619,11 @@ async fn read_body(State(gate): State<Arc<BodyGate>>, req: Request, next: Next) 
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     if declared.is_some_and(|n| n > gate.limits.max_body as u64) {
         return gate.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+    }
+    if let Some(mut refused) = gate.admit.as_ref().and_then(|admit| admit(&req)) {
+        // Its body, if any, is left unread: the connection cannot carry another request.
+        refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return refused;
     }
     if !chunked && declared.unwrap_or(0) == 0 {
         return next.run(req).await;
