@@ -207,10 +207,14 @@ impl CallbackHub {
             return None;
         }
         drop(slots);
+        Some(self.refuse(candidates))
+    }
+
+    fn refuse(&self, candidates: &[&str]) -> StatusCode {
         let (counter, result) = if candidates.is_empty() { (&self.counters.no_token, "no_token") } else { (&self.counters.unknown_token, "unknown_token") };
         counter.fetch_add(1, Ordering::Relaxed);
         self.count(result);
-        Some(StatusCode::NOT_FOUND)
+        StatusCode::NOT_FOUND
     }
 
     fn deliver(&self, candidates: &[&str], inbound: impl FnOnce() -> Inbound) -> Result<(), StatusCode> {
@@ -218,7 +222,7 @@ impl CallbackHub {
         let Some(token) = candidates.iter().find(|t| !t.is_empty() && slots.contains_key(**t)) else {
             drop(slots);
             // Released since its head was admitted.
-            return Err(self.refusal(candidates).unwrap_or(StatusCode::NOT_FOUND));
+            return Err(self.refuse(candidates));
         };
         let slot = slots.get_mut(*token).expect("found above");
         if slot.arrived.len() >= MAX_PER_TOKEN {
