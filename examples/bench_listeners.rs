@@ -82,17 +82,13 @@ fn target() -> SocketAddr {
 /// One blocking GET on a fresh connection: (status line ok, body).
 fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
     let mut connect = Duration::ZERO;
-    get_timed(addr, path, timeout, &mut connect)
+    get_why(addr, path, timeout, &mut connect, &mut 0).ok()
 }
 
-/// [`get`], noting how long the TCP connect took (the kernel's accept queue)
-/// apart from the answer (the agent).
-fn get_timed(addr: SocketAddr, path: &str, timeout: Duration, connect: &mut Duration) -> Option<String> {
-    get_why(addr, path, timeout, connect, &mut 0).ok()
-}
-
-/// [`get_timed`], saying why it failed, and counting the TCP segments the client
-/// had to send again (a request the kernel dropped, not one the agent was slow to answer).
+/// [`get`], saying why it failed, noting how long the TCP connect took (the
+/// kernel's accept queue) apart from the answer (the agent), and counting the
+/// TCP segments the client had to send again (a request the kernel dropped,
+/// not one the agent was slow to answer).
 fn get_why(addr: SocketAddr, path: &str, timeout: Duration, connect: &mut Duration, retrans: &mut u32) -> Result<String, String> {
     let t0 = Instant::now();
     let s = StdStream::connect_timeout(&addr, timeout);
