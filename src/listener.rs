@@ -671,6 +671,37 @@ pub fn nofile_limit() -> Option<(u64, u64)> {
         .then_some((r.rlim_cur, r.rlim_max))
 }
 
+/// A loopback TCP port that is free now and that this process has not
+/// handed out before, for a service started later on a port named in advance
+/// (the demo's callback listener, a test's agent).
+///
+/// Picked below the kernel's ephemeral range, so no `bind(":0")` or outgoing
+/// connection takes it in the meantime, and never twice, so callers that pick
+/// at once cannot be given the same port.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Below the ephemeral range, above the well-known and most registered ports.
+    let (from, to) = if low > 20000 { (low / 2, low) } else { (49152, 61000) };
+    let span = u32::from(to - from);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) ^ std::process::id().wrapping_mul(2654435761);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = from + ((seed.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free loopback port in {from}..{to}")))
+}
+
 /// Raises the soft descriptor limit to the hard one (what systemd's default
 /// soft limit of 1024 leaves unused); returns the soft limit now in force.
 pub fn raise_nofile_limit() -> Option<u64> {
@@ -690,6 +721,20 @@ pub fn raise_nofile_limit() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice_and_are_outside_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let ports: Vec<u16> = (0..200).map(|_| free_loopback_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|&p| p < low), "{ports:?} (ephemeral range starts at {low})");
+        // Each is bindable when handed out.
+        let p = free_loopback_port().unwrap();
+        std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+    }
+
     use super::*;
     use axum::routing::{get, post};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

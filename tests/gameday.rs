@@ -98,7 +98,7 @@ impl Fleet {
             .unwrap();
             agents.push((name.to_string(), format!("http://127.0.0.1:{admin}"), run_agent(&cfg, &demo)));
         }
-        let f = Fleet {
+        let mut f = Fleet {
             demo,
             dir,
             agents,
@@ -107,12 +107,13 @@ impl Fleet {
                 .build()
                 .unwrap(),
         };
-        for (_, url, _) in &f.agents {
+        for (name, url, child) in &mut f.agents {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while f.http.get(format!("{url}/healthz")).send().await.is_err() {
                 assert!(
                     tokio::time::Instant::now() < deadline,
-                    "agent {url} did not come up"
+                    "agent {url} did not come up: {}",
+                    agent_gone(&f.dir.join(format!("{name}.yaml")), child)
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -1265,15 +1266,35 @@ async fn run_gameday(scenario: &std::path::Path, out: &std::path::Path, limit: D
     tokio::time::timeout(limit, run).await.expect("game day finishes").unwrap()
 }
 
-/// `vantage run --config CFG` against the demo (its environment overrides), quiet, killed on drop.
+/// `vantage run --config CFG` against the demo (its environment overrides), killed on drop; its
+/// errors go to CFG.stderr, for [`agent_gone`].
 fn run_agent(cfg: &Path, demo: &DemoEnv) -> Child {
+    let stderr = std::fs::File::create(stderr_of(cfg)).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config"])
         .arg(cfg)
         .env("VANTAGE_LOG", "error")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true);
     cmd.envs(&demo.overrides);
     cmd.spawn().unwrap()
+}
+
+fn stderr_of(cfg: &Path) -> PathBuf {
+    let mut p = cfg.as_os_str().to_owned();
+    p.push(".stderr");
+    p.into()
+}
+
+/// Why an agent started by [`run_agent`] does not answer: its exit status (if
+/// it exited) and what it wrote to stderr.
+fn agent_gone(cfg: &Path, child: &mut Child) -> String {
+    let status = match child.try_wait() {
+        Ok(Some(s)) => format!("exited with {s}"),
+        Ok(None) => "still running".to_string(),
+        Err(e) => format!("status unknown: {e}"),
+    };
+    let stderr = std::fs::read_to_string(stderr_of(cfg)).unwrap_or_default();
+    format!("{status}; stderr: {stderr:?}")
 }

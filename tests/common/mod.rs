@@ -14,10 +14,8 @@ pub fn tempdir() -> PathBuf {
     p
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that is free now and that no other test in this process
+/// is given (see `vantage::listener::free_loopback_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
+    vantage::listener::free_loopback_port().expect("pick a free loopback port")
 }
