@@ -867,3 +867,39 @@ async fn spans_record_the_http_version_and_tls_failures_stay_out_of_the_log() {
     assert_eq!(version(&runs[1]["trace_id"]), Some(Some("1.1".to_string())), "{spans:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A wss:// server with a private certificate: trusted through the step's
+/// `ca_file`, accepted unverified with `tls_verify: false`, and without either
+/// a `tls` failure that says why, the same words as for `http` steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_steps_take_a_private_ca_or_skip_verification() {
+    let cert = test_cert();
+    let wss = ws_echo(Some(&cert)).await;
+    let dir = common::tempdir();
+    let agent_yaml = dir.join("agent.yaml");
+    std::fs::write(&agent_yaml, "id: t\nadmin: {listen: \"\"}\n").unwrap();
+    let url = format!("wss://127.0.0.1:{}/feed", wss.port());
+    let j = |name: &str, extra: &str| {
+        format!("  - name: {name}\n    interval: 60s\n    steps:\n      - name: echo\n        websocket: {{connect: \"{url}\", send: hello, receive: 2s, proxy: none{extra}}}\n        assert: {{body_contains: hello}}\n")
+    };
+    let probes = dir.join("p.yaml");
+    let ca = format!(", ca_file: \"{}\"", cert.pem_path.display());
+    std::fs::write(&probes, format!("journeys:\n{}{}{}", j("pinned", &ca), j("unverified", ", tls_verify: false"), j("untrusted", ""))).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vantage"));
+    cmd.args(["once", "--format", "json", "--config"]).arg(&agent_yaml).arg(&probes).env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR").env_remove("VANTAGE_LOG").env_remove("RUST_LOG").kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let runs: HashMap<String, serde_json::Value> = stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).map(|v| (v["journey"].as_str().unwrap().to_string(), v)).collect();
+    assert_eq!(runs.len(), 3, "{stdout}\n{stderr}");
+    assert_eq!((runs["pinned"]["outcome"].as_str(), runs["unverified"]["outcome"].as_str()), (Some("success"), Some("success")), "{stdout}");
+    assert_eq!((runs["untrusted"]["outcome"].as_str(), runs["untrusted"]["error_type"].as_str()), (Some("failure"), Some("tls")), "{stdout}");
+    let msg = runs["untrusted"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("step `echo`: TLS handshake with `127.0.0.1` failed: the certificate of `127.0.0.1` is self-signed (`CN=rcgen self signed cert`) and not trusted: add it to `ca_file`, or set `tls_verify: false`"), "{msg}");
+    // Only the two that connected reached the server's WebSocket handshake.
+    assert_eq!(wss.seen().len(), 2, "{:?}", wss.seen());
+    for noise in ["Sending fatal alert", "rustls", "BadCertificate", "UnknownIssuer"] {
+        assert!(!stderr.contains(noise) && !msg.contains(noise), "`{noise}` in the output:\n{stderr}\n{msg}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

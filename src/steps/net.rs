@@ -343,7 +343,7 @@ pub fn describe_handshake_failure(
                 }
             }
             CertificateError::UnknownIssuer if !subject.is_empty() && subject == issuer => {
-                format!("{cert} is self-signed (`{subject}`) and not trusted: add it to `ca_file`, or set `verify: false` to check only the connection")
+                format!("{cert} is self-signed (`{subject}`) and not trusted: add it to `ca_file`, or set `tls_verify: false` (`verify: false` on a `tls` step) to check only the connection")
             }
             CertificateError::UnknownIssuer if !issuer.is_empty() => format!("{cert} is issued by `{issuer}`, an unknown issuer (not in the trusted roots): add that CA to `ca_file` if it is a private CA"),
             CertificateError::UnknownIssuer => format!("{cert} is issued by an unknown issuer (not in the trusted roots)"),

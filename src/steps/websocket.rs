@@ -59,6 +59,11 @@ pub struct WebSocketSpec {
     /// no_proxy}`; default: the agent's `proxy`, else `HTTP_PROXY` (ws://),
     /// `HTTPS_PROXY` (wss://), `NO_PROXY`. Both go through a CONNECT tunnel.
     pub proxy: Option<ProxySpec>,
+    /// Verify the server's certificate (wss:// only).
+    #[serde(default = "crate::config::model::default_true")]
+    pub tls_verify: bool,
+    /// Extra PEM file of trusted CAs (wss:// only): private PKI, self-signed targets.
+    pub ca_file: Option<String>,
 }
 
 fn default_connection() -> String {
@@ -157,6 +162,8 @@ pub struct WebSocketStep {
     since_step: Option<String>,
     close: bool,
     proxy: ProxyChoice,
+    tls_verify: bool,
+    ca_file: Option<Template>,
     filter: Arc<Assertions>,
 }
 
@@ -178,6 +185,12 @@ impl WebSocketStep {
                 c.error("websocket.connect", &format!("expected a ws:// or wss:// URL, got scheme `{scheme}`{hint}"));
             }
         }
+        let tls_options = spec.ca_file.is_some() || !spec.tls_verify;
+        match spec.connect.as_deref().map(|u| literal_scheme(u).map(|s| s.to_ascii_lowercase())) {
+            None if tls_options => c.error("websocket", "`ca_file` and `tls_verify` only apply to a step that connects (`connect: wss://…`)"),
+            Some(Some(s)) if tls_options && s == "ws" => c.error("websocket", "`ca_file` and `tls_verify` only apply to wss:// URLs; this one is ws://"),
+            _ => {}
+        }
         if spec.receive.is_some() && !filter.has_content_checks() {
             c.error("websocket.receive", "expected an `assert` block that says which message to wait for (e.g. `json` or `body_contains`)");
         }
@@ -197,6 +210,8 @@ impl WebSocketStep {
             since_step: spec.since_step.clone(),
             close: spec.close,
             proxy: compile_proxy(spec.proxy.as_ref(), "websocket", c),
+            tls_verify: spec.tls_verify,
+            ca_file: spec.ca_file.as_deref().map(|f| c.template("websocket.ca_file", f)),
             filter,
         })
     }
@@ -288,24 +303,29 @@ impl WebSocketStep {
             let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| StepError::new(ErrorType::Config, format!("invalid header name `{k}`")))?;
             req.headers_mut().insert(name, hv(&v)?);
         }
+        let tls = if secure {
+            let ca = match &self.ca_file {
+                Some(f) => Some(ctx.render(f)?),
+                None => None,
+            };
+            Some(ctx.env.tls()?.pick(self.tls_verify, ca.as_deref())?)
+        } else {
+            None
+        };
         let io: Box<dyn Io> = match proxy_for(ctx, &self.proxy, &http_url)? {
             None => {
                 let (tcp, _) = connect_tcp(ctx, &host, port, &mut obs.phases).await?;
-                if secure {
-                    let cfg = ctx.env.tls()?.pick(true, None)?;
-                    Box::new(handshake(ctx, tcp, &host, cfg, &mut obs.phases).await?.0)
-                } else {
-                    Box::new(tcp)
+                match tls {
+                    Some(cfg) => Box::new(handshake(ctx, tcp, &host, cfg, &mut obs.phases).await?.0),
+                    None => Box::new(tcp),
                 }
             }
             Some(route) => {
                 let authority = format!("{}:{port}", url.host_str().unwrap_or_default());
                 let tunnel = tunnel(ctx, &route, &authority, &mut obs.phases).await?;
-                if secure {
-                    let cfg = ctx.env.tls()?.pick(true, None)?;
-                    Box::new(handshake(ctx, tunnel, &host, cfg, &mut obs.phases).await?.0)
-                } else {
-                    Box::new(tunnel)
+                match tls {
+                    Some(cfg) => Box::new(handshake(ctx, tunnel, &host, cfg, &mut obs.phases).await?.0),
+                    None => Box::new(tunnel),
                 }
             }
         };
@@ -459,6 +479,18 @@ mod tests {
             }
         });
         port
+    }
+
+    #[test]
+    fn tls_options_apply_only_to_a_wss_connect() {
+        let errs = |y: &str| crate::steps::compile::test_step_errors(y);
+        let e = errs("name: s\nwebsocket: {connect: \"ws://a.test/ws\", tls_verify: false}\n");
+        assert!(e.len() == 1 && e[0].contains("`ca_file` and `tls_verify` only apply to wss:// URLs; this one is ws://"), "{e:?}");
+        let e = errs("name: s\nwebsocket: {send: hi, ca_file: ca.pem}\n");
+        assert!(e.len() == 1 && e[0].contains("only apply to a step that connects"), "{e:?}");
+        assert!(errs("name: s\nwebsocket: {connect: \"wss://a.test/ws\", ca_file: ca.pem, tls_verify: true}\n").is_empty());
+        // A templated URL's scheme is known only at run time; the options are kept.
+        assert!(errs("name: s\nwebsocket: {connect: \"${env.WS}/ws\", tls_verify: false}\n").is_empty());
     }
 
     #[test]
