@@ -25,8 +25,10 @@ use metrics::{Extra, Inst, Metrics, Transport};
 
 pub const DEFAULT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const LATENESS_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
-/// Journeys per metrics export request, so a request stays small.
-const EXPORT_CHUNK: usize = 100;
+/// Journeys per metrics export request (and per `/metrics` rendering step),
+/// so a request stays small: the request being built is the largest
+/// transient allocation of an export, about 26 KB per journey.
+const EXPORT_CHUNK: usize = 25;
 
 pub use export::{check_endpoint, check_header, is_plain_file_name, ExportSettings, SpanBuffer};
 
@@ -214,7 +216,7 @@ impl Telemetry {
                 .add(name, Inst::Retried, vec![("result", result.into())], 1);
         }
         for s in &r.steps {
-            let step = || ("step.name", s.name.clone());
+            let step = || ("step.name", std::borrow::Cow::Owned(s.name.clone()));
             self.metrics.record(
                 name,
                 Inst::StepDuration,
@@ -231,7 +233,7 @@ impl Telemetry {
                 PhaseRecording::Own(metrics) => {
                     for p in &s.phases {
                         for m in metrics.iter().filter(|m| m.phase == p.name) {
-                            let mut extra = vec![step()];
+                            let mut extra: Extra = vec![step()];
                             if let Some((k, v)) = m.attribute {
                                 extra.push((k, v.into()));
                             }
