@@ -47,6 +47,7 @@ pub use browser::missing_for as browser_missing_for;
 pub use config::validate::compile_files;
 pub use config::{AgentConfig, Dur, Journey};
 pub use daemon::{run as run_agent, RunOptions};
+pub use listener::free_loopback_port;
 pub use output::{fit, fold, terminal_width};
 pub use scheduler::RunObserver;
 pub use vocab::{escape_markup, fmt_dur, Outcome, RunResult};

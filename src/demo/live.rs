@@ -54,7 +54,7 @@ pub async fn start_demo_env_on(http_addr: std::net::SocketAddr) -> anyhow::Resul
     std::fs::create_dir_all(&dir)?;
     let password = uuid::Uuid::new_v4().simple().to_string();
     std::fs::write(dir.join("demo_password"), &password)?;
-    let callback_port = crate::listener::free_loopback_port()?;
+    let callback_port = crate::free_loopback_port()?;
     let server = match DemoServer::start(DemoOptions {
         password,
         webhook_url: Some(format!("http://127.0.0.1:{callback_port}/hooks/crm")),
@@ -171,7 +171,7 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
     // The admin endpoint serves the status page, /metrics and /events; loopback on a free port unless given.
     let admin_addr = match admin {
         Some(a) => a,
-        None => std::net::SocketAddr::from(([127, 0, 0, 1], crate::listener::free_loopback_port()?)),
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_loopback_port()?)),
     };
     let admin_port = admin_addr.port();
     agent.admin.listen = admin_addr.to_string();

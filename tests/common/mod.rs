@@ -15,7 +15,7 @@ pub fn tempdir() -> PathBuf {
 }
 
 /// A loopback port that is free now and that no other test in this process
-/// is given (see `vantage::listener::free_loopback_port`).
+/// is given (see `vantage::free_loopback_port`).
 pub fn free_port() -> u16 {
-    vantage::listener::free_loopback_port().expect("pick a free loopback port")
+    vantage::free_loopback_port().expect("pick a free loopback port")
 }
