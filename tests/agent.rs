@@ -246,6 +246,7 @@ async fn missing_secret_says_where_it_looked() {
     .await;
     assert_eq!(r.error_type, Some(ErrorType::Config));
     let want = format!("step `s`: cannot read secret `api_key` from {}/api_key: No such file or directory (os error 2)", creds.display());
+    let _ = std::fs::remove_dir_all(&creds);
     assert_eq!(r.message.as_deref(), Some(want.as_str()));
 }
 

@@ -149,11 +149,22 @@ fn verbose_prints_each_exchange_with_secrets_redacted() {
     assert!(!err.contains("> GET"), "{err}");
 }
 
-/// A `vantage demo` child, killed and reaped on drop.
+/// A `vantage demo` child, stopped and reaped on drop: SIGTERM, as a user's
+/// Ctrl-C or systemd would, so it removes its credentials directory; SIGKILL
+/// only if it has not exited 10 s later.
 struct Demo(std::process::Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        // SAFETY: a signal to our own child, by the PID we spawned.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -182,6 +193,10 @@ fn demo_port_pins_the_target_and_once_runs_against_it() {
     let (code, out, err) = vantage(&["once", "probes/user-search.yaml", "--env", &format!("VANTAGE_TARGET=http://127.0.0.1:{port}"), "--credentials-dir", &creds]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("PASS user-search in "), "{out}");
+    // Stopped, the demo leaves nothing behind: its password and CA go with it.
+    assert!(std::path::Path::new(&creds).join("demo_password").exists());
+    drop(_demo);
+    assert!(!std::path::Path::new(&creds).exists(), "{creds} left behind by a stopped demo");
 }
 
 #[test]

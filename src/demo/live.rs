@@ -165,6 +165,22 @@ fn step_summary(r: &RunResult) -> String {
 
 /// `vantage demo`.
 pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u64>, listen: Option<std::net::SocketAddr>, admin: Option<std::net::SocketAddr>) -> anyhow::Result<i32> {
+    // Listening from the start: a SIGTERM or Ctrl-C before the agent installs
+    // its own handlers would otherwise end the process without removing the
+    // credentials directory (the demo's password and CA).
+    let stop = tokio_util::sync::CancellationToken::new();
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            s.cancel();
+        });
+    }
     let env = start_demo_env_on(listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))).await?;
     let mut journeys = demo_journeys()?;
     let mut agent = AgentConfig { id: "demo".into(), location: "demo".into(), credentials_dir: Some(env.credentials_dir.clone()), ..AgentConfig::default() };
@@ -222,7 +238,6 @@ pub async fn run_demo(otlp: Option<String>, protocol: String, duration: Option<u
         }
         let _ = out.flush();
     });
-    let stop = tokio_util::sync::CancellationToken::new();
     if let Some(secs) = duration {
         let s = stop.clone();
         tokio::spawn(async move {
