@@ -721,6 +721,11 @@ pub fn raise_nofile_limit() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     #[test]
     fn free_ports_are_never_handed_out_twice_and_are_outside_the_ephemeral_range() {
         let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap().split_whitespace().next().unwrap().parse().unwrap();
@@ -734,11 +739,6 @@ mod tests {
         let p = free_loopback_port().unwrap();
         std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
     }
-
-    use super::*;
-    use axum::routing::{get, post};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
 
     async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
         let app = Router::new()

@@ -148,10 +148,7 @@ impl GrpcStep {
         let endpoint = tonic::transport::Endpoint::from_shared(uri).map_err(|_| StepError::new(ErrorType::Config, format!("`{address}` is not a valid gRPC address")))?;
         let t;
         let channel = if self.tls {
-            let ca = match &self.ca_file {
-                Some(f) => Some(ctx.render(f)?),
-                None => None,
-            };
+            let ca = self.ca_file.as_ref().map(|f| ctx.render(f)).transpose()?;
             let name = match &self.server_name {
                 Some(s) => ctx.render(s)?,
                 None => host.clone(),

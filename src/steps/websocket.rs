@@ -304,10 +304,7 @@ impl WebSocketStep {
             req.headers_mut().insert(name, hv(&v)?);
         }
         let tls = if secure {
-            let ca = match &self.ca_file {
-                Some(f) => Some(ctx.render(f)?),
-                None => None,
-            };
+            let ca = self.ca_file.as_ref().map(|f| ctx.render(f)).transpose()?;
             Some(ctx.env.tls()?.pick(self.tls_verify, ca.as_deref())?)
         } else {
             None
