@@ -26,45 +26,9 @@ pub struct StepSample {
     pub outcome: Outcome,
 }
 
-/// A run's step samples: up to two inline (no allocation per kept run for
-/// most journeys), more on the heap.
-#[derive(Debug, Clone)]
-pub enum StepSamples {
-    Inline(u8, [StepSample; 2]),
-    Heap(Box<[StepSample]>),
-}
-
-impl StepSamples {
-    fn new(samples: impl ExactSizeIterator<Item = StepSample>) -> StepSamples {
-        let n = samples.len();
-        if n > 2 {
-            return StepSamples::Heap(samples.collect());
-        }
-        let blank = StepSample {
-            ms: 0.0,
-            outcome: Outcome::Success,
-        };
-        let mut inline = [blank; 2];
-        for (slot, s) in inline.iter_mut().zip(samples) {
-            *slot = s;
-        }
-        StepSamples::Inline(n as u8, inline)
-    }
-}
-
-impl std::ops::Deref for StepSamples {
-    type Target = [StepSample];
-    fn deref(&self) -> &[StepSample] {
-        match self {
-            StepSamples::Inline(n, s) => &s[..*n as usize],
-            StepSamples::Heap(s) => s,
-        }
-    }
-}
-
-/// One run, compact: 96 bytes, plus 8 per step beyond two.
-#[derive(Debug, Clone)]
-pub struct Entry {
+/// One kept run as the page reads it: a view into the history's storage.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
     /// Start of the run, Unix milliseconds.
     pub at_ms: u64,
     pub duration_ms: f32,
@@ -73,9 +37,9 @@ pub struct Entry {
     pub run_id: u128,
     pub trace_id: u128,
     /// Aligned with `names`.
-    pub steps: StepSamples,
-    pub names: Arc<[StepName]>,
-    pub detail: Option<Box<Detail>>,
+    pub steps: &'a [StepSample],
+    pub names: &'a [StepName],
+    pub detail: Option<&'a Detail>,
 }
 
 /// What a failed run's page shows.
@@ -101,51 +65,32 @@ pub struct StepDetail {
     pub skipped: bool,
 }
 
-impl Entry {
-    pub fn from_result(r: &RunResult, names: &Arc<[StepName]>) -> Entry {
-        let steps = StepSamples::new(r.steps.iter().map(|s| StepSample {
-            ms: ms(s.duration),
-            outcome: s.outcome,
-        }));
-        let detail = (r.outcome == Outcome::Failure).then(|| {
-            Box::new(Detail {
-                message: r.message.clone().unwrap_or_default(),
-                cleanup_error: r.cleanup_error.clone(),
-                steps: r
-                    .steps
-                    .iter()
-                    .map(|s| StepDetail {
-                        name: s.name.clone(),
-                        kind: s.kind,
-                        offset_ms: ms(s.started.duration_since(r.started).unwrap_or_default()),
-                        duration_ms: ms(s.duration),
-                        outcome: s.outcome,
-                        error_type: s.error_type,
-                        error: s.error.clone(),
-                        phases: s.phases.iter().map(|p| (p.name, ms(p.duration))).collect(),
-                        cleanup: s.cleanup,
-                        skipped: s.skipped,
-                    })
-                    .collect(),
-            })
-        });
-        Entry {
-            at_ms: r
-                .started
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
-            duration_ms: ms(r.duration),
-            outcome: r.outcome,
-            error_type: r.error_type,
-            run_id: hex128(&r.run_id),
-            trace_id: hex128(&r.trace_id),
-            steps,
-            names: names.clone(),
-            detail,
+impl Detail {
+    fn of(r: &RunResult) -> Detail {
+        Detail {
+            message: r.message.clone().unwrap_or_default(),
+            cleanup_error: r.cleanup_error.clone(),
+            steps: r
+                .steps
+                .iter()
+                .map(|s| StepDetail {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    offset_ms: ms(s.started.duration_since(r.started).unwrap_or_default()),
+                    duration_ms: ms(s.duration),
+                    outcome: s.outcome,
+                    error_type: s.error_type,
+                    error: s.error.clone(),
+                    phases: s.phases.iter().map(|p| (p.name, ms(p.duration))).collect(),
+                    cleanup: s.cleanup,
+                    skipped: s.skipped,
+                })
+                .collect(),
         }
     }
+}
 
+impl Entry<'_> {
     pub fn run_id_hex(&self) -> String {
         format!("{:032x}", self.run_id)
     }
@@ -187,22 +132,125 @@ fn hex128(s: &str) -> u128 {
     }
 }
 
+/// Whether a run has the steps these names were taken from. Compared in
+/// place: the names rarely change, and this runs for every run.
+fn same_steps(names: &[StepName], r: &RunResult) -> bool {
+    names.len() == r.steps.len()
+        && names
+            .iter()
+            .zip(&r.steps)
+            .all(|(n, s)| n.name == s.name && n.cleanup == s.cleanup && n.delivery == delivery(s.kind))
+}
+
+/// A run as stored: 48 bytes, its step samples beside it in its chunk.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    at_ms: u64,
+    duration_ms: f32,
+    outcome: Outcome,
+    error_type: Option<ErrorType>,
+    run_id: u128,
+    trace_id: u128,
+}
+
+/// Runs per storage chunk. Chunks are allocated at this fixed size and never
+/// grown, so a history that fills up reallocates nothing (a doubling buffer
+/// left its old copies behind as heap fragments: about 40% of the history's
+/// memory in the scheduler benchmark), and at most one chunk per journey is
+/// part-empty.
+const CHUNK: usize = 16;
+
+/// Consecutive runs with the same steps, and those steps' names once.
+#[derive(Debug)]
+struct Chunk {
+    /// Sequence number (runs since start) of `records[0]`.
+    first_seq: u64,
+    names: Arc<[StepName]>,
+    records: Vec<Record>,
+    /// `names.len()` samples per record, in record order.
+    steps: Vec<StepSample>,
+}
+
+impl Chunk {
+    fn entry<'a>(&'a self, i: usize, details: &'a VecDeque<(u64, Box<Detail>)>) -> Entry<'a> {
+        let r = &self.records[i];
+        let n = self.names.len();
+        let seq = self.first_seq + i as u64;
+        Entry {
+            at_ms: r.at_ms,
+            duration_ms: r.duration_ms,
+            outcome: r.outcome,
+            error_type: r.error_type,
+            run_id: r.run_id,
+            trace_id: r.trace_id,
+            steps: &self.steps[i * n..(i + 1) * n],
+            names: &self.names,
+            detail: (r.outcome == Outcome::Failure)
+                .then(|| details.iter().rev().find(|(s, _)| *s == seq).map(|(_, d)| &**d))
+                .flatten(),
+        }
+    }
+}
+
 /// The kept runs of one journey, oldest first.
 #[derive(Debug)]
 pub struct History {
     cap: usize,
-    runs: VecDeque<Entry>,
-    names: Arc<[StepName]>,
+    chunks: VecDeque<Chunk>,
+    /// Records at the front of the first chunk that fell out of the history.
+    start: usize,
+    len: usize,
+    /// The detail of the last [`DETAILED_FAILURES`] failures, by sequence number, oldest first.
+    details: VecDeque<(u64, Box<Detail>)>,
     /// Runs recorded since the agent started (kept or not).
     pub total: u64,
+}
+
+/// The kept runs of a [`History`], oldest first.
+#[derive(Clone, Copy)]
+pub struct Runs<'a>(&'a History);
+
+impl<'a> Runs<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Entry<'a>> + Clone + 'a {
+        let h = self.0;
+        h.chunks.iter().enumerate().flat_map(move |(ci, c)| {
+            let from = if ci == 0 { h.start } else { 0 };
+            (from..c.records.len()).map(move |i| c.entry(i, &h.details))
+        })
+    }
+
+    pub fn front(&self) -> Option<Entry<'a>> {
+        self.iter().next()
+    }
+
+    pub fn back(&self) -> Option<Entry<'a>> {
+        let h = self.0;
+        let c = h.chunks.back()?;
+        (h.len > 0).then(|| c.entry(c.records.len() - 1, &h.details))
+    }
+
+    /// The `i`th kept run, oldest first.
+    pub fn get(&self, i: usize) -> Option<Entry<'a>> {
+        self.iter().nth(i)
+    }
 }
 
 impl History {
     pub fn new(cap: usize) -> History {
         History {
             cap: cap.max(1),
-            runs: VecDeque::new(),
-            names: Arc::from(Vec::new()),
+            chunks: VecDeque::new(),
+            start: 0,
+            len: 0,
+            details: VecDeque::new(),
             total: 0,
         }
     }
@@ -211,72 +259,96 @@ impl History {
         self.cap
     }
 
-    pub fn runs(&self) -> &VecDeque<Entry> {
-        &self.runs
+    pub fn runs(&self) -> Runs<'_> {
+        Runs(self)
     }
 
-    pub fn last(&self) -> Option<&Entry> {
-        self.runs.back()
+    pub fn last(&self) -> Option<Entry<'_>> {
+        self.runs().back()
     }
 
     pub fn push(&mut self, r: &RunResult) {
-        // Compared in place: the names rarely change, and this runs for every run.
-        let same = self.names.len() == r.steps.len()
-            && self.names.iter().zip(&r.steps).all(|(n, s)| {
-                n.name == s.name && n.cleanup == s.cleanup && n.delivery == delivery(s.kind)
+        let chunk_cap = CHUNK.min(self.cap);
+        let same = self.chunks.back().filter(|c| same_steps(&c.names, r));
+        if same.is_none_or(|c| c.records.len() >= chunk_cap) {
+            let names = match same {
+                Some(c) => c.names.clone(),
+                None => r
+                    .steps
+                    .iter()
+                    .map(|s| StepName {
+                        name: s.name.clone(),
+                        cleanup: s.cleanup,
+                        delivery: delivery(s.kind),
+                    })
+                    .collect(),
+            };
+            self.chunks.push_back(Chunk {
+                first_seq: self.total,
+                records: Vec::with_capacity(chunk_cap),
+                steps: Vec::with_capacity(chunk_cap * names.len()),
+                names,
             });
-        if !same {
-            self.names = r
-                .steps
-                .iter()
-                .map(|s| StepName {
-                    name: s.name.clone(),
-                    cleanup: s.cleanup,
-                    delivery: delivery(s.kind),
-                })
-                .collect();
         }
-        let entry = Entry::from_result(r, &self.names);
-        if self.runs.len() == self.cap {
-            self.runs.pop_front();
+        let chunk = self.chunks.back_mut().expect("a chunk with room was just ensured");
+        chunk.records.push(Record {
+            at_ms: r
+                .started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            duration_ms: ms(r.duration),
+            outcome: r.outcome,
+            error_type: r.error_type,
+            run_id: hex128(&r.run_id),
+            trace_id: hex128(&r.trace_id),
+        });
+        chunk.steps.extend(r.steps.iter().map(|s| StepSample {
+            ms: ms(s.duration),
+            outcome: s.outcome,
+        }));
+        if r.outcome == Outcome::Failure {
+            self.details.push_back((self.total, Box::new(Detail::of(r))));
+            if self.details.len() > DETAILED_FAILURES {
+                self.details.pop_front();
+            }
         }
-        let detailed = entry.detail.is_some();
-        self.runs.push_back(entry);
         self.total += 1;
-        if detailed {
-            self.trim_details();
+        self.len += 1;
+        if self.len > self.cap {
+            self.drop_oldest();
         }
     }
 
-    /// Drops the detail of the oldest failures beyond [`DETAILED_FAILURES`].
-    fn trim_details(&mut self) {
-        let mut seen = 0;
-        for e in self.runs.iter_mut().rev() {
-            if e.detail.is_some() {
-                seen += 1;
-                if seen > DETAILED_FAILURES {
-                    e.detail = None;
-                }
-            }
+    fn drop_oldest(&mut self) {
+        self.start += 1;
+        self.len -= 1;
+        if self.start == self.chunks[0].records.len() {
+            self.chunks.pop_front();
+            self.start = 0;
+        }
+        let first = self.chunks[0].first_seq + self.start as u64;
+        while self.details.front().is_some_and(|(s, _)| *s < first) {
+            self.details.pop_front();
         }
     }
 
     /// Share of kept runs that did not fail (degraded counts as good, as in the SLO).
     pub fn success_ratio(&self) -> Option<f64> {
-        if self.runs.is_empty() {
+        if self.len == 0 {
             return None;
         }
         let good = self
-            .runs
+            .runs()
             .iter()
             .filter(|e| e.outcome != Outcome::Failure)
             .count();
-        Some(good as f64 / self.runs.len() as f64)
+        Some(good as f64 / self.len as f64)
     }
 
     /// Duration percentiles in milliseconds over the kept runs.
     pub fn percentiles(&self, qs: &[f64]) -> Vec<Option<f64>> {
-        let mut v: Vec<f64> = self.runs.iter().map(|e| e.duration_ms as f64).collect();
+        let mut v: Vec<f64> = self.runs().iter().map(|e| e.duration_ms as f64).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         qs.iter().map(|&q| percentile(&v, q)).collect()
     }
@@ -284,10 +356,10 @@ impl History {
     /// The current outcome and the start of the streak of runs that share it.
     /// `complete` is false when the streak reaches back past the kept history.
     pub fn current_state(&self) -> Option<State> {
-        let last = self.runs.back()?;
+        let last = self.last()?;
         let mut since = last.at_ms;
         let mut complete = false;
-        for e in self.runs.iter().rev() {
+        for e in self.runs().iter().rev() {
             if e.outcome != last.outcome {
                 complete = true;
                 break;
@@ -297,12 +369,12 @@ impl History {
         Some(State {
             outcome: last.outcome,
             since_ms: since,
-            complete: complete || self.total == self.runs.len() as u64,
+            complete: complete || self.total == self.len as u64,
         })
     }
 
-    pub fn find(&self, run_id: u128) -> Option<&Entry> {
-        self.runs.iter().rev().find(|e| e.run_id == run_id)
+    pub fn find(&self, run_id: u128) -> Option<Entry<'_>> {
+        self.runs().iter().rev().find(|e| e.run_id == run_id)
     }
 }
 
@@ -388,7 +460,7 @@ pub(crate) mod tests {
             format!("{:032x}", 4 + 0xabc)
         );
         // Runs of the same steps share one list of names.
-        assert!(Arc::ptr_eq(&h.runs()[0].names, &h.runs()[2].names));
+        assert!(std::ptr::eq(h.runs().get(0).unwrap().names, h.runs().get(2).unwrap().names));
     }
 
     #[test]
@@ -402,29 +474,63 @@ pub(crate) mod tests {
         fewer.steps.truncate(1);
         h.push(&fewer);
         h.push(&run(3, Outcome::Success, 100));
-        let names = |i: usize| h.runs()[i].names.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        let names = |i: usize| h.runs().get(i).unwrap().names.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(0), ["lead in CRM", "pay"]);
         assert_eq!(names(1), ["lead in CRM", "checkout"]);
         assert_eq!(names(2), ["lead in CRM"]);
         assert_eq!(names(3), ["lead in CRM", "pay"]);
-        assert!(!Arc::ptr_eq(&h.runs()[0].names, &h.runs()[3].names));
-        assert_eq!(h.runs()[1].failed_step(), None);
+        assert!(!std::ptr::eq(h.runs().get(0).unwrap().names, h.runs().get(3).unwrap().names));
+        assert_eq!(h.runs().get(1).unwrap().failed_step(), None);
     }
 
     #[test]
-    fn step_samples_stay_inline_up_to_two_and_keep_their_order() {
-        let sample = |i: u32| StepSample {
-            ms: i as f32,
-            outcome: Outcome::Success,
-        };
-        for n in 0..5u32 {
-            let s = StepSamples::new((0..n).map(sample));
-            assert_eq!(s.len(), n as usize);
-            assert_eq!(s.iter().map(|x| x.ms as u32).collect::<Vec<_>>(), (0..n).collect::<Vec<_>>());
-            assert_eq!(matches!(s, StepSamples::Inline(..)), n <= 2);
+    fn a_run_is_stored_in_48_bytes_plus_8_per_step_in_fixed_chunks() {
+        // The cost figures in the README assume these sizes.
+        assert_eq!(std::mem::size_of::<Record>(), 48);
+        assert_eq!(std::mem::size_of::<StepSample>(), 8);
+        let mut h = History::new(40);
+        for n in 0..100 {
+            h.push(&run(n, Outcome::Success, 100));
+            let ids: Vec<u128> = h.runs().iter().map(|e| e.run_id).collect();
+            let first = (n + 1).saturating_sub(40) as u128;
+            assert_eq!(ids, (first..=n as u128).collect::<Vec<_>>(), "after run {n}");
+            assert_eq!(h.runs().len(), ids.len());
+            assert_eq!(h.runs().back().unwrap().run_id, n as u128);
+            assert_eq!(h.runs().front().unwrap().run_id, first);
+            // No chunk ever grows past its size, so none is reallocated.
+            for c in &h.chunks {
+                assert_eq!(c.records.capacity(), CHUNK);
+                assert_eq!(c.steps.capacity(), CHUNK * 2);
+            }
+            // At most one part-empty chunk beyond the kept runs, at each end.
+            assert!(h.chunks.len() <= 40 / CHUNK + 2, "{} chunks", h.chunks.len());
         }
-        // The compact record stays within the size its cost figures assume.
-        assert!(std::mem::size_of::<Entry>() <= 96, "{}", std::mem::size_of::<Entry>());
+        // Newest first, as the run table reads them.
+        let newest: Vec<u128> = h.runs().iter().rev().take(3).map(|e| e.run_id).collect();
+        assert_eq!(newest, [99, 98, 97]);
+        assert_eq!(h.runs().get(0).unwrap().steps.len(), 2);
+        // A history smaller than a chunk keeps chunks of its own size.
+        let mut h = History::new(1);
+        for n in 0..3 {
+            h.push(&run(n, Outcome::Success, 100));
+        }
+        assert_eq!(h.chunks.len(), 1);
+        assert_eq!(h.chunks[0].records.capacity(), 1);
+        assert_eq!(h.last().unwrap().run_id, 2);
+    }
+
+    #[test]
+    fn a_failure_loses_its_detail_when_it_falls_out_of_the_history() {
+        let mut h = History::new(3);
+        h.push(&run(0, Outcome::Failure, 100));
+        assert!(h.last().unwrap().detail.is_some());
+        for n in 1..3 {
+            h.push(&run(n, Outcome::Success, 100));
+        }
+        assert_eq!(h.details.len(), 1);
+        h.push(&run(3, Outcome::Success, 100));
+        assert!(h.details.is_empty());
+        assert!(h.runs().iter().all(|e| e.detail.is_none()));
     }
 
     #[test]
@@ -436,7 +542,8 @@ pub(crate) mod tests {
         let detailed = h.runs().iter().filter(|e| e.detail.is_some()).count();
         assert_eq!(detailed, DETAILED_FAILURES);
         assert!(h.runs().front().unwrap().detail.is_none());
-        let d = h.last().unwrap().detail.as_ref().unwrap();
+        let last = h.last().unwrap();
+        let d = last.detail.unwrap();
         assert_eq!(d.message, "step `pay`: expected status 200, got 503");
         assert_eq!(d.steps[1].phases, vec![("connect", 1.0), ("ttfb", 25.0)]);
         assert_eq!(d.steps[1].offset_ms, 50.0);
@@ -478,7 +585,7 @@ pub(crate) mod tests {
         }
         let s = h.current_state().unwrap();
         assert_eq!(s.outcome, Outcome::Failure);
-        assert_eq!(s.since_ms, h.runs()[3].at_ms);
+        assert_eq!(s.since_ms, h.runs().get(3).unwrap().at_ms);
         assert!(s.complete);
         assert_eq!(h.success_ratio(), Some(0.4));
         // A streak longer than the kept history is only known to be at least that old.

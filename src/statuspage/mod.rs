@@ -149,16 +149,35 @@ impl StatusPage {
     }
 
     /// The failure screenshot of a kept run, if the artifact directory still has it.
-    fn screenshot(&self, journey: &str, entry: &history::Entry) -> Option<std::path::PathBuf> {
-        let detail = entry.detail.as_ref()?;
-        let run = entry.run_id_hex();
+    fn screenshot(&self, journey: &str, shot: &Shot) -> Option<std::path::PathBuf> {
+        let run = format!("{:032x}", shot.run_id);
         let browser = self.browser()?;
         let artifacts = &browser.artifacts;
-        detail
-            .steps
+        shot.failed_steps
             .iter()
-            .filter(|s| s.outcome == crate::vocab::Outcome::Failure)
-            .find_map(|s| artifacts.find_failure(journey, &s.name, &run))
+            .find_map(|step| artifacts.find_failure(journey, step, &run))
+    }
+}
+
+/// What finds a failed run's screenshot, copied out of the history so the
+/// disk is searched without holding its lock.
+struct Shot {
+    run_id: u128,
+    failed_steps: Vec<String>,
+}
+
+impl Shot {
+    fn of(e: &history::Entry) -> Option<Shot> {
+        let d = e.detail?;
+        Some(Shot {
+            run_id: e.run_id,
+            failed_steps: d
+                .steps
+                .iter()
+                .filter(|s| s.outcome == crate::vocab::Outcome::Failure)
+                .map(|s| s.name.clone())
+                .collect(),
+        })
     }
 }
 
@@ -254,7 +273,7 @@ async fn journey(State(c): State<Ctx>, Query(q): Query<ViewQuery>) -> Response {
         return not_found("which journey? add ?name=JOURNEY");
     };
     // Screenshots are looked up on disk without holding the history lock.
-    let failures: Vec<history::Entry> = {
+    let failures: Vec<Shot> = {
         let map = c.page.journeys.lock().expect("status page lock");
         let Some(t) = map.get(&name) else {
             return not_found("no such journey on this agent");
@@ -263,9 +282,8 @@ async fn journey(State(c): State<Ctx>, Query(q): Query<ViewQuery>) -> Response {
             .runs()
             .iter()
             .rev()
-            .filter(|e| e.detail.is_some())
+            .filter_map(|e| Shot::of(&e))
             .take(render::FAILURES_SHOWN)
-            .cloned()
             .collect()
     };
     let (page, journey) = (c.page.clone(), name.clone());
@@ -311,13 +329,16 @@ async fn screenshot(State(c): State<Ctx>, Path(run): Path<String>) -> Response {
     let found = {
         let map = c.page.journeys.lock().expect("status page lock");
         map.iter()
-            .find_map(|(name, t)| t.history.find(id).map(|e| (name.clone(), e.clone())))
+            .find_map(|(name, t)| t.history.find(id).map(|e| (name.clone(), Shot::of(&e))))
     };
-    let Some((name, entry)) = found else {
+    let Some((name, shot)) = found else {
         return not_found("no such run in the kept history");
     };
+    let Some(shot) = shot else {
+        return not_found("no screenshot kept for this run");
+    };
     let page = c.page.clone();
-    let lookup = tokio::task::spawn_blocking(move || page.screenshot(&name, &entry));
+    let lookup = tokio::task::spawn_blocking(move || page.screenshot(&name, &shot));
     let path = tokio::time::timeout(Duration::from_secs(5), lookup)
         .await
         .ok()

@@ -273,15 +273,8 @@ pub fn overview(v: &View) -> String {
             let sm = summary(h);
             let state = sm.state.map(|s| s.outcome);
             let since = sm.state.map(|s| since_text(&s, v.now)).unwrap_or_default();
-            let recent: Vec<&Entry> = h
-                .runs()
-                .iter()
-                .rev()
-                .take(GRID_RUNS)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let mut recent: Vec<Entry> = h.runs().iter().rev().take(GRID_RUNS).collect();
+            recent.reverse();
             let spark: Vec<(f32, bool)> = recent
                 .iter()
                 .map(|e| (e.duration_ms, e.outcome == Outcome::Failure))
@@ -431,7 +424,7 @@ pub fn journey(v: &View, name: &str, shots: &HashSet<u128>) -> Option<String> {
     );
 
     // Failed runs, newest first, with everything an on-call engineer asks for.
-    let failures: Vec<&Entry> = runs
+    let failures: Vec<Entry> = runs
         .iter()
         .rev()
         .filter(|e| e.detail.is_some())
@@ -449,8 +442,8 @@ pub fn journey(v: &View, name: &str, shots: &HashSet<u128>) -> Option<String> {
         s.push_str(r#"<p class="empty">No failed run in the kept history.</p>"#);
     }
     let shown: Vec<u128> = failures.iter().map(|e| e.run_id).collect();
-    for e in failures {
-        let d = e.detail.as_ref().expect("filtered");
+    for e in &failures {
+        let d = e.detail.expect("filtered");
         let steps: Vec<svg::WaterfallStep> = d
             .steps
             .iter()
@@ -532,7 +525,7 @@ pub fn journey(v: &View, name: &str, shots: &HashSet<u128>) -> Option<String> {
             et = esc(e.error_type.map(|x| x.as_str()).unwrap_or("")),
             step = esc(e.failed_step().unwrap_or("")),
             run = &e.run_id_hex()[..12],
-            trace = trace_html(v.page, e),
+            trace = trace_html(v.page, &e),
         );
     }
     s.push_str("</tbody></table></section>");
@@ -674,7 +667,7 @@ pub fn marketing(v: &View) -> String {
             },
         );
         for e in runs.iter().rev().take(MARKETING_RUNS) {
-            let (ok, words) = lead_words(e, &t.meta.roles, &t.meta.waits);
+            let (ok, words) = lead_words(&e, &t.meta.roles, &t.meta.waits);
             let _ = write!(
                 s,
                 r##"<tr><td><a href="{}#run-{}">{}</a></td><td><span class="dot {}"></span>{}</td><td class="words">{}</td></tr>"##,
@@ -736,7 +729,7 @@ pub fn api_journey(v: &View, name: &str) -> Option<Value> {
                 r["failed_step"] = json!(e.failed_step());
             }
             if t.meta.marketing {
-                r["lead"] = json!(lead_words(e, &t.meta.roles, &t.meta.waits).1);
+                r["lead"] = json!(lead_words(&e, &t.meta.roles, &t.meta.waits).1);
             }
             r
         })
@@ -783,7 +776,7 @@ mod tests {
         });
         h.push(&r);
         let roles = [Delivery::Arrived, Delivery::Webhook];
-        let (ok, text) = lead_words(h.last().unwrap(), &roles, &Waits::default());
+        let (ok, text) = lead_words(&h.last().unwrap(), &roles, &Waits::default());
         assert!(ok);
         assert_eq!(
             text,
@@ -793,7 +786,7 @@ mod tests {
         r.steps[0].outcome = Outcome::Failure;
         r.steps.truncate(1);
         h.push(&r);
-        let (ok, text) = lead_words(h.last().unwrap(), &roles, &Waits::default());
+        let (ok, text) = lead_words(&h.last().unwrap(), &roles, &Waits::default());
         assert!(!ok);
         assert_eq!(
             text,
@@ -801,7 +794,7 @@ mod tests {
         );
         // With the journey's configured wait known, the words name it, not the time spent.
         let waits = Waits { arrived: Some(Duration::from_secs(20)), webhook: Some(Duration::from_secs(10)) };
-        let (_, text) = lead_words(h.last().unwrap(), &roles, &waits);
+        let (_, text) = lead_words(&h.last().unwrap(), &roles, &waits);
         assert_eq!(
             text,
             "The lead did not reach the CRM within 20 s, and the webhook was not awaited."
