@@ -143,7 +143,7 @@ pub enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
-    /// Ask the agent's admin endpoint for /healthz (or /ready); exit 0 when it answers 200. For container health checks.
+    /// Ask the agent's admin endpoint for /healthz (or /ready); exit 0 when it answers 200. For container health checks: /healthz answers 503 once the scheduler has made no progress for 10 s.
     #[command(after_help = "Example (Containerfile):\n  HEALTHCHECK CMD [\"/usr/bin/vantage\", \"health\", \"--config\", \"/etc/vantage/agent.yaml\"]")]
     Health {
         #[arg(long, short, default_value = "/etc/vantage/agent.yaml")]
@@ -530,7 +530,15 @@ async fn health(config: PathBuf, admin: Option<String>, ready: bool) -> anyhow::
     match client.get(format!("http://{addr}{path}")).send().await {
         Ok(r) if r.status().is_success() => Ok(0),
         Ok(r) => {
-            eprintln!("error: {addr}{path} answered {}", r.status());
+            let status = r.status();
+            // The agent says why (for /healthz: how long the scheduler has been wedged).
+            let body = tokio::time::timeout(std::time::Duration::from_secs(5), r.text()).await.ok().and_then(Result::ok).unwrap_or_default();
+            let why = crate::vocab::clean_text(body.lines().next().unwrap_or("")).chars().take(200).collect::<String>();
+            if why.trim().is_empty() {
+                eprintln!("error: {addr}{path} answered {status}");
+            } else {
+                eprintln!("error: {addr}{path} answered {status}: {}", why.trim());
+            }
             Ok(1)
         }
         Err(e) => {

@@ -166,12 +166,53 @@ pub fn spawn(listener: impl Into<Listeners>, app: Router, limits: Limits, shutdo
 /// never exceed twice the cap, plus at most the cap in their grace and the cap
 /// waiting for shed ones to close.
 pub fn spawn_with(listeners: impl Into<Listeners>, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>, admit: Option<Admit>) {
+    launch(listeners.into(), app, limits, shutdown, on_reject, admit);
+}
+
+fn launch(listeners: Listeners, app: Router, limits: Limits, shutdown: CancellationToken, on_reject: Option<OnReject>, admit: Option<Admit>) -> Arc<Acceptor> {
     let limits = limits.within_descriptors();
     let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(BodyGate::new(limits, on_reject, admit)), read_body));
     let acceptor = Arc::new(Acceptor { app, limits, shutdown: shutdown.clone(), table: Table::new(), waiting: Default::default(), next_id: AtomicU64::new(0), room_waiters: Arc::new(Semaphore::new(limits.max_connections)) });
-    for listener in listeners.into().0 {
+    for listener in listeners.0 {
         tokio::spawn(accept_loop(listener, acceptor.clone()));
     }
+    acceptor
+}
+
+/// In-flight answers get this long to finish once an own-thread listener is told to stop.
+const OWN_THREAD_DRAIN: Duration = Duration::from_secs(1);
+
+/// [`spawn`] on a thread of its own, with its own single-threaded runtime.
+/// For the admin endpoint: its accept loops and connections neither queue
+/// behind the journeys' tasks nor share a run queue with the callback
+/// listener, so in a connection flood against either listener `/healthz`
+/// waits only for its own socket's backlog, and the kernel schedules the
+/// thread on its own. Returns once the thread runs; the listener stops at
+/// `shutdown`, its open connections given [`OWN_THREAD_DRAIN`] to finish.
+pub fn spawn_on_own_thread(name: &str, listeners: impl Into<Listeners>, app: Router, limits: Limits, shutdown: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // The sockets were registered with the caller's runtime; they move to the thread's.
+    let sockets = listeners.into().0.into_iter().map(TcpListener::into_std).collect::<std::io::Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let name = name.to_string();
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        runtime.block_on(async move {
+            let listeners = match sockets.into_iter().map(TcpListener::from_std).collect::<std::io::Result<Vec<_>>>() {
+                Ok(l) => Listeners(l),
+                Err(e) => {
+                    tracing::error!(listener = %name, "cannot serve: {e}");
+                    return;
+                }
+            };
+            let acceptor = launch(listeners, app, limits, shutdown.clone(), None, None);
+            shutdown.cancelled().await;
+            let drained = async {
+                while acceptor.table.open() > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let _ = tokio::time::timeout(OWN_THREAD_DRAIN, drained).await;
+        });
+    })
 }
 
 /// Takes connections off one socket's kernel queue for `acceptor`.
@@ -738,6 +779,40 @@ mod tests {
         // Each is bindable when handed out.
         let p = free_loopback_port().unwrap();
         std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+    }
+
+    #[test]
+    fn an_own_thread_listener_answers_while_the_callers_runtime_stands_still_and_stops_when_told() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let stop = CancellationToken::new();
+        let (addr, thread) = rt.block_on(async {
+            let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = l.local_addr().unwrap();
+            let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+            (addr, spawn_on_own_thread("test-admin", l, app, Limits::ADMIN, stop.clone()).unwrap())
+        });
+        // Nothing polls the caller's runtime from here on.
+        assert_eq!(thread.thread().name(), Some("test-admin"));
+        for _ in 0..3 {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            std::io::Write::write_all(&mut c, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+            let mut got = String::new();
+            std::io::Read::read_to_string(&mut c, &mut got).unwrap();
+            assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok\n"), "{got:?}");
+        }
+        // An idle kept-alive connection does not hold the thread past its drain time.
+        let _idle = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = Instant::now();
+        stop.cancel();
+        while !thread.is_finished() {
+            assert!(t0.elapsed() < OWN_THREAD_DRAIN + Duration::from_secs(2), "the listener thread did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        thread.join().unwrap();
+        assert!(std::net::TcpStream::connect(addr).is_err(), "still listening after its thread ended");
+        drop(rt);
     }
 
     async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {

@@ -163,3 +163,55 @@ fn a_short_watchdog_is_fed_at_every_check_without_false_stall_errors() {
     assert!(!log.contains("stalled") && !log.contains("wedged"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `vantage health` (a container's `HEALTHCHECK`) passes on a live agent,
+/// whose admin endpoint runs on a thread of its own, and says what is wrong
+/// when the agent is gone.
+#[test]
+fn vantage_health_passes_on_a_live_agent_and_names_what_is_wrong_when_it_is_gone() {
+    let dir = common::tempdir();
+    let port = common::free_port();
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!("journeys:\n  - name: j\n    interval: 1s\n    steps:\n      - name: s\n        tcp: {{address: \"{}\"}}\n", target.local_addr().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("agent.yaml"),
+        format!("id: h\nprobes: [p.yaml]\nadmin: {{listen: \"127.0.0.1:{port}\"}}\nshutdown_grace: 1s\n"),
+    )
+    .unwrap();
+    let agent = Agent(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(dir.join("agent.yaml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+            .env_remove("NOTIFY_SOCKET")
+            .spawn()
+            .unwrap(),
+    );
+    let admin = format!("127.0.0.1:{port}");
+    let health = || Command::new(BIN).args(["health", "--admin", &admin]).output().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut out = health();
+    while !out.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        out = health();
+    }
+    let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    assert!(out.status.success(), "{}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), log());
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", agent.0.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "vantage-admin"), "no admin thread among {threads:?}");
+    drop(agent);
+    let out = health();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("error: cannot reach {admin}/healthz")), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -2,8 +2,9 @@
 //! and `/events`, a Server-Sent Events stream of run results as runs finish.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -26,11 +27,57 @@ pub struct AdminState {
     pub events: EventHub,
     /// Where the admin bearer token is read from (see `access`).
     pub credentials_dir: Option<std::path::PathBuf>,
+    pub liveness: Liveness,
+}
+
+/// `/healthz`'s view of the scheduler. The admin endpoint runs on a thread of
+/// its own, so answering at all no longer proves the journeys' runtime is
+/// alive: the scheduler's heartbeat (the one that feeds the systemd watchdog,
+/// which moves at least every second while every journey loop wakes when due
+/// and no run outlives its budget) must have moved within [`STALL_AFTER`].
+pub struct Liveness {
+    heartbeat: Arc<AtomicU64>,
+    /// The heartbeat's last value and when it was first seen.
+    seen: std::sync::Mutex<(u64, Instant)>,
+}
+
+/// Long enough that a loaded machine never fails a health check, short enough
+/// for a container runtime or Kubernetes to restart a wedged agent promptly.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+
+impl Liveness {
+    pub fn new(heartbeat: Arc<AtomicU64>) -> Liveness {
+        let now = heartbeat.load(Ordering::Relaxed);
+        Liveness { heartbeat, seen: std::sync::Mutex::new((now, Instant::now())) }
+    }
+
+    /// How long the heartbeat has stood still, once that is past [`STALL_AFTER`].
+    fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        let beat = self.heartbeat.load(Ordering::Relaxed);
+        let mut seen = self.seen.lock().expect("liveness lock");
+        if beat != seen.0 {
+            *seen = (beat, now);
+            return None;
+        }
+        let still = now.saturating_duration_since(seen.1);
+        (still > STALL_AFTER).then_some(still)
+    }
+}
+
+async fn healthz(State(s): State<Arc<AdminState>>) -> Response {
+    match s.liveness.stalled_for(Instant::now()) {
+        None => "ok\n".into_response(),
+        Some(d) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("scheduler wedged: no progress for {} s (see the agent's log)\n", d.as_secs()),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/ready", get(|| async { "ready\n" }))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -53,7 +100,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, shutdown: Cancellat
         tracing::warn!(%bound, "admin endpoint is not loopback-only and no `{}` credential is set: reload and other state-changing requests are refused", super::access::TOKEN_CREDENTIAL);
     }
     let app = app.layer(axum::middleware::from_fn_with_state(access, super::access::guard));
-    crate::listener::spawn(listener, app, crate::listener::Limits::ADMIN, shutdown);
+    crate::listener::spawn_on_own_thread("vantage-admin", listener, app, crate::listener::Limits::ADMIN, shutdown)?;
     Ok(bound)
 }
 
@@ -288,6 +335,21 @@ async fn events(State(s): State<Arc<AdminState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthz_fails_only_after_the_heartbeat_stands_still_past_its_bound() {
+        let hb = Arc::new(AtomicU64::new(7));
+        let t0 = Instant::now();
+        let l = Liveness::new(hb.clone());
+        assert_eq!(l.stalled_for(t0 + STALL_AFTER), None);
+        let late = t0 + STALL_AFTER + Duration::from_secs(2);
+        assert!(l.stalled_for(late).is_some_and(|d| d > STALL_AFTER + Duration::from_secs(1)));
+        // One beat and it is alive again, the clock restarting from that beat.
+        hb.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(l.stalled_for(late), None);
+        assert_eq!(l.stalled_for(late + STALL_AFTER), None);
+        assert!(l.stalled_for(late + STALL_AFTER + Duration::from_millis(1)).is_some());
+    }
 
     fn ev(n: usize) -> RunEvent {
         RunEvent {

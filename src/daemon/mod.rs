@@ -256,6 +256,7 @@ pub async fn run(mut opts: RunOptions) -> anyhow::Result<i32> {
         page: Some(page.clone()),
         events,
         credentials_dir: agent.credentials_dir(),
+        liveness: admin::Liveness::new(sched.heartbeat()),
     });
     if !agent.admin.listen.is_empty() {
         let addr: std::net::SocketAddr = agent.admin.listen.parse().context("admin.listen")?;
