@@ -143,6 +143,9 @@ async fn once_over_grpc_exports_runs_histograms_and_span_tree() {
     assert_eq!(root.status_message, "step `pay`: expected status 200, got 500 (body: status 500)");
     assert_eq!(root.attributes["error.type"], "http_status");
     assert_eq!(root.attributes["team"], "payments");
+    assert_eq!(root.attributes["journey.name"], "checkout");
+    assert_eq!(root.attributes["synthetics.location"], "eu-test-1");
+    assert_eq!(root.attributes["synthetics.run.attempt"], "1");
     let mut children: Vec<&str> = spans.iter().filter(|s| s.parent_span_id.as_deref() == Some(root.span_id.as_str())).map(|s| s.name.as_str()).collect();
     children.sort();
     assert_eq!(children, vec!["step home", "step pay"]);
@@ -152,6 +155,16 @@ async fn once_over_grpc_exports_runs_histograms_and_span_tree() {
     assert_eq!(pay.attributes["http.request.method"], "GET");
     assert_eq!(pay.attributes["error.type"], "http_status");
     assert_eq!(pay.status_code, "STATUS_CODE_ERROR");
+    // Each phase in milliseconds, under its own name; `pay` reuses the
+    // connection `home` opened, so only `home` connects.
+    let home = spans.iter().find(|s| s.name == "step home").unwrap();
+    for (span, phases) in [(home, &["connect", "ttfb", "transfer"][..]), (pay, &["ttfb", "transfer"][..])] {
+        for phase in phases {
+            let ms: f64 = span.attributes.get(&format!("synthetics.phase.{phase}_ms")).unwrap_or_else(|| panic!("no {phase} phase on {:?}", span.attributes)).parse().unwrap();
+            assert!((0.0..5000.0).contains(&ms), "{phase}: {ms}");
+        }
+    }
+    assert!(!pay.attributes.contains_key("synthetics.phase.connect_ms"), "{:?}", pay.attributes);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -980,6 +980,7 @@ mod tests {
             slo: None,
             source: String::new(),
             fingerprint: 0,
+            span_attrs: Default::default(),
         }
     }
 

@@ -325,6 +325,7 @@ fn compile_journey(c: &mut Checker, spanned: &Spanned<JourneySpec>) -> Journey {
         slo: spec.slo.clone(),
         source: format!("{}:{}:{}", c.file.display(), spanned.referenced.line(), spanned.referenced.column()),
         fingerprint: fingerprint(spec),
+        span_attrs: Default::default(),
     }
 }
 

@@ -142,13 +142,15 @@ async fn run_attempt(
     let started = Instant::now();
     let deadline = crate::vocab::later(started, journey.timeout);
 
-    let mut root_attrs = vec![
-        KeyValue::new("journey.name", journey.name.clone()),
+    let fixed = journey.span_attributes();
+    let mut root_attrs = Vec::with_capacity(fixed.len() + 3);
+    root_attrs.push(fixed[0].clone());
+    root_attrs.extend([
         KeyValue::new("synthetics.location", env.location.clone()),
         KeyValue::new("synthetics.run.id", ctx.run_id.clone()),
         KeyValue::new("synthetics.run.attempt", attempt as i64),
-    ];
-    root_attrs.extend(journey.labels.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())));
+    ]);
+    root_attrs.extend(fixed[1..].iter().cloned());
     let root = env
         .tracer
         .span_builder(format!("journey {}", journey.name))
@@ -367,7 +369,7 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
         span.set_attribute(redact_kv(ctx, kv));
     }
     for p in &phases {
-        span.set_attribute(KeyValue::new(format!("synthetics.phase.{}_ms", p.name), p.duration.as_secs_f64() * 1000.0));
+        span.set_attribute(KeyValue::new(phase_key(p.name), p.duration.as_secs_f64() * 1000.0));
     }
     if let Some(s) = cert_remaining_secs {
         span.set_attribute(KeyValue::new("tls.server.cert.remaining_s", s));
@@ -398,6 +400,17 @@ async fn run_step(ctx: &mut RunContext, step: &Step, parent: &OtelContext, clean
         skipped,
         started: started_at,
     }
+}
+
+/// `synthetics.phase.<name>_ms`, made once per phase name (a fixed set): each
+/// step span, and the exporter's copy of it, shares the string.
+fn phase_key(name: &'static str) -> opentelemetry::Key {
+    static KEYS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<&'static str, opentelemetry::Key>>> = std::sync::LazyLock::new(Default::default);
+    KEYS.lock()
+        .expect("phase keys")
+        .entry(name)
+        .or_insert_with(|| opentelemetry::Key::from(Arc::<str>::from(format!("synthetics.phase.{name}_ms"))))
+        .clone()
 }
 
 fn redact_kv(ctx: &RunContext, kv: KeyValue) -> KeyValue {

@@ -37,6 +37,21 @@ pub struct Journey {
     pub source: String,
     /// Changes whenever the journey's definition changes (hot reload).
     pub fingerprint: u64,
+    /// The root span's attributes that are the same in every run (name and
+    /// labels), made once: their strings are shared, so neither a run's span
+    /// nor the exporter's copy of it allocates them again.
+    pub span_attrs: std::sync::OnceLock<Vec<opentelemetry::KeyValue>>,
+}
+
+impl Journey {
+    pub fn span_attributes(&self) -> &[opentelemetry::KeyValue] {
+        self.span_attrs.get_or_init(|| {
+            let shared = |s: &str| Arc::<str>::from(s);
+            std::iter::once(opentelemetry::KeyValue::new("journey.name", shared(&self.name)))
+                .chain(self.labels.iter().map(|(k, v)| opentelemetry::KeyValue::new(shared(k), shared(v))))
+                .collect()
+        })
+    }
 }
 
 /// A journey's `retries`: how many attempts a run may take in all, and the pause between them.

@@ -286,6 +286,7 @@ mod tests {
             slo: None,
             source: String::new(),
             fingerprint: 0,
+            span_attrs: Default::default(),
         };
         let js = [
             journey(vec![test_step("name: t\ntcp: {address: \"127.0.0.1:1\"}\n")], Vec::new()),
