@@ -548,13 +548,28 @@ async fn health(config: PathBuf, admin: Option<String>, ready: bool) -> anyhow::
     }
 }
 
+/// The admin bearer token from the agent's credentials directory, if it holds
+/// one: with it set, the agent takes state-changing requests only with the
+/// token, so `vantage reload` (the unit's `ExecReload=`, which sees the same
+/// `$CREDENTIALS_DIRECTORY`) sends it.
+fn admin_token(config: &std::path::Path) -> Option<String> {
+    let dir = config::parse_agent(config).ok()?.credentials_dir()?;
+    let token = std::fs::read_to_string(dir.join(crate::daemon::access::TOKEN_CREDENTIAL)).ok()?;
+    let token = token.trim_end_matches(['\n', '\r']);
+    (!token.is_empty()).then(|| token.to_string())
+}
+
 async fn reload(config: PathBuf, admin: Option<String>) -> anyhow::Result<i32> {
     let addr = match admin_addr(&config, admin) {
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).no_proxy().build()?;
-    let resp = match client.post(format!("http://{addr}/-/reload")).send().await {
+    let mut request = client.post(format!("http://{addr}/-/reload"));
+    if let Some(token) = admin_token(&config) {
+        request = request.bearer_auth(token);
+    }
+    let resp = match request.send().await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot reach the agent's admin endpoint at {addr}: {e}");

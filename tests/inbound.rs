@@ -174,6 +174,12 @@ async fn admin_writes_need_the_token_a_local_host_and_replies_echo_nothing() {
     assert_eq!(request(agent.admin, "GET /status", &[], b"").unwrap().0, 200);
     let (status, body) = request(agent.admin, "POST /-/reload", &[("Authorization", &auth)], b"").unwrap();
     assert_eq!(status, 200, "{body}");
+    // `vantage reload` (the unit's ExecReload) sends the token from the same credentials directory.
+    let out = Command::new(BIN).args(["reload", "--config"]).arg(agent.dir.join("agent.yaml")).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "vantage reload: {stdout}{stderr}");
+    assert!(stdout.starts_with("reloaded"), "{stdout}");
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN), "{stdout}{stderr}");
     // A rejected reload names where the problem is, never the file's contents.
     std::fs::write(agent.dir.join("probes.yaml"), format!("journeys:\n  - name: broken\n    interval: {FILE_CANARY}\n    steps: []\n")).unwrap();
     let (status, body) = request(agent.admin, "POST /-/reload", &[("Authorization", &auth)], b"").unwrap();
