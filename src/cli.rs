@@ -553,10 +553,7 @@ async fn health(config: PathBuf, admin: Option<String>, ready: bool) -> anyhow::
 /// token, so `vantage reload` (the unit's `ExecReload=`, which sees the same
 /// `$CREDENTIALS_DIRECTORY`) sends it.
 fn admin_token(config: &std::path::Path) -> Option<String> {
-    let dir = config::parse_agent(config).ok()?.credentials_dir()?;
-    let token = std::fs::read_to_string(dir.join(crate::daemon::access::TOKEN_CREDENTIAL)).ok()?;
-    let token = token.trim_end_matches(['\n', '\r']);
-    (!token.is_empty()).then(|| token.to_string())
+    crate::daemon::access::read_token(&config::parse_agent(config).ok()?.credentials_dir()?)
 }
 
 async fn reload(config: PathBuf, admin: Option<String>) -> anyhow::Result<i32> {

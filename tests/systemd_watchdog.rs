@@ -21,23 +21,26 @@ impl Drop for Agent {
     }
 }
 
-/// The notify socket in `dir`, and an agent whose one journey connects to a loopback listener.
-fn start(dir: &Path, envs: &[(&str, String)]) -> (UnixDatagram, Agent, std::net::TcpListener) {
-    let sock_path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+/// `dir/agent.yaml` (agent `id`, admin endpoint on `admin`, "" for off) and
+/// `dir/p.yaml`, whose one journey connects every second to the returned listener.
+fn write_configs(dir: &Path, id: &str, admin: &str) -> std::net::TcpListener {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std::fs::write(
         dir.join("p.yaml"),
         format!("journeys:\n  - name: j\n    interval: 1s\n    steps:\n      - name: s\n        tcp: {{address: \"{}\"}}\n", target.local_addr().unwrap()),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("agent.yaml"),
-        "id: w\nprobes: [p.yaml]\nadmin: {listen: \"\"}\nshutdown_grace: 1s\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("agent.yaml"), format!("id: {id}\nprobes: [p.yaml]\nadmin: {{listen: \"{admin}\"}}\nshutdown_grace: 1s\n")).unwrap();
+    target
+}
+
+/// The notify socket in `dir`, and an agent whose one journey connects to a loopback listener.
+fn start(dir: &Path, envs: &[(&str, String)]) -> (UnixDatagram, Agent, std::net::TcpListener) {
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = write_configs(dir, "w", "");
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config"])
         .arg(dir.join("agent.yaml"))
@@ -171,17 +174,7 @@ fn a_short_watchdog_is_fed_at_every_check_without_false_stall_errors() {
 fn vantage_health_passes_on_a_live_agent_and_names_what_is_wrong_when_it_is_gone() {
     let dir = common::tempdir();
     let port = common::free_port();
-    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std::fs::write(
-        dir.join("p.yaml"),
-        format!("journeys:\n  - name: j\n    interval: 1s\n    steps:\n      - name: s\n        tcp: {{address: \"{}\"}}\n", target.local_addr().unwrap()),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("agent.yaml"),
-        format!("id: h\nprobes: [p.yaml]\nadmin: {{listen: \"127.0.0.1:{port}\"}}\nshutdown_grace: 1s\n"),
-    )
-    .unwrap();
+    let _target = write_configs(&dir, "h", &format!("127.0.0.1:{port}"));
     let agent = Agent(
         Command::new(BIN)
             .args(["run", "--config"])

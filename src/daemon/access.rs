@@ -17,6 +17,15 @@ use axum::response::{IntoResponse, Response};
 /// The credential file holding the admin bearer token.
 pub const TOKEN_CREDENTIAL: &str = "vantage-admin-token";
 
+/// The admin bearer token in `credentials_dir`, if it holds a non-empty one
+/// (a trailing newline is not part of it). The agent checks requests against
+/// it; `vantage reload` sends it.
+pub fn read_token(credentials_dir: &Path) -> Option<String> {
+    let token = std::fs::read_to_string(credentials_dir.join(TOKEN_CREDENTIAL)).ok()?;
+    let token = token.trim_end_matches(['\n', '\r']);
+    (!token.is_empty()).then(|| token.to_string())
+}
+
 pub struct Access {
     loopback_only: bool,
     port: u16,
@@ -26,10 +35,7 @@ pub struct Access {
 impl Access {
     /// For a listener on `addr`; the token is read from `credentials_dir/vantage-admin-token` if that file exists.
     pub fn new(addr: SocketAddr, credentials_dir: Option<&Path>) -> Access {
-        let token = credentials_dir
-            .and_then(|d| std::fs::read_to_string(d.join(TOKEN_CREDENTIAL)).ok())
-            .map(|t| t.trim_end_matches(['\n', '\r']).to_string())
-            .filter(|t| !t.is_empty());
+        let token = credentials_dir.and_then(read_token);
         Access {
             loopback_only: addr.ip().is_loopback(),
             port: addr.port(),
