@@ -53,7 +53,8 @@ fn result(n: u64, steps: u64) -> RunResult {
         message: failed.then(|| "step `step number 4`: expected status 200, got 503 (body: {\"error\":\"upstream unavailable\"})".into()),
         steps,
         cleanup_error: None,
-        trace_id: format!("{:032x}", n + 7),
+        // As the agent traces a first attempt: under its run id.
+        trace_id: format!("{:032x}", n + 1),
         started,
         attempts: 1,
         failed_attempts: Vec::new(),

@@ -288,6 +288,30 @@ pub fn snippet(text: &str, max: usize) -> String {
     }
 }
 
+/// A run or trace id (32 hex digits) as a number; anything else is 0.
+pub fn id128(s: &str) -> u128 {
+    if s.len() == 32 {
+        u128::from_str_radix(s, 16).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// The trace id of a run's `attempt`: the run id itself for the first attempt,
+/// so a run id finds its trace, and a different one for each retry, so every
+/// attempt has a trace of its own. Derived rather than drawn so a kept run
+/// needs to store only its run id.
+pub fn attempt_trace_id(run_id: u128, attempt: u32) -> u128 {
+    const MIX: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
+    let mixed = run_id ^ u128::from(attempt.saturating_sub(1)).wrapping_mul(MIX);
+    // All zeros is not a valid trace id.
+    if mixed == 0 {
+        run_id
+    } else {
+        mixed
+    }
+}
+
 /// How a step that passed its assertions went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -438,5 +462,21 @@ mod tests {
         assert_eq!(d.to_string(), "p.yaml:3:5: bad");
         let d = Diagnostic { line: 0, ..d };
         assert_eq!(d.to_string(), "p.yaml: bad");
+    }
+
+    #[test]
+    fn the_first_attempt_is_traced_under_the_run_id_and_each_retry_under_its_own() {
+        let run = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+        assert_eq!(id128("4bf92f3577b34da6a3ce929d0e0e4736"), run);
+        assert_eq!(id128("not hex, but thirty-two chars.."), 0);
+        assert_eq!(id128("abc"), 0);
+        assert_eq!(attempt_trace_id(run, 1), run);
+        assert_eq!(attempt_trace_id(run, 0), run);
+        let ids: Vec<u128> = (1..=5).map(|a| attempt_trace_id(run, a)).collect();
+        for (i, a) in ids.iter().enumerate() {
+            assert_ne!(*a, 0);
+            assert!(ids[i + 1..].iter().all(|b| b != a), "attempt {} repeats a trace id", i + 1);
+        }
+        assert_eq!(attempt_trace_id(run, 3), attempt_trace_id(run, 3));
     }
 }

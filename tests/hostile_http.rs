@@ -817,6 +817,11 @@ async fn retries_through_the_agent_count_each_run_once() {
         let want: Vec<String> = (1..=attempts).map(|i| i.to_string()).collect();
         assert_eq!(numbers, want, "{journey}: {roots:?}");
         assert!(roots.iter().all(|s| s.attributes["synthetics.run.id"] == run["run_id"].as_str().unwrap()), "{journey}: one run id for all attempts: {roots:?}");
+        // Each attempt has a trace of its own; the first one's is the run id; the run reports its last one's.
+        let traces: std::collections::BTreeSet<&str> = roots.iter().map(|s| s.trace_id.as_str()).collect();
+        assert_eq!(traces.len(), attempts, "{journey}: {roots:?}");
+        assert_eq!(roots[0].trace_id, run["run_id"].as_str().unwrap(), "{journey}");
+        assert_eq!(roots[attempts - 1].trace_id, run["trace_id"].as_str().unwrap(), "{journey}");
         for (i, s) in roots.iter().enumerate() {
             let failed = s.status_code == "STATUS_CODE_ERROR";
             assert_eq!(failed, journey == "broken" || i == 0, "{journey} attempt {}: {}", i + 1, s.status_code);

@@ -146,6 +146,9 @@ async fn once_over_grpc_exports_runs_histograms_and_span_tree() {
     assert_eq!(root.attributes["journey.name"], "checkout");
     assert_eq!(root.attributes["synthetics.location"], "eu-test-1");
     assert_eq!(root.attributes["synthetics.run.attempt"], "1");
+    // A first attempt is traced under its run id, so the run id finds the trace.
+    assert_eq!(root.trace_id, root.attributes["synthetics.run.id"]);
+    assert_eq!(checkout["run_id"].as_str(), Some(trace_id.as_str()));
     let mut children: Vec<&str> = spans.iter().filter(|s| s.parent_span_id.as_deref() == Some(root.span_id.as_str())).map(|s| s.name.as_str()).collect();
     children.sort();
     assert_eq!(children, vec!["step home", "step pay"]);

@@ -2,6 +2,7 @@
 //! timeout, then its `finally` steps, and produces a [`RunResult`] with a
 //! trace (root span `journey <name>`, one child span per step).
 
+pub mod ids;
 pub mod context;
 pub mod result;
 
@@ -155,8 +156,9 @@ async fn run_attempt(
         .tracer
         .span_builder(format!("journey {}", journey.name))
         .with_kind(SpanKind::Internal)
-        .with_attributes(root_attrs)
-        .start(&env.tracer);
+        .with_attributes(root_attrs);
+    let trace = crate::vocab::attempt_trace_id(crate::vocab::id128(run_id), attempt);
+    let root = ids::with_trace_id(trace, || root.start(&env.tracer));
     let root_cx = OtelContext::new().with_span(root);
     let trace_id = root_cx.span().span_context().trace_id().to_string();
 

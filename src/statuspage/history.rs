@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::steps::{delivery, Delivery};
-use crate::vocab::{ErrorType, Outcome, RunResult};
+use crate::vocab::{attempt_trace_id, id128, ErrorType, Outcome, RunResult};
 
 /// Failures per journey whose message, steps and phases are kept (the rest keep their sample).
 pub const DETAILED_FAILURES: usize = 50;
@@ -35,11 +35,59 @@ pub struct Entry<'a> {
     pub outcome: Outcome,
     pub error_type: Option<ErrorType>,
     pub run_id: u128,
+    /// 0 when tracing gave none.
     pub trace_id: u128,
     /// Aligned with `names`.
-    pub steps: &'a [StepSample],
+    pub steps: Samples<'a>,
     pub names: &'a [StepName],
     pub detail: Option<&'a Detail>,
+}
+
+/// The step samples of one kept run, stored packed (see [`pack`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Samples<'a>(&'a [u32]);
+
+impl<'a> Samples<'a> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<StepSample> {
+        self.0.get(i).map(|&p| unpack(p))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = StepSample> + 'a {
+        self.0.iter().map(|&p| unpack(p))
+    }
+}
+
+/// A step sample in 4 bytes: the duration's `f32` bits (never negative, so
+/// the sign bit is free) with the outcome in the sign bit and the lowest
+/// mantissa bit (costing one unit in the last place of the duration).
+fn pack(s: StepSample) -> u32 {
+    let ms = if s.ms.is_finite() && s.ms > 0.0 { s.ms } else { 0.0 };
+    let o = match s.outcome {
+        Outcome::Success => 0,
+        Outcome::Degraded => 1,
+        Outcome::Failure => 2,
+    };
+    (ms.to_bits() & 0x7fff_fffe) | ((o >> 1) << 31) | (o & 1)
+}
+
+fn unpack(p: u32) -> StepSample {
+    let outcome = match ((p >> 31) << 1) | (p & 1) {
+        0 => Outcome::Success,
+        1 => Outcome::Degraded,
+        _ => Outcome::Failure,
+    };
+    StepSample {
+        ms: f32::from_bits(p & 0x7fff_fffe),
+        outcome,
+    }
 }
 
 /// What a failed run's page shows.
@@ -106,7 +154,7 @@ impl Entry<'_> {
             .iter()
             .zip(self.steps.iter())
             .find(|(n, _)| n.delivery == Some(role))
-            .map(|(_, s)| *s)
+            .map(|(_, s)| s)
     }
 
     /// Name of the step that failed the run.
@@ -123,15 +171,6 @@ fn ms(d: Duration) -> f32 {
     (d.as_secs_f64() * 1000.0) as f32
 }
 
-/// Run and trace ids are 32 hex digits; anything else is stored as 0.
-fn hex128(s: &str) -> u128 {
-    if s.len() == 32 {
-        u128::from_str_radix(s, 16).unwrap_or(0)
-    } else {
-        0
-    }
-}
-
 /// Whether a run has the steps these names were taken from. Compared in
 /// place: the names rarely change, and this runs for every run.
 fn same_steps(names: &[StepName], r: &RunResult) -> bool {
@@ -142,15 +181,38 @@ fn same_steps(names: &[StepName], r: &RunResult) -> bool {
             .all(|(n, s)| n.name == s.name && n.cleanup == s.cleanup && n.delivery == delivery(s.kind))
 }
 
-/// A run as stored: 48 bytes, its step samples beside it in its chunk.
+/// A run as stored: 28 bytes, its step samples (4 bytes each) beside it in its chunk.
 #[derive(Debug, Clone, Copy)]
 struct Record {
-    at_ms: u64,
+    /// The run id as four words: a `u128` would align the record to 16 bytes.
+    run_id: [u32; 4],
+    /// Milliseconds after the chunk's `base_ms`.
+    at_offset_ms: u32,
     duration_ms: f32,
     outcome: Outcome,
     error_type: Option<ErrorType>,
-    run_id: u128,
-    trace_id: u128,
+    trace: Trace,
+    /// The run's attempts (`retries`), saturating.
+    attempts: u8,
+}
+
+/// Where a kept run's trace id comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Trace {
+    /// Tracing gave none.
+    None,
+    /// [`attempt_trace_id`] of the run id and its attempts, as the agent's runs are traced.
+    Derived,
+    /// Anything else (another tracer): kept in the history's `other_traces`.
+    Other,
+}
+
+fn split(id: u128) -> [u32; 4] {
+    [(id >> 96) as u32, (id >> 64) as u32, (id >> 32) as u32, id as u32]
+}
+
+fn join(w: [u32; 4]) -> u128 {
+    w.iter().fold(0, |acc, &x| (acc << 32) | u128::from(x))
 }
 
 /// Runs per storage chunk. Chunks are allocated at this fixed size and never
@@ -165,25 +227,32 @@ const CHUNK: usize = 16;
 struct Chunk {
     /// Sequence number (runs since start) of `records[0]`.
     first_seq: u64,
+    /// Unix milliseconds the records' start times count from.
+    base_ms: u64,
     names: Arc<[StepName]>,
     records: Vec<Record>,
-    /// `names.len()` samples per record, in record order.
-    steps: Vec<StepSample>,
+    /// `names.len()` packed samples per record, in record order.
+    steps: Vec<u32>,
 }
 
 impl Chunk {
-    fn entry<'a>(&'a self, i: usize, details: &'a VecDeque<(u64, Box<Detail>)>) -> Entry<'a> {
-        let r = &self.records[i];
+    fn entry<'a>(&'a self, i: usize, h: &'a History) -> Entry<'a> {
+        let (r, details) = (&self.records[i], &h.details);
         let n = self.names.len();
         let seq = self.first_seq + i as u64;
+        let run_id = join(r.run_id);
         Entry {
-            at_ms: r.at_ms,
+            at_ms: self.base_ms + u64::from(r.at_offset_ms),
             duration_ms: r.duration_ms,
             outcome: r.outcome,
             error_type: r.error_type,
-            run_id: r.run_id,
-            trace_id: r.trace_id,
-            steps: &self.steps[i * n..(i + 1) * n],
+            run_id,
+            trace_id: match r.trace {
+                Trace::None => 0,
+                Trace::Derived => attempt_trace_id(run_id, u32::from(r.attempts)),
+                Trace::Other => h.other_traces.iter().rev().find(|(s, _)| *s == seq).map_or(0, |(_, t)| *t),
+            },
+            steps: Samples(&self.steps[i * n..(i + 1) * n]),
             names: &self.names,
             detail: (r.outcome == Outcome::Failure)
                 .then(|| details.iter().rev().find(|(s, _)| *s == seq).map(|(_, d)| &**d))
@@ -202,6 +271,8 @@ pub struct History {
     len: usize,
     /// The detail of the last [`DETAILED_FAILURES`] failures, by sequence number, oldest first.
     details: VecDeque<(u64, Box<Detail>)>,
+    /// Trace ids of kept runs not traced the agent's way ([`Trace::Other`]), by sequence number.
+    other_traces: VecDeque<(u64, u128)>,
     /// Runs recorded since the agent started (kept or not).
     pub total: u64,
 }
@@ -223,7 +294,7 @@ impl<'a> Runs<'a> {
         let h = self.0;
         h.chunks.iter().enumerate().flat_map(move |(ci, c)| {
             let from = if ci == 0 { h.start } else { 0 };
-            (from..c.records.len()).map(move |i| c.entry(i, &h.details))
+            (from..c.records.len()).map(move |i| c.entry(i, h))
         })
     }
 
@@ -234,7 +305,7 @@ impl<'a> Runs<'a> {
     pub fn back(&self) -> Option<Entry<'a>> {
         let h = self.0;
         let c = h.chunks.back()?;
-        (h.len > 0).then(|| c.entry(c.records.len() - 1, &h.details))
+        (h.len > 0).then(|| c.entry(c.records.len() - 1, h))
     }
 
     /// The `i`th kept run, oldest first.
@@ -251,6 +322,7 @@ impl History {
             start: 0,
             len: 0,
             details: VecDeque::new(),
+            other_traces: VecDeque::new(),
             total: 0,
         }
     }
@@ -269,8 +341,12 @@ impl History {
 
     pub fn push(&mut self, r: &RunResult) {
         let chunk_cap = CHUNK.min(self.cap);
+        let at_ms = r.started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        // A new chunk also when the start time does not fit the offset (weeks
+        // between runs, or the clock set back).
+        let fits = |c: &&Chunk| at_ms.checked_sub(c.base_ms).is_some_and(|d| d <= u64::from(u32::MAX));
         let same = self.chunks.back().filter(|c| same_steps(&c.names, r));
-        if same.is_none_or(|c| c.records.len() >= chunk_cap) {
+        if same.is_none_or(|c| c.records.len() >= chunk_cap || !fits(&c)) {
             let names = match same {
                 Some(c) => c.names.clone(),
                 None => r
@@ -285,27 +361,37 @@ impl History {
             };
             self.chunks.push_back(Chunk {
                 first_seq: self.total,
+                base_ms: at_ms,
                 records: Vec::with_capacity(chunk_cap),
                 steps: Vec::with_capacity(chunk_cap * names.len()),
                 names,
             });
         }
         let chunk = self.chunks.back_mut().expect("a chunk with room was just ensured");
+        let (run_id, trace_id) = (id128(&r.run_id), id128(&r.trace_id));
+        let attempts = u8::try_from(r.attempts).unwrap_or(u8::MAX);
+        let trace = if trace_id == 0 {
+            Trace::None
+        } else if trace_id == attempt_trace_id(run_id, u32::from(attempts)) {
+            Trace::Derived
+        } else {
+            self.other_traces.push_back((self.total, trace_id));
+            Trace::Other
+        };
         chunk.records.push(Record {
-            at_ms: r
-                .started
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
+            run_id: split(run_id),
+            at_offset_ms: (at_ms - chunk.base_ms) as u32,
             duration_ms: ms(r.duration),
             outcome: r.outcome,
             error_type: r.error_type,
-            run_id: hex128(&r.run_id),
-            trace_id: hex128(&r.trace_id),
+            trace,
+            attempts,
         });
-        chunk.steps.extend(r.steps.iter().map(|s| StepSample {
-            ms: ms(s.duration),
-            outcome: s.outcome,
+        chunk.steps.extend(r.steps.iter().map(|s| {
+            pack(StepSample {
+                ms: ms(s.duration),
+                outcome: s.outcome,
+            })
         }));
         if r.outcome == Outcome::Failure {
             self.details.push_back((self.total, Box::new(Detail::of(r))));
@@ -330,6 +416,9 @@ impl History {
         let first = self.chunks[0].first_seq + self.start as u64;
         while self.details.front().is_some_and(|(s, _)| *s < first) {
             self.details.pop_front();
+        }
+        while self.other_traces.front().is_some_and(|(s, _)| *s < first) {
+            self.other_traces.pop_front();
         }
     }
 
@@ -484,10 +573,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_run_is_stored_in_48_bytes_plus_8_per_step_in_fixed_chunks() {
+    fn a_run_is_stored_in_28_bytes_plus_4_per_step_in_fixed_chunks() {
         // The cost figures in the README assume these sizes.
-        assert_eq!(std::mem::size_of::<Record>(), 48);
-        assert_eq!(std::mem::size_of::<StepSample>(), 8);
+        assert_eq!(std::mem::size_of::<Record>(), 28);
         let mut h = History::new(40);
         for n in 0..100 {
             h.push(&run(n, Outcome::Success, 100));
@@ -509,6 +597,7 @@ pub(crate) mod tests {
         let newest: Vec<u128> = h.runs().iter().rev().take(3).map(|e| e.run_id).collect();
         assert_eq!(newest, [99, 98, 97]);
         assert_eq!(h.runs().get(0).unwrap().steps.len(), 2);
+        assert_eq!(std::mem::size_of_val(&h.chunks[0].steps[0]), 4);
         // A history smaller than a chunk keeps chunks of its own size.
         let mut h = History::new(1);
         for n in 0..3 {
@@ -548,6 +637,75 @@ pub(crate) mod tests {
         assert_eq!(d.steps[1].phases, vec![("connect", 1.0), ("ttfb", 25.0)]);
         assert_eq!(d.steps[1].offset_ms, 50.0);
         assert_eq!(h.last().unwrap().failed_step(), Some("pay"));
+    }
+
+    #[test]
+    fn step_samples_pack_into_4_bytes_losing_at_most_one_unit_in_the_last_place() {
+        for outcome in Outcome::ALL {
+            for ms in [0.0_f32, 0.001, 1.5, 12.345, 1e6, 3.1e10, f32::MAX] {
+                let back = unpack(pack(StepSample { ms, outcome }));
+                assert_eq!(back.outcome, outcome, "{ms} {outcome:?}");
+                assert!((back.ms - ms).abs() <= ms * f32::EPSILON, "{ms} came back as {}", back.ms);
+            }
+            // Nothing a clock can report turns into a negative or odd duration.
+            for bad in [-1.0_f32, f32::NAN, f32::INFINITY] {
+                let back = unpack(pack(StepSample { ms: bad, outcome }));
+                assert_eq!((back.ms, back.outcome), (0.0, outcome));
+            }
+        }
+    }
+
+    #[test]
+    fn trace_ids_derived_from_the_run_id_are_not_stored_and_others_are_kept_beside() {
+        let mut h = History::new(3);
+        let mut derived = run(1, Outcome::Success, 100);
+        derived.trace_id = format!("{:032x}", attempt_trace_id(1, 1));
+        let mut retried = run(2, Outcome::Success, 100);
+        retried.attempts = 3;
+        retried.trace_id = format!("{:032x}", attempt_trace_id(2, 3));
+        let mut untraced = run(3, Outcome::Failure, 100);
+        untraced.trace_id = String::new();
+        h.push(&derived);
+        h.push(&retried);
+        h.push(&untraced);
+        assert!(h.other_traces.is_empty());
+        let traces: Vec<u128> = h.runs().iter().map(|e| e.trace_id).collect();
+        assert_eq!(traces, [1, attempt_trace_id(2, 3), 0]);
+        assert_eq!(h.last().unwrap().trace_id_hex(), None);
+        // A trace id from another tracer is kept beside the run, and goes with it.
+        h.push(&run(4, Outcome::Success, 100));
+        assert_eq!(h.other_traces.len(), 1);
+        assert_eq!(h.last().unwrap().trace_id, 4 + 0xabc);
+        for n in 5..8 {
+            h.push(&derived_run(n));
+        }
+        assert!(h.other_traces.is_empty());
+        assert_eq!(h.runs().iter().map(|e| e.run_id).collect::<Vec<_>>(), [5, 6, 7]);
+    }
+
+    fn derived_run(n: u64) -> RunResult {
+        let mut r = run(n, Outcome::Success, 100);
+        r.trace_id = format!("{:032x}", attempt_trace_id(n as u128, 1));
+        r
+    }
+
+    #[test]
+    fn start_times_survive_weeks_between_runs_and_a_clock_set_back() {
+        let mut h = History::new(10);
+        let at = |e: Entry| e.at_ms;
+        let mut r = run(0, Outcome::Success, 100);
+        h.push(&r);
+        let first = at(h.last().unwrap());
+        r.started += Duration::from_secs(60 * 86_400);
+        h.push(&r);
+        r.started -= Duration::from_secs(90 * 86_400);
+        h.push(&r);
+        r.started += Duration::from_millis(1500);
+        h.push(&r);
+        let times: Vec<u64> = h.runs().iter().map(at).collect();
+        let day = 86_400_000;
+        assert_eq!(times, [first, first + 60 * day, first - 30 * day, first - 30 * day + 1500]);
+        assert_eq!(h.chunks.len(), 3);
     }
 
     #[test]

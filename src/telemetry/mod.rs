@@ -77,7 +77,7 @@ impl Telemetry {
             DEFAULT_BUCKETS.to_vec(),
             LATENESS_BUCKETS.to_vec(),
         ));
-        let mut traces = SdkTracerProvider::builder().with_resource(resource);
+        let mut traces = SdkTracerProvider::builder().with_resource(resource).with_id_generator(crate::runner::ids::RunTraceIds::default());
         let mut exporter = None;
         let mut spans = None;
         if let Some(x) = export {
