@@ -253,12 +253,12 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(3));
-    let status = || {
-        let body = get(admin_addr, "/status", Duration::from_secs(5)).expect("/status");
+    let status = |when: &str| {
+        let body = get_why(admin_addr, "/status", Duration::from_secs(5), &mut Duration::ZERO, &mut 0).unwrap_or_else(|why| panic!("/status {when} the attack: {why}"));
         let s: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
         s["journeys"].as_object().unwrap().values().map(|j| (j["runs"].as_u64().unwrap_or(0), j["failures"].as_u64().unwrap_or(0))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
-    let (runs0, fails0) = status();
+    let (runs0, fails0) = status("before");
     let pss0 = tree_pss_kb(pid);
 
     let me = std::env::current_exe().unwrap();
@@ -304,7 +304,7 @@ fn main() {
         pss_max = pss_max.max(tree_pss_kb(pid));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (runs1, fails1) = status();
+    let (runs1, fails1) = status("after");
     stop.store(true, Ordering::Relaxed);
     let (mut ok, failed, slow) = health.join().unwrap();
     let mut reports = Vec::new();

@@ -155,11 +155,11 @@ pub fn spawn(listener: impl Into<Listeners>, app: Router, limits: Limits, shutdo
 /// answering those `admit` refuses before their body is read.
 ///
 /// The accept loop never waits for a slot: it takes every connection off the
-/// kernel queue at once. At the cap, a new connection that has sent bytes
-/// sheds the least recently active connection that is not being answered
-/// (idle, still sending its head, or trickling a body); one that has sent
-/// nothing gets a short grace to start, then is closed (when more than the
-/// cap wait so, the longest-waiting goes first). A request whose head
+/// kernel queue at once. At the cap, a new connection whose whole request head
+/// has arrived sheds the least recently active connection that is not being
+/// answered (idle, still sending its head, or trickling a body); one without a
+/// whole head gets a short grace to complete it, then is closed (when more than
+/// the cap wait so, the longest-waiting goes first). A request whose head
 /// has arrived is never shed, so a client with a complete request (a health
 /// check) is answered however many idle or slow connections arrive.
 /// Descriptors stay bounded: served plus shed-but-not-yet-closed connections
@@ -231,9 +231,13 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
                 continue;
             }
         };
-        if acceptor.table.open() < limits.max_connections {
+        let at_cap = acceptor.table.open() >= limits.max_connections;
+        let head = if at_cap { request_head(&stream) } else { Head::Whole };
+        if !at_cap {
             acceptor.serve(stream);
-        } else if has_data(&stream) {
+        } else if let Head::Gone = head {
+            // Closed before it was accepted: nothing to serve.
+        } else if let Head::Whole = head {
             if acceptor.table.open() < 2 * limits.max_connections {
                 if acceptor.shed_and_serve(stream).await {
                     // Let the new connection's task read its head before the next accept
@@ -255,14 +259,17 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
                 abort_on_close(stream.as_raw_fd());
             }
         } else {
-            // At the cap and nothing sent yet (a request may be a moment behind its
-            // handshake): it waits for a first byte without holding up the accept
-            // loop, displacing the longest-waiting such connection when too many wait.
+            // At the cap without a whole request head (nothing sent yet, or a head
+            // still arriving): it waits for the rest without holding up the accept
+            // loop, displacing the longest-waiting such connection when too many
+            // wait, and is served only once its head is complete. A flood of slow
+            // heads thus costs an accept and a peek each, and never sheds a served
+            // connection or starts a parser.
             let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
             let (id, gone) = acceptor.wait_for_data(peer);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let sent = first_byte_within(&stream, WAITING_GRACE, &gone).await;
+                let sent = head_within(&stream, WAITING_GRACE, &gone).await;
                 acceptor.done_waiting(id);
                 if !sent {
                     use std::os::fd::AsRawFd;
@@ -282,26 +289,74 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
     }
 }
 
-/// Connections accepted at the cap that have sent nothing yet wait at most this
-/// for a first byte; beyond `max_connections` of them they are closed at once.
+/// Connections accepted at the cap without a whole request head wait at most
+/// this for it; beyond `max_connections` of them they are closed at once.
 const WAITING_GRACE: Duration = Duration::from_millis(250);
 
-/// Whether a connection accepted with nothing sent has sent a byte by the time
-/// its grace ends or it is told to go.
-async fn first_byte_within(stream: &tokio::net::TcpStream, grace: Duration, gone: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::timeout(grace, stream.readable()) => {}
-        _ = gone.cancelled() => {}
+/// Whether a connection accepted at the cap without a whole request head has
+/// one by the time its grace ends or it is told to go.
+async fn head_within(stream: &tokio::net::TcpStream, grace: Duration, gone: &CancellationToken) -> bool {
+    use tokio::io::Interest;
+    let deadline = tokio::time::Instant::now() + grace;
+    loop {
+        // Peeking leaves the bytes for the parser; an incomplete head counts as "would
+        // block", which clears the readiness, so only new bytes wake this again.
+        let peeked = stream.try_io(Interest::READABLE, || match request_head(stream) {
+            Head::Partial => Err(std::io::ErrorKind::WouldBlock.into()),
+            h => Ok(h),
+        });
+        match peeked {
+            Ok(Head::Whole) => return true,
+            Ok(_) => return false,
+            Err(_) => {}
+        }
+        let ready = tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE)) => match r {
+                Ok(Ok(ready)) => ready,
+                _ => break,
+            },
+            _ = gone.cancelled() => break,
+        };
+        // A client that left with its head unfinished will never finish it (and its
+        // readiness never clears: waiting on would spin and stall the runtime).
+        if ready.is_read_closed() || ready.is_error() {
+            break;
+        }
+        tokio::task::consume_budget().await;
     }
     // Told to go, it may have sent its request already (its wake-up queued behind a
-    // burst of accepts): a request that has arrived is never dropped for an idle one.
-    has_data(stream)
+    // burst of accepts): a request that has arrived is never dropped for a slow one.
+    matches!(request_head(stream), Head::Whole)
 }
 
-/// Whether bytes are waiting on the socket (a non-blocking peek).
-fn has_data(stream: &tokio::net::TcpStream) -> bool {
+/// What waits on a socket that has not been served yet.
+enum Head {
+    /// A whole request head (or a full parser buffer, for the parser to refuse).
+    Whole,
+    /// Nothing yet, or part of a head.
+    Partial,
+    /// The peer closed the connection or it failed.
+    Gone,
+}
+
+/// A non-blocking peek of up to the parser's buffer.
+fn request_head(stream: &tokio::net::TcpStream) -> Head {
     use std::os::fd::AsRawFd;
-    fd_has_data(stream.as_raw_fd())
+    let mut buf = [0u8; MAX_BUF];
+    // SAFETY: a peek into a buffer we own, of its length; MSG_DONTWAIT never blocks.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match usize::try_from(n) {
+        Ok(0) => Head::Gone,
+        Ok(n) if n == buf.len() || head_ends(&buf[..n]) => Head::Whole,
+        Ok(_) => Head::Partial,
+        Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => Head::Partial,
+        Err(_) => Head::Gone,
+    }
+}
+
+/// Whether `bytes` hold the blank line that ends an HTTP/1 request head (CRLF or bare LF).
+fn head_ends(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(2).any(|w| w == b"\n\n")
 }
 
 /// The address that occurs most often (the first of equals), if any.
@@ -973,6 +1028,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_the_cap_a_slow_head_waits_without_shedding_and_is_served_once_whole() {
+        let limits = Limits { header_timeout: Duration::from_secs(20), idle_timeout: Duration::from_secs(20), ..FAST };
+        let (addr, stop) = start(limits).await;
+        // The cap's worth of served connections, each still sending its head.
+        let mut served = Vec::new();
+        for _ in 0..limits.max_connections {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            served.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // At the cap: a head that arrives in two parts is answered once whole...
+        let mut split = TcpStream::connect(addr).await.unwrap();
+        split.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        // ...and one that never completes is closed after its grace.
+        let mut stuck = TcpStream::connect(addr).await.unwrap();
+        stuck.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        split.write_all(b"Host: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let got = closed_within(&mut split, Duration::from_secs(3)).await;
+        assert!(String::from_utf8_lossy(&got).contains("ok"), "{}", String::from_utf8_lossy(&got));
+        let t = Instant::now();
+        assert!(closed_within(&mut stuck, Duration::from_secs(3)).await.is_empty());
+        assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+        // Only the whole request took a served connection's place; the slow one took none.
+        let mut closed = 0;
+        for s in &mut served {
+            let mut b = [0u8; 16];
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+                assert!(r.map_or(true, |n| n == 0), "a served connection got bytes");
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 1);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_whose_client_leaves_does_not_hold_up_the_listener() {
+        // On a single-threaded runtime of its own, as the admin endpoint is: a waiting
+        // connection that kept waking for a client that left would stall it for good.
+        let limits = Limits { header_timeout: Duration::from_secs(20), idle_timeout: Duration::from_secs(20), ..FAST };
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+        let thread = spawn_on_own_thread("test-listener", l, app, limits, stop.clone()).unwrap();
+        let mut served = Vec::new();
+        for _ in 0..limits.max_connections {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            served.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..4 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(c);
+        }
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let got = closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(String::from_utf8_lossy(&got).contains("ok"), "{}", String::from_utf8_lossy(&got));
+        assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+        stop.cancel();
+        drop(served);
+        tokio::task::spawn_blocking(move || thread.join()).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_request_head_ends_with_a_blank_line() {
+        assert!(head_ends(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_ends(b"GET / HTTP/1.1\nHost: x\n\nbody"));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!head_ends(b"G"));
+        assert!(!head_ends(b""));
+    }
+
+    #[tokio::test]
     async fn a_waiting_connection_told_to_go_is_kept_if_its_request_has_arrived() {
         // A burst of idle connects displaces waiting connections before their tasks
         // run; one whose request is already on the socket must still be served.
@@ -985,12 +1121,12 @@ mod tests {
             let gone = CancellationToken::new();
             gone.cancel();
             tokio::time::sleep(Duration::from_millis(5)).await;
-            assert!(first_byte_within(&s, Duration::from_secs(1), &gone).await, "round {round}: dropped with its request");
+            assert!(head_within(&s, Duration::from_secs(1), &gone).await, "round {round}: dropped with its request");
             // An idle one told to go is dropped at once.
             let _idle = TcpStream::connect(addr).await.unwrap();
             let (s, _) = l.accept().await.unwrap();
             let t = Instant::now();
-            assert!(!first_byte_within(&s, Duration::from_secs(1), &gone).await);
+            assert!(!head_within(&s, Duration::from_secs(1), &gone).await);
             assert!(t.elapsed() < Duration::from_millis(500));
         }
     }
