@@ -254,7 +254,7 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let status = |when: &str| {
-        let body = get_why(admin_addr, "/status", Duration::from_secs(5), &mut Duration::ZERO, &mut 0).unwrap_or_else(|why| panic!("/status {when} the attack: {why}"));
+        let body = get_why(admin_addr, "/status", Duration::from_secs(5), &mut Duration::default(), &mut 0).unwrap_or_else(|why| panic!("/status {when} the attack: {why}"));
         let s: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
         s["journeys"].as_object().unwrap().values().map(|j| (j["runs"].as_u64().unwrap_or(0), j["failures"].as_u64().unwrap_or(0))).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
