@@ -231,60 +231,60 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<Acceptor>) {
                 continue;
             }
         };
-        let at_cap = acceptor.table.open() >= limits.max_connections;
-        let head = if at_cap { request_head(&stream) } else { Head::Whole };
-        if !at_cap {
+        if acceptor.table.open() < limits.max_connections {
             acceptor.serve(stream);
-        } else if let Head::Gone = head {
+            continue;
+        }
+        match request_head(&stream) {
             // Closed before it was accepted: nothing to serve.
-        } else if let Head::Whole = head {
-            if acceptor.table.open() < 2 * limits.max_connections {
-                if acceptor.shed_and_serve(stream).await {
-                    // Let the new connection's task read its head before the next accept
-                    // can shed it: a burst must not shed requests it has not looked at
-                    // (without this yield, a health check was reset in a storm).
-                    tokio::task::yield_now().await;
-                }
-            } else if let Ok(permit) = acceptor.room_waiters.clone().try_acquire_owned() {
-                // Shed connections have not closed yet: wait for room off the accept
-                // loop, which must keep draining the kernel's queue meanwhile (a full
-                // queue drops the SYN of the next request, costing it a second).
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    acceptor.shed_and_serve(stream).await;
-                    drop(permit);
-                });
-            } else {
-                use std::os::fd::AsRawFd;
-                abort_on_close(stream.as_raw_fd());
-            }
-        } else {
-            // At the cap without a whole request head (nothing sent yet, or a head
-            // still arriving): it waits for the rest without holding up the accept
-            // loop, displacing the longest-waiting such connection when too many
-            // wait, and is served only once its head is complete. A flood of slow
-            // heads thus costs an accept and a peek each, and never sheds a served
-            // connection or starts a parser.
-            let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-            let (id, gone) = acceptor.wait_for_data(peer);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let sent = head_within(&stream, WAITING_GRACE, &gone).await;
-                acceptor.done_waiting(id);
-                if !sent {
+            Head::Gone => {}
+            Head::Whole => {
+                if acceptor.table.open() < 2 * limits.max_connections {
+                    if acceptor.shed_and_serve(stream).await {
+                        // Let the new connection's task read its head before the next accept
+                        // can shed it: a burst must not shed requests it has not looked at
+                        // (without this yield, a health check was reset in a storm).
+                        tokio::task::yield_now().await;
+                    }
+                } else if let Ok(permit) = acceptor.room_waiters.clone().try_acquire_owned() {
+                    // Shed connections have not closed yet: wait for room off the accept
+                    // loop, which must keep draining the kernel's queue meanwhile (a full
+                    // queue drops the SYN of the next request, costing it a second).
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        acceptor.shed_and_serve(stream).await;
+                        drop(permit);
+                    });
+                } else {
                     use std::os::fd::AsRawFd;
                     abort_on_close(stream.as_raw_fd());
                 }
-                if sent {
-                    if acceptor.table.open() < acceptor.limits.max_connections {
+            }
+            Head::Partial => {
+                // At the cap without a whole request head (nothing sent yet, or a head
+                // still arriving): it waits for the rest without holding up the accept
+                // loop, displacing the longest-waiting such connection when too many
+                // wait, and is served only once its head is complete. A flood of slow
+                // heads thus costs an accept and a peek each, and never sheds a served
+                // connection or starts a parser.
+                let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                let (id, gone) = acceptor.wait_for_data(peer);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let sent = head_within(&stream, WAITING_GRACE, &gone).await;
+                    acceptor.done_waiting(id);
+                    if !sent {
+                        use std::os::fd::AsRawFd;
+                        abort_on_close(stream.as_raw_fd());
+                    } else if acceptor.table.open() < acceptor.limits.max_connections {
                         acceptor.serve(stream);
                     } else {
                         acceptor.shed_and_serve(stream).await;
                     }
-                }
-            });
-            // Let the waiting task start (and a displaced one close) before the next accept.
-            tokio::task::yield_now().await;
+                });
+                // Let the waiting task start (and a displaced one close) before the next accept.
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
@@ -1027,18 +1027,24 @@ mod tests {
         stop.cancel();
     }
 
-    #[tokio::test]
-    async fn at_the_cap_a_slow_head_waits_without_shedding_and_is_served_once_whole() {
-        let limits = Limits { header_timeout: Duration::from_secs(20), idle_timeout: Duration::from_secs(20), ..FAST };
-        let (addr, stop) = start(limits).await;
-        // The cap's worth of served connections, each still sending its head.
+    /// `n` connections, each accepted and still sending its head (fills the cap).
+    async fn partial_heads(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
         let mut served = Vec::new();
-        for _ in 0..limits.max_connections {
+        for _ in 0..n {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
             served.push(s);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        served
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_slow_head_waits_without_shedding_and_is_served_once_whole() {
+        let limits = Limits { header_timeout: Duration::from_secs(20), idle_timeout: Duration::from_secs(20), ..FAST };
+        let (addr, stop) = start(limits).await;
+        // The cap's worth of served connections, each still sending its head.
+        let mut served = partial_heads(addr, limits.max_connections).await;
         // At the cap: a head that arrives in two parts is answered once whole...
         let mut split = TcpStream::connect(addr).await.unwrap();
         split.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
@@ -1075,13 +1081,7 @@ mod tests {
         let stop = CancellationToken::new();
         let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
         let thread = spawn_on_own_thread("test-listener", l, app, limits, stop.clone()).unwrap();
-        let mut served = Vec::new();
-        for _ in 0..limits.max_connections {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
-            served.push(s);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let served = partial_heads(addr, limits.max_connections).await;
         for _ in 0..4 {
             let mut c = TcpStream::connect(addr).await.unwrap();
             c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
