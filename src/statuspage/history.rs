@@ -359,6 +359,12 @@ impl History {
                     })
                     .collect(),
             };
+            // The chunk list grows one slot at a time: doubling would leave up
+            // to half its slots (80 bytes each) unused for the journey's life,
+            // 2.5 kB per journey at the default `history`.
+            if self.chunks.len() == self.chunks.capacity() {
+                self.chunks.reserve_exact(1);
+            }
             self.chunks.push_back(Chunk {
                 first_seq: self.total,
                 base_ms: at_ms,
@@ -573,6 +579,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_chunk_list_keeps_no_spare_slots() {
+        let mut h = History::new(500);
+        for n in 0..1200 {
+            h.push(&run(n, Outcome::Success, 100));
+            assert!(h.chunks.capacity() <= 500 / CHUNK + 2, "after run {n}: room for {} chunks, {} used", h.chunks.capacity(), h.chunks.len());
+        }
+        assert_eq!(h.runs().len(), 500);
+    }
+
+    #[test]
     fn a_run_is_stored_in_28_bytes_plus_4_per_step_in_fixed_chunks() {
         // The cost figures in the README assume these sizes.
         assert_eq!(std::mem::size_of::<Record>(), 28);
@@ -590,8 +606,10 @@ pub(crate) mod tests {
                 assert_eq!(c.records.capacity(), CHUNK);
                 assert_eq!(c.steps.capacity(), CHUNK * 2);
             }
-            // At most one part-empty chunk beyond the kept runs, at each end.
+            // At most one part-empty chunk beyond the kept runs, at each end,
+            // and no spare slots in the chunk list.
             assert!(h.chunks.len() <= 40 / CHUNK + 2, "{} chunks", h.chunks.len());
+            assert!(h.chunks.capacity() <= 40 / CHUNK + 2, "room for {} chunks", h.chunks.capacity());
         }
         // Newest first, as the run table reads them.
         let newest: Vec<u128> = h.runs().iter().rev().take(3).map(|e| e.run_id).collect();
