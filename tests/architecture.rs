@@ -662,3 +662,28 @@ fn layer_check_flags_an_upward_import_and_a_demo_reaching_inside() {
         demo[0]
     );
 }
+
+/// build.rs links the agent with packed relative relocations: without them the
+/// release binary carried 1 MB of `.rela.dyn` that the loader reads at every
+/// start and that stays resident (README "Performance").
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn the_agent_binary_packs_its_relative_relocations() {
+    let bin = env!("CARGO_BIN_EXE_vantage");
+    let out = std::process::Command::new("readelf")
+        .args(["-W", "-d", "-S", bin])
+        .output()
+        .expect("readelf (Debian package binutils, which the linker needs too) must be on PATH");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(RELR)"), "{bin} has no DT_RELR entry: build.rs did not pass -z pack-relative-relocs\n{text}");
+    let rela = text
+        .lines()
+        .find(|l| l.contains(" .rela.dyn "))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == ".rela.dyn")?;
+            usize::from_str_radix(f.get(i + 4)?, 16).ok()
+        })
+        .unwrap_or(0);
+    assert!(rela < 64 * 1024, ".rela.dyn is {rela} bytes: relative relocations were not packed");
+}

@@ -120,6 +120,9 @@ if field Maintainer | grep -Eq '^[^<]+ <[^@ ]+@[^> ]+>$'; then pass "Maintainer 
 else fail "Maintainer field" "Name <email>" "$(field Maintainer)"; fi
 if field Depends | grep -q 'libc6'; then pass "Depends (\$auto) includes libc6"
 else fail "Depends (\$auto) includes libc6" "libc6 (>= ...)" "$(field Depends)"; fi
+# Packed relocations (build.rs) need glibc 2.36's loader.
+if field Depends | grep -q 'libc6 (>= 2.36)'; then pass "Depends includes libc6 (>= 2.36) for DT_RELR"
+else fail "Depends includes libc6 (>= 2.36)" "libc6 (>= 2.36)" "$(field Depends)"; fi
 desc_lines="$(field Description | wc -l)"
 if [ "$desc_lines" -ge 3 ]; then pass "Description has an extended description ($desc_lines lines)"
 else fail "Description has an extended description" ">= 3 lines" "$desc_lines line(s)"; fi
