@@ -303,10 +303,30 @@ pub fn main() -> i32 {
         if let Some(code) = crate::init::run_as_init_if_pid1() {
             return code;
         }
+        agent_binary::hand_over();
     }
+    block_on(dispatch(cli))
+}
+
+/// `vantage-agent`: the same command line, for `run` only. `vantage run`
+/// hands over to it ([`agent_binary`]); it links none of the other commands.
+pub fn agent_main() -> i32 {
+    let cli = Cli::parse();
+    let Command::Run { config } = cli.command else {
+        eprintln!("error: vantage-agent runs the agent only (`vantage-agent run --config FILE`); every other command is `vantage <command>`");
+        return 2;
+    };
+    agent_binary::check_same_build();
+    if let Some(code) = crate::init::run_as_init_if_pid1() {
+        return code;
+    }
+    block_on(run_daemon(cli.log_format, config))
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
     limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let code = rt.block_on(dispatch(cli));
+    let code = rt.block_on(f);
     // Do not wait for lingering connection tasks: telemetry was flushed already.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     match code {
@@ -314,6 +334,97 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("error: {e:#}");
             2
+        }
+    }
+}
+
+async fn run_daemon(log_format: Option<LogFormat>, config: PathBuf) -> anyhow::Result<i32> {
+    init_logging(log_format, "info");
+    daemon::run(daemon::RunOptions { config: Some(config), hard_exit: true, ..Default::default() }).await
+}
+
+/// `vantage run` replaces itself (same PID, same arguments and environment)
+/// with `vantage-agent` when one from the same build is installed beside it.
+///
+/// Why: the agent runs for weeks, and the kernel keeps resident the code pages
+/// it has touched and their neighbours. Without the demo, game day, SLO
+/// generator and bundle signing, the agent's binary has 2.6 MB less code, and
+/// the hardened service carries none of it.
+mod agent_binary {
+    use std::ffi::OsString;
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+
+    /// Set by `vantage` for the agent: `BUILD_ID:PATH-OF-VANTAGE`.
+    const FROM: &str = "VANTAGE_AGENT_FROM";
+    /// Set by an agent of another build when it hands back: run in-process.
+    const IN_PROCESS: &str = "VANTAGE_IN_PROCESS";
+    pub(super) const BUILD_ID: &str = env!("VANTAGE_BUILD_ID");
+
+    /// Where the agent binary is looked for, beside `exe` first (a cargo
+    /// build), then in `../libexec/vantage/` (the .deb).
+    pub(super) fn candidates(exe: &Path) -> Vec<PathBuf> {
+        let Some(dir) = exe.parent() else { return Vec::new() };
+        vec![dir.join("vantage-agent"), dir.join("../libexec/vantage/vantage-agent")]
+    }
+
+    /// Execs the agent binary; returns only when `run` goes on in this process.
+    /// Must run before any thread is started.
+    pub(super) fn hand_over() {
+        if std::env::var_os(IN_PROCESS).is_some() {
+            std::env::remove_var(IN_PROCESS);
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else { return };
+        let Some(agent) = candidates(&exe).into_iter().find(|p| p.is_file()) else { return };
+        let mut from = OsString::from(format!("{BUILD_ID}:"));
+        from.push(&exe);
+        let err = std::process::Command::new(&agent).args(std::env::args_os().skip(1)).env(FROM, from).exec();
+        eprintln!("warning: could not start {} ({err}); running the agent inside {}", agent.display(), exe.display());
+    }
+
+    /// In `vantage-agent`: if `vantage` of another build started it (a
+    /// partial rebuild or upgrade), hand back to that `vantage` to run in-process.
+    pub(super) fn check_same_build() {
+        let Some(from) = std::env::var_os(FROM) else { return };
+        std::env::remove_var(FROM);
+        let Some((id, vantage)) = split_from(&from) else { return };
+        if id == BUILD_ID {
+            return;
+        }
+        let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "vantage-agent".into());
+        eprintln!(
+            "warning: {me} is from another build ({BUILD_ID}) than {} ({id}); running the agent inside vantage. Build both (`cargo build --release`) or reinstall the package.",
+            vantage.display()
+        );
+        let err = std::process::Command::new(&vantage).args(std::env::args_os().skip(1)).env(IN_PROCESS, "1").exec();
+        eprintln!("warning: could not hand back to {} ({err}); running this agent binary", vantage.display());
+    }
+
+    fn split_from(v: &std::ffi::OsStr) -> Option<(String, PathBuf)> {
+        let s = v.to_str()?;
+        let (id, path) = s.split_once(':')?;
+        Some((id.to_string(), PathBuf::from(path)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_agent_is_looked_for_beside_vantage_then_in_libexec() {
+            assert_eq!(
+                candidates(Path::new("/usr/bin/vantage")),
+                [PathBuf::from("/usr/bin/vantage-agent"), PathBuf::from("/usr/bin/../libexec/vantage/vantage-agent")]
+            );
+        }
+
+        #[test]
+        fn the_handover_names_the_build_and_a_path_that_may_hold_colons() {
+            let (id, path) = split_from(std::ffi::OsStr::new("0.1.0-00ff:/opt/a:b/vantage")).unwrap();
+            assert_eq!((id.as_str(), path), ("0.1.0-00ff", PathBuf::from("/opt/a:b/vantage")));
+            assert!(BUILD_ID.starts_with(env!("CARGO_PKG_VERSION")), "{BUILD_ID}");
+            assert_eq!(split_from(std::ffi::OsStr::new("no-colon")), None);
         }
     }
 }
@@ -337,10 +448,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
-        Command::Run { config } => {
-            init_logging(cli.log_format, "info");
-            daemon::run(daemon::RunOptions { config: Some(config), hard_exit: true, ..Default::default() }).await
-        }
+        Command::Run { config } => run_daemon(cli.log_format, config).await,
         Command::Once { paths, config, journey, format, otlp_endpoint, env, env_file, credentials_dir, callback_listen, list, verbose } => {
             init_logging(cli.log_format.or(Some(LogFormat::Text)), "warn");
             let overrides = OnceOverrides { env, env_file, credentials_dir, callback_listen, verbose };

@@ -45,6 +45,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("init", 10),
     ("cli", 10),
     ("main", 10),
+    // `vantage-agent`, what `vantage run` hands over to: a `main` too.
+    ("bin", 10),
 ];
 
 /// Documented upward edges, `(from, to)` module prefixes, each with its

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vantage");
+const AGENT_BIN: &str = env!("CARGO_BIN_EXE_vantage-agent");
 
 /// A `vantage run` child, killed on drop.
 struct Agent(Child);
@@ -36,12 +37,16 @@ fn write_configs(dir: &Path, id: &str, admin: &str) -> std::net::TcpListener {
 
 /// The notify socket in `dir`, and an agent whose one journey connects to a loopback listener.
 fn start(dir: &Path, envs: &[(&str, String)]) -> (UnixDatagram, Agent, std::net::TcpListener) {
+    start_bin(BIN, dir, envs)
+}
+
+fn start_bin(bin: &str, dir: &Path, envs: &[(&str, String)]) -> (UnixDatagram, Agent, std::net::TcpListener) {
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let target = write_configs(dir, "w", "");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin);
     cmd.args(["run", "--config"])
         .arg(dir.join("agent.yaml"))
         .stdout(Stdio::null())
@@ -207,4 +212,50 @@ fn vantage_health_passes_on_a_live_agent_and_names_what_is_wrong_when_it_is_gone
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with(&format!("error: cannot reach {admin}/healthz")), "{err}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn exe_of(agent: &Agent) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{}/exe", agent.0.id())).unwrap()
+}
+
+/// `vantage run` replaces itself with `vantage-agent` (the agent without the
+/// other commands): the PID systemd watches is the agent's, ready and fed.
+#[test]
+fn run_hands_over_to_vantage_agent_in_the_same_process() {
+    let dir = common::tempdir();
+    let (sock, agent, _target) = start(&dir, &[("WATCHDOG_USEC", "2000000".to_string())]);
+    let got = receive(&sock, Duration::from_secs(15), |g| pings_after_ready(g).len() >= 1);
+    assert!(!pings_after_ready(&got).is_empty(), "no READY=1 then WATCHDOG=1: {got:?}");
+    assert_eq!(exe_of(&agent), std::fs::canonicalize(AGENT_BIN).unwrap());
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(!log.contains("another build") && !log.contains("warning:"), "{log}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An agent binary from another build than the `vantage` that started it (a
+/// partial rebuild or upgrade) hands back: the agent runs inside `vantage`, and says why.
+#[test]
+fn an_agent_binary_of_another_build_hands_back_to_vantage() {
+    let dir = common::tempdir();
+    let from = format!("0.0.0-another:{}", std::fs::canonicalize(BIN).unwrap().display());
+    let (sock, agent, _target) = start_bin(AGENT_BIN, &dir, &[("VANTAGE_AGENT_FROM", from)]);
+    let got = receive(&sock, Duration::from_secs(15), |g| g.iter().any(|(_, m)| m == "READY=1"));
+    assert!(got.iter().any(|(_, m)| m == "READY=1"), "{got:?}");
+    assert_eq!(exe_of(&agent), std::fs::canonicalize(BIN).unwrap());
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(first.starts_with("warning: ") && first.contains(&format!("vantage-agent is from another build ({}-", env!("CARGO_PKG_VERSION"))) && first.contains(") than ") && first.contains(" (0.0.0-another); running the agent inside vantage. Build both (`cargo build --release`) or reinstall the package."), "{log}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn vantage_agent_runs_only_the_agent() {
+    let out = Command::new(AGENT_BIN).args(["check", "--config", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: vantage-agent runs the agent only (`vantage-agent run --config FILE`); every other command is `vantage <command>`\n"
+    );
 }

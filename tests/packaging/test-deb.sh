@@ -79,6 +79,7 @@ expect_file() { # expect_file PATH MODE
     fi
 }
 expect_file /usr/bin/vantage -rwxr-xr-x
+expect_file /usr/libexec/vantage/vantage-agent -rwxr-xr-x
 expect_file /lib/systemd/system/vantage.service -rw-r--r--
 expect_file /etc/vantage/agent.yaml -rw-r--r--
 expect_file /etc/vantage/probes.d/README -rw-r--r--
@@ -232,6 +233,23 @@ else fail "fish completion" "complete -c vantage" "$(head -1 "$root/usr/share/fi
 sed "s#\[/etc/vantage/probes.d\]#[$root/etc/vantage/probes.d]#" "$root/etc/vantage/agent.yaml" >"$tmp/agent.yaml"
 if chk="$("$root/usr/bin/vantage" check --config "$tmp/agent.yaml" 2>&1)"; then pass "vantage check accepts the packaged default agent.yaml"
 else fail "vantage check accepts the packaged default agent.yaml" "exit 0" "exit $?: $(printf '%s' "$chk" | head -5)"; fi
+
+# `vantage run` hands over to the packaged agent binary (same PID, found
+# through ../libexec/vantage/ from /usr/bin), built from the same sources.
+printf 'id: deb-test\nlocation: here\nprobes: []\nadmin: {listen: "127.0.0.1:0"}\n' >"$tmp/run.yaml"
+"$root/usr/bin/vantage" --log-format text run --config "$tmp/run.yaml" >"$tmp/run.out" 2>&1 &
+run_pid=$!
+exe=""
+for _ in $(seq 1 50); do
+    exe="$(readlink "/proc/$run_pid/exe" 2>/dev/null)"
+    case "$exe" in *vantage-agent) break ;; esac
+    sleep 0.1
+done
+kill -TERM "$run_pid" 2>/dev/null
+wait "$run_pid"
+if [ "$exe" = "$root/usr/libexec/vantage/vantage-agent" ] && ! grep -q 'another build' "$tmp/run.out"; then
+    pass "vantage run hands over to /usr/libexec/vantage/vantage-agent (same PID, same build)"
+else fail "vantage run hands over to the packaged agent" "/proc/PID/exe = $root/usr/libexec/vantage/vantage-agent, no build warning" "exe=$exe: $(head -3 "$tmp/run.out")"; fi
 
 # --- systemd unit -------------------------------------------------------------
 # systemd-analyze verify runs without a running systemd: it loads the unit
