@@ -224,7 +224,7 @@ fn exe_of(agent: &Agent) -> std::path::PathBuf {
 fn run_hands_over_to_vantage_agent_in_the_same_process() {
     let dir = common::tempdir();
     let (sock, agent, _target) = start(&dir, &[("WATCHDOG_USEC", "2000000".to_string())]);
-    let got = receive(&sock, Duration::from_secs(15), |g| pings_after_ready(g).len() >= 1);
+    let got = receive(&sock, Duration::from_secs(15), |g| !pings_after_ready(g).is_empty());
     assert!(!pings_after_ready(&got).is_empty(), "no READY=1 then WATCHDOG=1: {got:?}");
     assert_eq!(exe_of(&agent), std::fs::canonicalize(AGENT_BIN).unwrap());
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
