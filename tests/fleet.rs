@@ -1035,6 +1035,12 @@ fn packaging_manifests_parse_and_reference_existing_files() {
         let t = std::fs::read_to_string(root.join("packaging/container").join(cf)).unwrap();
         assert!(t.contains("USER "), "{cf}: runs as root");
         assert!(t.contains("HEALTHCHECK"), "{cf}: no HEALTHCHECK");
+        // `vantage run` looks for the agent binary in ../libexec/vantage/ from /usr/bin.
+        assert!(
+            t.contains("COPY --from=build /src/target/release/vantage /usr/bin/vantage\n")
+                && t.contains("COPY --from=build /src/target/release/vantage-agent /usr/libexec/vantage/vantage-agent\n"),
+            "{cf}: the image must hold /usr/bin/vantage and /usr/libexec/vantage/vantage-agent"
+        );
         for l in t
             .lines()
             .filter(|l| l.starts_with("COPY ") && !l.contains("--from="))
