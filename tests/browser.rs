@@ -271,6 +271,7 @@ async fn killed_chromedriver_fails_that_run_and_the_next_run_passes() {
     let _g = SERIAL.lock().await;
     require_chromium();
     let addr = serve().await;
+    let tmp_before = chromium_temp_dirs();
     let s = setup(|_| {});
     let js = journeys(&format!("http://{addr}"));
     let env = s.env.clone();
@@ -298,6 +299,20 @@ async fn killed_chromedriver_fails_that_run_and_the_next_run_passes() {
     assert_eq!(env.browser().counts().1, 2, "a new chromedriver was started");
     env.browser().shutdown().await;
     assert_eq!(settle(0).await, 0);
+    // A killed Chromium cannot remove its singleton socket directory: it
+    // went to chromedriver's own TMPDIR, removed with the driver.
+    let left: Vec<String> = chromium_temp_dirs().into_iter().filter(|d| !tmp_before.contains(d)).collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", std::env::temp_dir().display());
+}
+
+/// Chromium's and the agent's chromedriver directories in the temp dir.
+fn chromium_temp_dirs() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("org.chromium.") || n.starts_with("vantage-chromedriver-"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

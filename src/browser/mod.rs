@@ -76,6 +76,9 @@ pub struct Driver {
     base: String,
     child: Mutex<Option<Child>>,
     sessions: AtomicU32,
+    /// Its TMPDIR, inherited by its Chromiums: a Chromium killed with its
+    /// driver leaves its singleton socket directory here, removed with it.
+    tmp: PathBuf,
 }
 
 impl fmt::Debug for Driver {
@@ -121,6 +124,7 @@ impl Driver {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.tmp);
     }
 
     /// `GET /status` answers `ready: true` within `limit`.
@@ -478,14 +482,20 @@ impl BrowserManager {
                 )
             })?;
             let base = format!("/{secret}");
+            let tmp = std::env::temp_dir().join(format!("vantage-chromedriver-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| {
+                StepError::new(ErrorType::Browser, format!("cannot create chromedriver's temporary directory {}: {e}", tmp.display()))
+            })?;
             let child = Command::new(&self.chromedriver)
                 .args(chromedriver_args(port, &base, std::env::var("VANTAGE_CHROMEDRIVER_LOG").ok().as_deref()))
+                .env("TMPDIR", &tmp)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
                 .map_err(|e| {
+                    let _ = std::fs::remove_dir_all(&tmp);
                     StepError::new(
                         ErrorType::Browser,
                         format!(
@@ -500,6 +510,7 @@ impl BrowserManager {
                 base,
                 child: Mutex::new(Some(child)),
                 sessions: AtomicU32::new(0),
+                tmp,
             };
             let start = Instant::now();
             while start.elapsed() < DRIVER_READY_TIMEOUT && d.alive() {
@@ -900,7 +911,7 @@ mod tests {
 
     #[test]
     fn driver_url_carries_the_secret_base() {
-        let d = Driver { pid: 0, port: 40123, base: "/abc".into(), child: Mutex::new(None), sessions: AtomicU32::new(0) };
+        let d = Driver { pid: 0, port: 40123, base: "/abc".into(), child: Mutex::new(None), sessions: AtomicU32::new(0), tmp: PathBuf::new() };
         assert_eq!(d.url(), "http://127.0.0.1:40123/abc/");
         assert_eq!(format!("{d:?}"), "chromedriver(pid 0, port 40123)");
         assert!(!d.alive());
