@@ -177,7 +177,8 @@ unjustified="$(awk '/^[[:space:]]*#/ { c = 1; next } /^[[:space:]]*$/ { c = 0; n
     packaging/debian/lintian-overrides)"
 check_eq "every lintian override has a comment" "" "$unjustified"
 if need_pkg lintian lintian; then
-    lintian --info --display-info --fail-on error,warning "$deb" >"$tmp/lintian" 2>&1
+    # lintian leaves an mldbm-elf-* file in TMPDIR: keep it in ours, removed on exit.
+    TMPDIR="$tmp" lintian --info --display-info --fail-on error,warning "$deb" >"$tmp/lintian" 2>&1
     rc=$?
     tags="$(grep -E '^[EW]: ' "$tmp/lintian" | tr '\n' ';')"
     if [ "$rc" -eq 0 ] && [ -z "$tags" ]; then
