@@ -379,7 +379,7 @@ mod agent_binary {
         let Some(agent) = candidates(&exe).into_iter().find(|p| p.is_file()) else { return };
         let mut from = OsString::from(format!("{BUILD_ID}:"));
         from.push(&exe);
-        let err = std::process::Command::new(&agent).args(std::env::args_os().skip(1)).env(FROM, from).exec();
+        let err = reexec(&agent, FROM, &from);
         eprintln!("warning: could not start {} ({err}); running the agent inside {}", agent.display(), exe.display());
     }
 
@@ -397,8 +397,14 @@ mod agent_binary {
             "warning: {me} is from another build ({BUILD_ID}) than {} ({id}); running the agent inside vantage. Build both (`cargo build --release`) or reinstall the package.",
             vantage.display()
         );
-        let err = std::process::Command::new(&vantage).args(std::env::args_os().skip(1)).env(IN_PROCESS, "1").exec();
+        let err = reexec(&vantage, IN_PROCESS, "1");
         eprintln!("warning: could not hand back to {} ({err}); running this agent binary", vantage.display());
+    }
+
+    /// Replaces this process with `path`, same arguments, `var` added to the
+    /// environment; returns only the error when that fails.
+    fn reexec(path: &Path, var: &str, value: impl AsRef<std::ffi::OsStr>) -> std::io::Error {
+        std::process::Command::new(path).args(std::env::args_os().skip(1)).env(var, value).exec()
     }
 
     fn split_from(v: &std::ffi::OsStr) -> Option<(String, PathBuf)> {

@@ -333,23 +333,8 @@ impl BrowserManager {
         });
         let driver = self.driver(phases).await?;
         let t = Instant::now();
-        let profile = std::env::temp_dir().join(format!(
-            "vantage-chromium-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
         // Cookies and storage of logged-in probe accounts: the agent's alone.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&profile)
-            .map_err(|e| {
-                StepError::new(
-                    ErrorType::Browser,
-                    format!(
-                        "cannot create the browser profile directory {}: {e}",
-                        profile.display()
-                    ),
-                )
-            })?;
+        let profile = private_temp_dir("vantage-chromium", "the browser profile directory")?;
         self.profiles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -482,10 +467,7 @@ impl BrowserManager {
                 )
             })?;
             let base = format!("/{secret}");
-            let tmp = std::env::temp_dir().join(format!("vantage-chromedriver-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| {
-                StepError::new(ErrorType::Browser, format!("cannot create chromedriver's temporary directory {}: {e}", tmp.display()))
-            })?;
+            let tmp = private_temp_dir("vantage-chromedriver", "chromedriver's temporary directory")?;
             let child = Command::new(&self.chromedriver)
                 .args(chromedriver_args(port, &base, std::env::var("VANTAGE_CHROMEDRIVER_LOG").ok().as_deref()))
                 .env("TMPDIR", &tmp)
@@ -604,6 +586,16 @@ impl Drop for BrowserManager {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// A new directory `<temp>/<prefix>-<uuid>`, mode 0700; `what` names it in the error.
+fn private_temp_dir(prefix: &str, what: &str) -> Result<PathBuf, StepError> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| StepError::new(ErrorType::Browser, format!("cannot create {what} {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 /// New-session capabilities: Chromium isolated in its private `profile`, downloads off.
